@@ -1,0 +1,91 @@
+"""`python -m ftlab ...`: run the series headless, list a notebook's parameters, set up the model cache."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from ftlab import params as P
+
+
+def _value(text: str):
+    """`-p name value`: the value is read as YAML, so 8 is an int, 0.5 a float, true a bool, null None."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from ftlab import pipeline
+
+    overrides = {name: _value(v) for name, v in a.p or []}
+    try:
+        folder = pipeline.run(a.start, a.end, a.f, overrides, verbose=a.verbose)
+    except (P.ParamError, pipeline.StageFailed, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, P.ParamError) else 1
+    reports = sorted(folder.glob("*/report.*")) + sorted(folder.glob("*/summary.json"))
+    print(f"run folder: {folder}")
+    print(f"manifest:   {folder / 'manifest.json'}")
+    for r in reports:
+        print(f"report:     {r}")
+    return 0
+
+
+def cmd_params(a: argparse.Namespace) -> int:
+    from ftlab.paths import notebooks_dir
+
+    path = Path(a.notebook)
+    if not path.exists():
+        matches = sorted(notebooks_dir().glob(f"{a.notebook}*.ipynb"))
+        if len(matches) != 1:
+            print(f"error: no single notebook matches {a.notebook!r}; try one of "
+                  f"{[p.name for p in sorted(notebooks_dir().glob('*.ipynb'))]}", file=sys.stderr)  # fmt: skip
+            return 2
+        path = matches[0]
+    declared = P.notebook_parameters(path)
+    spec = P.SPECS.get(path.stem, {})
+    w = max(len(d.name) for d in declared)
+    print(f"{path.name}: {len(declared)} parameters")
+    for d in declared:
+        kind = spec[d.name].describe() if d.name in spec else type(d.default).__name__
+        print(f"  {d.name:<{w}} = {d.default!r:<24} # {d.comment}  [{kind}]")
+    return 0
+
+
+def cmd_setup(a: argparse.Namespace) -> int:
+    from ftlab import models, pipeline
+
+    print(f"kernel: {pipeline.ensure_kernel()} ({pipeline.KERNEL_DISPLAY}) registered in {sys.prefix}")
+    print(f"embedded default model: {models.install_default()}")
+    if a.tiny:
+        print(f"tiny test model: {models.build_tiny()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ftlab", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run notebooks headless with papermill into outputs/<run_name>/")
+    r.add_argument("start", nargs="?", default=None, help="a single stage number to run (e.g. 1 or 01)")
+    r.add_argument("--from", dest="from_", default="00", help="first stage number (default 00)")
+    r.add_argument("--to", default="99", help="last stage number (default: the last notebook)")
+    r.add_argument("-f", help="parameters YAML file (params/*.yaml)")
+    r.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"), help="override one parameter")
+    r.add_argument("-v", "--verbose", action="store_true", help="stream cell output while running")
+    r.set_defaults(func=cmd_run)
+    pp = sub.add_parser("params", help="list a notebook's parameters with their comments")
+    pp.add_argument("notebook", help="a path or a stage prefix like 02")
+    pp.set_defaults(func=cmd_params)
+    s = sub.add_parser("setup", help="register the Jupyter kernel and convert the embedded model (idempotent)")
+    s.add_argument("--tiny", action="store_true", help="also build the tiny random test model")
+    s.set_defaults(func=cmd_setup)
+    a = ap.parse_args(argv)
+    if a.cmd == "run":
+        a.start, a.end = (f"{int(a.start):02d}",) * 2 if a.start is not None else (f"{int(a.from_):02d}", f"{int(a.to):02d}")
+    return a.func(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

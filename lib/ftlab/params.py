@@ -1,0 +1,172 @@
+"""Parameter specs per stage and their validation.
+
+The notebook's `parameters` cell holds the defaults (with comments a reader sees); this module holds what a
+value may be. Validation collects every problem at once and raises one `ParamError` naming the valid choices,
+before any expensive work, whether the notebook was run by hand, by papermill or by `python -m ftlab run`.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import tokenize
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ftlab.paths import check_run_name
+
+
+class ParamError(ValueError):
+    """One or more parameters are unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class Param:
+    type: type | tuple[type, ...]
+    choices: tuple[Any, ...] | None = None
+    lo: float | None = None
+    hi: float | None = None
+    nullable: bool = False
+    check: Callable[[Any], Any] | None = field(default=None, compare=False)
+
+    def describe(self) -> str:
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        s = " or ".join(t.__name__ for t in types) + (" or None" if self.nullable else "")
+        if self.choices:
+            s += f", one of {list(self.choices)}"
+        if self.lo is not None or self.hi is not None:
+            s += f", in [{self.lo if self.lo is not None else '-inf'}, {self.hi if self.hi is not None else 'inf'}]"
+        return s
+
+
+RUN = {"run_name": Param(str, check=check_run_name)}
+
+SPECS: dict[str, dict[str, Param]] = {
+    "00_check_environment": {
+        **RUN,
+        "base_model": Param(str),
+        "chat_check": Param(bool),
+        "require_gpu": Param(bool),
+        "bnb_smoke_test": Param(bool),
+        "min_free_disk_gb": Param(float, lo=0),
+        "min_ram_gb": Param(float, lo=0),
+    },
+}
+
+
+def _type_ok(value: Any, p: Param) -> bool:
+    if value is None:
+        return p.nullable
+    types = p.type if isinstance(p.type, tuple) else (p.type,)
+    if isinstance(value, bool):  # bool is an int in Python; never accept it for a number
+        return bool in types
+    if float in types and isinstance(value, int):
+        return True
+    if list in types and isinstance(value, (list, tuple)):
+        return True
+    return isinstance(value, types)
+
+
+def validate(stage: str, values: dict[str, Any], *, unknown: list[str] | None = None) -> dict[str, Any]:
+    """Check `values` against the stage's spec; return them with ints widened to floats where floats are asked."""
+    if stage not in SPECS:
+        raise ParamError(f"no parameter spec for stage {stage!r}; known stages: {sorted(SPECS)}")
+    spec = SPECS[stage]
+    problems: list[str] = []
+    for name in sorted(set(unknown or []) | (set(values) - set(spec))):
+        problems.append(f"unknown parameter {name!r} (valid names: {', '.join(sorted(spec))})")
+    out: dict[str, Any] = {}
+    for name, p in spec.items():
+        if name not in values:
+            problems.append(f"missing parameter {name!r} ({p.describe()})")
+            continue
+        v = values[name]
+        if not _type_ok(v, p):
+            problems.append(f"{name}={v!r}: expected {p.describe()}, found {type(v).__name__}")
+            continue
+        if v is not None:
+            if p.choices is not None and v not in p.choices:
+                problems.append(f"{name}={v!r}: expected one of {list(p.choices)}")
+                continue
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if (p.lo is not None and v < p.lo) or (p.hi is not None and v > p.hi):
+                    problems.append(f"{name}={v!r}: expected {p.describe()}")
+                    continue
+                if p.type is float:
+                    v = float(v)
+            if p.check is not None:
+                try:
+                    p.check(v)
+                except ValueError as e:
+                    problems.append(f"{name}: {e}")
+                    continue
+        out[name] = v
+    if problems:
+        raise ParamError(
+            f"stage {stage}: {len(problems)} parameter problem(s):\n  - "
+            + "\n  - ".join(problems)
+            + "\nFix the parameters cell, the params YAML or the -p override and run again."
+        )
+    return out
+
+
+# ---- reading a notebook's parameters cell ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeclaredParam:
+    name: str
+    default: Any
+    comment: str
+
+
+def parse_parameters_source(source: str) -> list[DeclaredParam]:
+    """Parse a parameters cell: one `name = literal  # comment` per line; anything else is an error."""
+    tree = ast.parse(source)
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    out = []
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ParamError(f"parameters cell line {node.lineno}: expected `name = literal`, found {ast.unparse(node)!r}")
+        try:
+            value = ast.literal_eval(node.value)
+        except ValueError:
+            raise ParamError(
+                f"parameters cell line {node.lineno}: {node.targets[0].id} must be a plain literal "
+                f"(str, int, float, bool, None, list), found {ast.unparse(node.value)!r}"
+            ) from None
+        out.append(DeclaredParam(node.targets[0].id, value, comments.get(node.end_lineno, "")))
+    return out
+
+
+def notebook_parameters(path: Path) -> list[DeclaredParam]:
+    """The declared parameters of a notebook (the one cell tagged `parameters`)."""
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    cells = [c for c in nb["cells"] if "parameters" in (c.get("metadata", {}).get("tags") or [])]
+    if len(cells) != 1:
+        raise ParamError(f"{path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    src = cells[0]["source"]
+    return parse_parameters_source("".join(src) if isinstance(src, list) else src)
+
+
+def assigned_names(source: str) -> list[str] | None:
+    """Names a cell assigns if it looks like a parameters cell (only `name = literal` lines), else None."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    names = []
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            return None
+        try:
+            ast.literal_eval(node.value)
+        except ValueError:
+            return None
+        names.append(node.targets[0].id)
+    return names or None

@@ -1,0 +1,111 @@
+"""Run the notebooks headless with papermill: a range of stages, one run folder, fail fast.
+
+Parameters are checked against every notebook in the range before the first one starts: an unknown name, a wrong
+type or a bad value stops the run with a message naming the valid choices and nothing is executed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ftlab import params as P
+from ftlab.paths import notebooks_dir, run_dir
+
+KERNEL_NAME = "ftlab"
+KERNEL_DISPLAY = "Python (ftlab)"
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def list_notebooks(start: str = "00", end: str = "99") -> list[Path]:
+    """Notebooks `NN_name.ipynb` that exist, in order, with start <= NN <= end."""
+    nbs = sorted(p for p in notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
+    return [p for p in nbs if start <= p.name[:2] <= end]
+
+
+def load_params_file(path: str | Path | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise P.ParamError(f"{path}: expected a mapping of parameter names to values, found {type(data).__name__}")
+    return data
+
+
+def plan(notebooks: list[Path], given: dict[str, Any]) -> list[tuple[Path, dict[str, Any]]]:
+    """Validate `given` against the notebooks; return each notebook with the parameters to inject into it."""
+    if not notebooks:
+        raise P.ParamError(f"no notebooks in that range under {notebooks_dir()}")
+    declared = {nb: {d.name: d.default for d in P.notebook_parameters(nb)} for nb in notebooks}
+    known = set().union(*(set(d) for d in declared.values()))
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise P.ParamError(
+            f"unknown parameter(s) {', '.join(map(repr, unknown))} for notebooks "
+            f"{', '.join(nb.stem for nb in notebooks)}; valid names: {', '.join(sorted(known))}. "
+            f"`python -m ftlab params NOTEBOOK` lists each notebook's parameters with their comments."
+        )
+    out = []
+    for nb, defaults in declared.items():
+        inject = {k: v for k, v in given.items() if k in defaults}
+        if nb.stem in P.SPECS:
+            P.validate(nb.stem, {**defaults, **inject})
+        out.append((nb, inject))
+    return out
+
+
+def ensure_kernel() -> str:
+    """Register this interpreter as the `ftlab` Jupyter kernel inside its own prefix (no writes to $HOME)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        if Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
+            return KERNEL_NAME
+    except NoSuchKernel:
+        pass
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=KERNEL_NAME, display_name=KERNEL_DISPLAY, prefix=sys.prefix)
+    return KERNEL_NAME
+
+
+def run(start: str = "00", end: str = "99", params_file: str | None = None,
+        overrides: dict[str, Any] | None = None, verbose: bool = False, log=print) -> Path:  # fmt: skip
+    """Execute the notebooks in [start, end] in order; executed copies go to outputs/<run>/notebooks/."""
+    import papermill as pm
+
+    given = {**load_params_file(params_file), **(overrides or {})}
+    steps = plan(list_notebooks(start, end), given)
+    # every notebook declares run_name; when it is not given, the first notebook's default names the run
+    defaults = {d.name: d.default for d in P.notebook_parameters(steps[0][0])}
+    run_name = given.get("run_name", defaults.get("run_name", "default"))
+    steps = [(nb, {**inject, "run_name": run_name}) for nb, inject in steps]
+    out_dir = run_dir(run_name) / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kernel = ensure_kernel()
+    t_run = time.time()
+    log(f"run {run_name!r}: {len(steps)} stage(s) -> {run_dir(run_name)}")
+    for i, (nb, inject) in enumerate(steps, 1):
+        t = time.time()
+        log(f"[{i}/{len(steps)}] {nb.stem} ...")
+        try:
+            pm.execute_notebook(
+                str(nb), str(out_dir / nb.name), parameters=inject, kernel_name=kernel, cwd=str(nb.parent), progress_bar=False, log_output=verbose,
+            )  # fmt: skip
+        except pm.PapermillExecutionError as e:
+            log(f"[{i}/{len(steps)}] {nb.stem} FAILED after {time.time() - t:.1f} s")
+            raise StageFailed(
+                f"stage {nb.stem} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
+                f"executed copy with the full traceback: {out_dir / nb.name}"
+            ) from None
+        log(f"[{i}/{len(steps)}] {nb.stem} ok ({time.time() - t:.1f} s)")
+    log(f"done in {time.time() - t_run:.1f} s; run folder: {run_dir(run_name)}")
+    return run_dir(run_name)

@@ -1,0 +1,187 @@
+"""Runs and stages: the resolve call every notebook makes, the run manifest, stage completion.
+
+`resolve_stage("02_train_sft", globals())` validates the notebook's parameters (including any that papermill
+injected, known or not), creates `outputs/<run_name>/02_train_sft/` and records the parameters in
+`outputs/<run_name>/manifest.json`. `Stage.finish(summary)` writes `summary.json` and marks the stage complete.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ftlab import params as P
+from ftlab.paths import atomic_write_json, read_json, repo_root, run_dir, stage_dir
+
+KEY_PACKAGES = (
+    "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets", "evaluate",
+    "papermill", "llama_cpp_python", "ftlab",
+)  # fmt: skip
+# the names IPython puts in a notebook's namespace; everything else that is a plain value is a parameter
+_IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def git_commit() -> dict[str, Any]:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo_root(), capture_output=True, text=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+        return {"commit": sha or None, "dirty": bool(dirty)}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def device_summary() -> dict[str, Any]:
+    import torch
+
+    if torch.cuda.is_available():
+        return {"type": "cuda", "count": torch.cuda.device_count(), "name": torch.cuda.get_device_name(0)}
+    return {"type": "cpu", "name": platform.processor() or platform.machine()}
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_path(run_name: str) -> Path:
+    return run_dir(run_name) / "manifest.json"
+
+
+def load_manifest(run_name: str) -> dict[str, Any]:
+    path = manifest_path(run_name)
+    if path.exists():
+        return read_json(path)
+    return {"run_name": run_name, "created": now(), "stages": {}}
+
+
+def save_manifest(run_name: str, manifest: dict[str, Any]) -> None:
+    manifest["updated"] = now()
+    atomic_write_json(manifest_path(run_name), manifest)
+
+
+@dataclass
+class Stage:
+    """One stage of one run: where it writes, what it was given."""
+
+    run_name: str
+    name: str
+    params: dict[str, Any]
+    started: float
+
+    @property
+    def dir(self) -> Path:
+        return stage_dir(self.run_name, self.name)
+
+    @property
+    def run_dir(self) -> Path:
+        return run_dir(self.run_name)
+
+    def path(self, *parts: str) -> Path:
+        return self.dir.joinpath(*parts)
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write a JSON file into this stage's folder atomically."""
+        return atomic_write_json(self.path(name), obj)
+
+    def input(self, stage: str, *parts: str) -> Path:
+        """A file of an earlier stage of this run; a clear error when that stage has not produced it."""
+        p = stage_dir(self.run_name, stage).joinpath(*parts)
+        if not p.exists():
+            raise FileNotFoundError(
+                f"{self.name} needs {p}, which stage {stage} writes; it is missing. "
+                f"Run notebooks/{stage}.ipynb with run_name={self.run_name!r} first "
+                f"(or: python -m ftlab run --from {stage[:2]} --to {self.name[:2]} -p run_name {self.run_name})."
+            )
+        return p
+
+    def record_inputs(self, paths: dict[str, Path]) -> dict[str, str]:
+        hashes = {k: file_sha256(Path(v)) for k, v in paths.items()}
+        m = load_manifest(self.run_name)
+        m["stages"].setdefault(self.name, {})["inputs"] = hashes
+        save_manifest(self.run_name, m)
+        return hashes
+
+    def previous(self) -> dict[str, Any] | None:
+        """The summary of an earlier complete run of this stage with the same params, else None."""
+        entry = load_manifest(self.run_name)["stages"].get(self.name, {})
+        summary = self.path("summary.json")
+        if entry.get("status") == "complete" and entry.get("params") == self.params and summary.exists():
+            return read_json(summary)
+        return None
+
+    def finish(self, summary: dict[str, Any]) -> Path:
+        summary = {"stage": self.name, "run_name": self.run_name, "seconds": round(time.time() - self.started, 2),
+                   **summary}  # fmt: skip
+        out = atomic_write_json(self.path("summary.json"), summary)
+        m = load_manifest(self.run_name)
+        entry = m["stages"].setdefault(self.name, {})
+        entry.update(status="complete", finished=now(), seconds=summary["seconds"])
+        save_manifest(self.run_name, m)
+        return out
+
+
+def _unknown_from_history(ns: dict[str, Any], spec: dict[str, P.Param]) -> list[str]:
+    """Names assigned in parameter-like cells (the parameters cell, papermill's injected cell) not in the spec."""
+    unknown: set[str] = set()
+    for src in ns.get("In", []) or []:
+        names = P.assigned_names(src) if isinstance(src, str) else None
+        if names is None:
+            continue
+        if src.lstrip().startswith("# Parameters") or set(names) & set(spec):
+            unknown |= set(names) - set(spec)
+    return sorted(unknown)
+
+
+def resolve_stage(stage: str, ns: dict[str, Any]) -> Stage:
+    """Validate this notebook's parameters from its namespace, create the stage folder, record the params."""
+    spec = P.SPECS.get(stage)
+    if spec is None:
+        raise P.ParamError(f"no parameter spec for stage {stage!r}; known: {sorted(P.SPECS)}")
+    values = {k: ns[k] for k in spec if k in ns}
+    params = P.validate(stage, values, unknown=_unknown_from_history(ns, spec))
+    st = Stage(params["run_name"], stage, params, time.time())
+    st.dir.mkdir(parents=True, exist_ok=True)
+    m = load_manifest(st.run_name)
+    if "git" not in m:
+        m["git"] = git_commit()
+    m["versions"] = package_versions()
+    m["python"] = sys.version.split()[0]
+    m["host"] = {"platform": platform.platform(), "user": getpass.getuser()}
+    m["device"] = device_summary()
+    prev = m["stages"].get(stage, {})
+    same = prev.get("params") == params and prev.get("status") == "complete"
+    m["stages"][stage] = {**(prev if same else {}), "params": params, "started": now(),
+                          "status": prev.get("status") if same else "running"}  # fmt: skip
+    save_manifest(st.run_name, m)
+    return st
