@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(func=cmd_setup)
     a = ap.parse_args(argv)
     if a.cmd == "run":
-        a.start, a.end = (f"{int(a.start):02d}",) * 2 if a.start is not None else (f"{int(a.from_):02d}", f"{int(a.to):02d}")
+        a.start, a.end = (
+            (f"{int(a.start):02d}",) * 2 if a.start is not None else (f"{int(a.from_):02d}", f"{int(a.to):02d}")
+        )
     return a.func(a)
 
 

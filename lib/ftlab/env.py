@@ -131,7 +131,9 @@ def check_attention() -> Check:
     kernels = ["sdpa (torch)"]
     if torch.cuda.is_available():
         b = torch.backends.cuda
-        kernels += [n for n, on in (("flash", b.flash_sdp_enabled()), ("mem_efficient", b.mem_efficient_sdp_enabled())) if on]
+        kernels += [
+            n for n, on in (("flash", b.flash_sdp_enabled()), ("mem_efficient", b.mem_efficient_sdp_enabled())) if on
+        ]
     for pkg in ("flash_attn", "liger_kernel", "kernels"):
         try:
             kernels.append(f"{pkg} {metadata.version(pkg)}")
@@ -151,7 +153,9 @@ def check_versions() -> Check:
                     if n in installed and installed[n].split("+")[0] != v.split("+")[0])  # fmt: skip
     if not missing and not differ:
         return Check("versions vs lock", "pass", f"all {len(pins)} pinned packages match requirements.lock")
-    parts = ([f"differ: {', '.join(differ)}"] if differ else []) + ([f"missing: {', '.join(missing)}"] if missing else [])
+    parts = ([f"differ: {', '.join(differ)}"] if differ else []) + (
+        [f"missing: {', '.join(missing)}"] if missing else []
+    )
     return Check("versions vs lock", "warn", "; ".join(parts),
                  "Recreate the environment from the lock: rm -rf .venv && make setup.")  # fmt: skip
 

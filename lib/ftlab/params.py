@@ -11,9 +11,10 @@ import ast
 import io
 import json
 import tokenize
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ftlab.paths import check_run_name
 
@@ -132,7 +133,9 @@ def parse_parameters_source(source: str) -> list[DeclaredParam]:
     out = []
     for node in tree.body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            raise ParamError(f"parameters cell line {node.lineno}: expected `name = literal`, found {ast.unparse(node)!r}")
+            raise ParamError(
+                f"parameters cell line {node.lineno}: expected `name = literal`, found {ast.unparse(node)!r}"
+            )
         try:
             value = ast.literal_eval(node.value)
         except ValueError:

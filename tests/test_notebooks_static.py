@@ -1,0 +1,75 @@
+"""Static checks of every notebook and params file; no kernel is started.
+
+Run: .venv/bin/python -m pytest tests/test_notebooks_static.py
+"""
+
+import ast
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from ftlab import params as P
+from ftlab.paths import STAGES, notebooks_dir, repo_root
+
+NOTEBOOKS = sorted(notebooks_dir().glob("*.ipynb"))
+PARAM_FILES = sorted((repo_root() / "params").rglob("*.yaml"))
+
+
+def _cells(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))["cells"]
+
+
+def _src(cell) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def test_there_are_notebooks_and_they_are_stages():
+    assert NOTEBOOKS, "no notebooks found"
+    assert all(p.stem in STAGES for p in NOTEBOOKS), [p.stem for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_valid_notebook_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "ftlab"
+    for c in nb.cells:
+        if c.cell_type == "code":
+            assert c.outputs == [] and c.execution_count is None, f"{path.name}: committed outputs; strip them"
+            ast.parse(c.source)  # every code cell is plain Python
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_one_parameters_cell_of_commented_literals_matching_the_spec(path):
+    cells = _cells(path)
+    tagged = [c for c in cells if "parameters" in (c.get("metadata", {}).get("tags") or [])]
+    assert len(tagged) == 1
+    declared = P.notebook_parameters(path)
+    assert all(d.comment for d in declared), [d.name for d in declared if not d.comment]
+    assert {d.name for d in declared} == set(P.SPECS[path.stem]), "parameters cell and ftlab.params.SPECS differ"
+    P.validate(path.stem, {d.name: d.default for d in declared})  # the defaults themselves are valid
+    assert declared[0].name == "run_name"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_layout_header_then_parameters_then_resolve(path):
+    cells = _cells(path)
+    assert cells[0]["cell_type"] == "markdown" and "**Reads:**" in _src(cells[0]) and "**Writes:**" in _src(cells[0])
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert "parameters" in code[0]["metadata"]["tags"]
+    assert f'resolve_stage("{path.stem}", globals())' in _src(code[1])
+    assert "stage.finish(" in _src(code[-1])
+
+
+@pytest.mark.parametrize("path", PARAM_FILES, ids=lambda p: p.name)
+def test_params_file_keys_exist_and_values_validate(path):
+    given = yaml.safe_load(path.read_text()) or {}
+    declared = {nb.stem: {d.name: d.default for d in P.notebook_parameters(nb)} for nb in NOTEBOOKS}
+    known = set().union(*declared.values())
+    assert set(given) <= known, f"{path.name}: unknown keys {set(given) - known}"
+    for stem, defaults in declared.items():
+        P.validate(stem, {**defaults, **{k: v for k, v in given.items() if k in defaults}})
+    assert path.read_text().startswith("#"), "a params file opens with the command that runs it"

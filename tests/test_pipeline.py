@@ -1,0 +1,71 @@
+"""The headless runner and papermill runs of the notebooks on the tiny model.
+
+Run: .venv/bin/python -m pytest tests/test_pipeline.py
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import papermill as pm
+import pytest
+
+from ftlab import pipeline
+from ftlab.params import ParamError
+from ftlab.paths import notebooks_dir, repo_root
+
+CI = repo_root() / "params" / "ci.yaml"
+
+
+def _ftlab(*args, outputs):
+    env = {**os.environ, "FTLAB_OUTPUTS": str(outputs)}
+    return subprocess.run([sys.executable, "-m", "ftlab", *args], capture_output=True, text=True, env=env,
+                          cwd=repo_root(), timeout=600)  # fmt: skip
+
+
+def test_unknown_parameter_fails_fast_with_valid_names(outputs):
+    r = _ftlab("run", "-p", "no_such_param", "1", outputs=outputs)
+    assert r.returncode == 2
+    assert "unknown parameter(s) 'no_such_param'" in r.stderr and "valid names: base_model" in r.stderr
+    assert list(outputs.iterdir()) == []  # nothing ran, nothing written
+
+
+def test_bad_value_fails_before_running(outputs):
+    with pytest.raises(ParamError, match="min_ram_gb='lots'"):
+        pipeline.plan(pipeline.list_notebooks(), {"min_ram_gb": "lots"})
+
+
+def test_stage_00_runs_headless_on_the_tiny_model(outputs):
+    r = _ftlab("run", "--to", "00", "-f", str(CI), outputs=outputs)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = outputs / "ci-tiny"
+    assert "[1/1] 00_check_environment ok" in r.stdout and f"run folder: {run}" in r.stdout
+    report = json.loads((run / "00_check_environment" / "report.json").read_text())
+    assert report["ok"] and {c["name"] for c in report["checks"]} >= {"python", "disk", "bitsandbytes 4-bit", "chat"}
+    manifest = json.loads((run / "manifest.json").read_text())
+    st = manifest["stages"]["00_check_environment"]
+    assert st["status"] == "complete" and st["params"]["base_model"] == "tiny-random"
+    assert (run / "notebooks" / "00_check_environment.ipynb").exists()
+
+
+def test_failing_stage_stops_with_its_error_and_nonzero_exit(outputs):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a GPU")
+    r = _ftlab("run", "00", "-f", str(CI), "-p", "require_gpu", "true", "-p", "chat_check", "false", outputs=outputs)
+    assert r.returncode == 1
+    assert "00_check_environment FAILED" in r.stdout
+    assert "RuntimeError: environment check failed: gpu" in r.stderr
+    manifest = json.loads((outputs / "ci-tiny" / "manifest.json").read_text())
+    assert manifest["stages"]["00_check_environment"]["status"] == "running"  # never marked complete
+
+
+def test_direct_papermill_with_unknown_parameter_fails_in_the_resolve_cell(outputs, tmp_path):
+    nb = notebooks_dir() / "00_check_environment.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters={"run_name": "x", "lora_rank": 8},
+                            kernel_name=pipeline.ensure_kernel(), cwd=str(nb.parent), progress_bar=False)  # fmt: skip
+    assert e.value.ename == "ParamError" and "lora_rank" in e.value.evalue
+    assert not (outputs / "x").exists()
