@@ -213,3 +213,11 @@ def chat(model: Any, tokenizer: Any, messages: list[dict[str, str]] | str, max_n
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def model_vocab_size(name: str) -> int | None:
+    """The model's embedding size from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(resolve_model(name))
+    return getattr(cfg, "vocab_size", None) or getattr(getattr(cfg, "text_config", None), "vocab_size", None)

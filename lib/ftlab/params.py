@@ -42,6 +42,12 @@ class Param:
         return s
 
 
+def _nonempty(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return v
+
+
 RUN = {"run_name": Param(str, check=check_run_name)}
 
 SPECS: dict[str, dict[str, Param]] = {
@@ -53,6 +59,21 @@ SPECS: dict[str, dict[str, Param]] = {
         "bnb_smoke_test": Param(bool),
         "min_free_disk_gb": Param(float, lo=0),
         "min_ram_gb": Param(float, lo=0),
+    },
+    "01_prepare_data": {
+        **RUN,
+        "base_model": Param(str),
+        "data_path": Param(str, check=_nonempty),
+        "prefs_path": Param(str),
+        "eval_path": Param(str),
+        "data_format": Param(str, choices=("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text")),
+        "max_length": Param(int, lo=16, hi=131072),
+        "eval_fraction": Param(float, lo=0, hi=0.5),
+        "max_rows": Param(int, lo=0),
+        "max_rejected_share": Param(float, lo=0, hi=1),
+        "seed": Param(int, lo=0),
+        "perplexity_filter": Param(bool),
+        "min_perplexity": Param(float, lo=1),
     },
 }
 

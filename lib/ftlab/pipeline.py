@@ -6,6 +6,7 @@ type or a bad value stops the run with a message naming the valid choices and no
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -91,6 +92,7 @@ def run(start: str = "00", end: str = "99", params_file: str | None = None,
     out_dir = run_dir(run_name) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel = ensure_kernel()
+    os.environ["FTLAB_HEADLESS"] = "1"  # the kernel inherits it: widgets print instead of waiting for a browser
     t_run = time.time()
     log(f"run {run_name!r}: {len(steps)} stage(s) -> {run_dir(run_name)}")
     for i, (nb, inject) in enumerate(steps, 1):
