@@ -1,0 +1,74 @@
+"""The loss mask derived from the chat template, and the audit that catches broken templates.
+
+Run: .venv/bin/python -m pytest tests/test_audit.py
+"""
+
+import copy
+
+import pytest
+
+from ftlab import audit, models
+
+CONV = [{"role": "user", "content": "What does `len` do?"}, {"role": "assistant", "content": "Return the number of items."},
+        {"role": "user", "content": "And `abs`?"}, {"role": "assistant", "content": "Return the absolute value."}]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return models.load_tokenizer("tiny-random")
+
+
+def test_exactly_the_assistant_turns_and_their_eos_are_trained(tok):
+    e = audit.encode(tok, CONV)
+    trained = tok.decode([t for t, m in zip(e.input_ids, e.assistant_masks) if m])
+    assert trained == "Return the number of items.<|im_end|>Return the absolute value.<|im_end|>"
+    assert audit.marked(tok, e).count("«") == 2
+
+
+def test_truncation_is_reported(tok):
+    e = audit.encode(tok, CONV, max_length=10)
+    assert e.truncated and len(e.input_ids) == 10 and e.length > 10
+
+
+def test_good_template_passes_the_audit(tok):
+    rep = audit.audit(tok, [audit.encode(tok, CONV)], vocab_size=len(tok))
+    assert rep["ok"] and rep["eos_trained_pct"] == 100.0 and 0 < rep["trained_pct"] < 50
+
+
+def test_audit_catches_a_template_that_masks_everything(tok):
+    bad = copy.deepcopy(tok)
+    # renders only the user turns (a broken copy-paste): the assistant's words never appear, nothing is trained
+    bad.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}<|im_start|>user\n{{ m['content'] }}"
+                         "<|im_end|>\n{% endif %}{% endfor %}")  # fmt: skip
+    rep = audit.audit(bad, [audit.encode(bad, CONV)])
+    assert not rep["ok"] and any("masks every token" in p for p in rep["problems"])
+
+
+def test_audit_catches_a_template_that_never_trains_eos(tok):
+    bad = copy.deepcopy(tok)
+    # assistant turns end with a newline only: no <|im_end|>, so the model would never learn to stop
+    bad.chat_template = ("{% for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n{{ m['content'] }}\n{% else %}"
+                         "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # fmt: skip
+    rep = audit.audit(bad, [audit.encode(bad, CONV)])
+    assert not rep["ok"] and any("never trained" in p for p in rep["problems"])
+
+
+def test_audit_flags_pad_equal_eos_and_small_embedding(tok):
+    bad = copy.deepcopy(tok)
+    bad.pad_token = bad.eos_token
+    rep = audit.audit(bad, [audit.encode(bad, CONV)], vocab_size=len(tok) - 5)
+    assert any("pad token == EOS" in w for w in rep["warnings"])
+    assert any("resize the embeddings" in p for p in rep["problems"])
+
+
+def test_template_that_does_not_render_incrementally_is_refused(tok):
+    bad = copy.deepcopy(tok)
+    bad.chat_template = "{{ messages | length }} turns{% for m in messages %} {{ m['content'] }}{% endfor %}"
+    with pytest.raises(audit.TemplateError, match="turn by turn"):
+        audit.encode(bad, CONV)
+
+
+def test_length_stats_suggest_a_multiple_of_64():
+    s = audit.length_stats(list(range(1, 101)), max_length=64)
+    assert s["over_max_length"] == 36 and s["suggested_max_length"] == 128 and s["p50"] == 50

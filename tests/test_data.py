@@ -1,0 +1,196 @@
+"""Loaders, schema normalization and row-level validation.  Run: .venv/bin/python -m pytest tests/test_data.py"""
+
+import csv
+import json
+
+import pytest
+
+from ftlab import data
+
+Q = [f"What does `mod.f{i}` do?" for i in range(6)]
+A = [f"Return the answer number {i} for the caller." for i in range(6)]
+
+
+def _messages_rows():
+    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in zip(Q, A)]
+
+
+FORMATS = {
+    "messages": _messages_rows,
+    "sharegpt": lambda: [{"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]} for q, a in zip(Q, A)],
+    "alpaca": lambda: [{"instruction": q, "input": "", "output": a} for q, a in zip(Q, A)],
+    "prompt_completion": lambda: [{"prompt": q, "completion": a} for q, a in zip(Q, A)],
+}
+
+
+def _write(path, rows):
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(rows), encoding="utf-8")
+    elif path.suffix == ".csv":
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    elif path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("ext", [".jsonl", ".json", ".parquet"])
+def test_every_format_in_every_file_type_normalizes_to_the_same_messages(tmp_path, fmt, ext):
+    rows, rejected, used = data.load(_write(tmp_path / f"d{ext}", FORMATS[fmt]()))
+    assert rejected == [] and used == f"{fmt} (6)"
+    assert [r.data["messages"] for r in rows] == [m["messages"] for m in _messages_rows()]
+    assert [r.line for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_csv_alpaca_and_prompt_completion(tmp_path):
+    for fmt in ("alpaca", "prompt_completion"):
+        rows, rejected, used = data.load(_write(tmp_path / f"{fmt}.csv", FORMATS[fmt]()))
+        assert not rejected and len(rows) == 6 and rows[0].line == 2  # line 1 is the header
+        assert rows[0].data["messages"][1]["content"] == A[0]
+
+
+def test_datasets_folder(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list(_messages_rows()).save_to_disk(str(tmp_path / "ds"))
+    rows, rejected, used = data.load(tmp_path / "ds")
+    assert len(rows) == 6 and used == "messages (6)"
+
+
+def test_plain_text_is_one_assistant_turn(tmp_path):
+    rows, _, used = data.load(_write(tmp_path / "t.jsonl", [{"text": "Some corpus text to continue."}]))
+    assert rows[0].data["messages"] == [{"role": "assistant", "content": "Some corpus text to continue."}]
+
+
+def test_alpaca_input_and_system_are_kept():
+    d, _ = data.normalize({"instruction": "Sum", "input": "1 2", "output": "3", "system": "Be terse."})
+    assert d["messages"] == [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Sum\n\n1 2"},
+                             {"role": "assistant", "content": "3"}]  # fmt: skip
+
+
+def test_explicit_format_overrides_detection_and_extra_fields_are_kept():
+    rec = {"prompt": "q?", "completion": "an answer", "text": "ignored by this format", "id": 7}
+    d, extra = data.normalize(rec, "prompt_completion")
+    assert d["messages"][1]["content"] == "an answer" and extra == {"text": "ignored by this format", "id": 7}
+    with pytest.raises(data.RowError, match="needs fields"):
+        data.normalize({"text": "x"}, "alpaca")
+
+
+GOOD = '{"messages": [{"role": "user", "content": "q%d"}, {"role": "assistant", "content": "a%d"}]}'
+BAD_LINES = {
+    "invalid_json": '{"messages": [',
+    "wrong_type": '{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]}',
+    "empty_field": '{"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "a"}]}',
+    "nul_byte": '{"messages": [{"role": "user", "content": "q\\u0000"}, {"role": "assistant", "content": "a"}]}',
+    "control_chars": '{"messages": [{"role": "user", "content": "q\\u0007"}, {"role": "assistant", "content": "a"}]}',
+    "unknown_role": '{"messages": [{"role": "wizard", "content": "q"}, {"role": "assistant", "content": "a"}]}',
+    "turn_order": '{"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}',
+    "no_final_assistant": '{"messages": [{"role": "user", "content": "q"}]}',
+    "unknown_schema": '{"question": "q", "answer": "a"}',
+}
+
+
+@pytest.mark.parametrize("reason", list(BAD_LINES) + ["invalid_utf8", "lone_surrogate"])
+def test_each_bad_row_is_rejected_with_its_line_and_nothing_else_is_lost(tmp_path, reason):
+    # 3 good rows, the bad one on line 3, 2 more good rows -> 5 accepted, 1 rejected at line 3
+    good = [(GOOD % (i, i)).encode() for i in range(5)]
+    if reason == "invalid_utf8":
+        bad = b'{"messages": [{"role": "user", "content": "q\xff"}]}'
+    elif reason == "lone_surrogate":
+        bad = b'{"messages": [{"role": "user", "content": "q\\ud800"}, {"role": "assistant", "content": "a"}]}'
+    else:
+        bad = BAD_LINES[reason].encode()
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\n".join(good[:2] + [bad] + good[2:]) + b"\n")
+    rows, rejected, _ = data.load(path)
+    assert [r.line for r in rows] == [1, 2, 4, 5, 6]
+    assert len(rejected) == 1 and rejected[0].line == 3
+    assert rejected[0].reason == ("invalid_utf8" if reason == "lone_surrogate" else reason)
+    assert rejected[0].raw  # the raw row is kept for the report
+
+
+def test_bom_crlf_and_blank_lines_are_fine(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (GOOD % (0, 0)).encode() + b"\r\n\r\n" + (GOOD % (1, 1)).encode() + b"\r\n")
+    rows, rejected, _ = data.load(path)
+    assert not rejected and [r.line for r in rows] == [1, 3]
+
+
+def test_sharegpt_unknown_role_and_preference_checks():
+    with pytest.raises(data.RowError) as e:
+        data.normalize({"conversations": [{"from": "tool", "value": "x"}, {"from": "gpt", "value": "y"}]})
+    assert e.value.reason == "unknown_role"
+    with pytest.raises(data.RowError) as e:
+        data.normalize({"prompt": "q", "chosen": "same", "rejected": "same "})
+    assert e.value.reason == "chosen_equals_rejected"
+    d, _ = data.normalize({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "y"}],
+                           "rejected": "n"})  # fmt: skip
+    assert d == {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "y"}],
+                 "rejected": [{"role": "assistant", "content": "n"}]}  # fmt: skip
+
+
+def test_sft_file_with_preference_rows_is_reported(tmp_path):
+    path = _write(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}])
+    rows, rejected, _ = data.load(path)
+    assert not rows and rejected[0].reason == "unknown_schema" and "expected an SFT format" in rejected[0].detail
+
+
+def test_whole_file_errors_are_clear(tmp_path):
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.load(tmp_path / "nope.jsonl")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(data.DataError, match="unsupported file type"):
+        data.load(tmp_path / "x.txt")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(data.DataError, match="not valid UTF-8 JSON"):
+        data.load(tmp_path / "bad.json")
+    with pytest.raises(data.DataError, match="data_format must be one of"):
+        data.load(tmp_path / "bad.json", "csv")
+
+
+def test_exact_and_near_duplicates(tmp_path):
+    rows = _messages_rows()[:3]
+    near = json.loads(json.dumps(rows[0]))
+    near["messages"][1]["content"] = near["messages"][1]["content"].upper().replace(".", "")
+    rows, rejected, _ = data.load(_write(tmp_path / "d.jsonl", rows + [rows[1], near]))
+    kept, dups = data.dedupe(rows)
+    assert [r.line for r in kept] == [1, 2, 3]
+    assert [(d.line, d.reason) for d in dups] == [(4, "duplicate"), (5, "near_duplicate")]
+    assert "line 2" in dups[0].detail and "line 1" in dups[1].detail
+
+
+def test_split_is_seeded_by_conversation_and_has_no_leaks():
+    rows = [data.Row(i + 1, {"messages": [{"role": "user", "content": f"q{i // 2}"}, {"role": "assistant", "content": f"a{i}"}]})
+            for i in range(40)]  # fmt: skip  # 20 prompts, 2 answers each
+    train, evals = data.split(rows, 0.2, seed=1)
+    assert (len(train), len(evals)) == (32, 8)  # 20 prompts x 0.2 = 4 prompts = 8 rows held out
+    assert {data.prompt_key(r) for r in train}.isdisjoint({data.prompt_key(r) for r in evals})
+    assert data.split(rows, 0.2, seed=1) == (train, evals)
+    assert data.split(rows, 0.2, seed=2) != (train, evals)
+    _, leaks = data.drop_leaks(train, train[:3])
+    assert [r.reason for r in leaks] == ["eval_in_train"] * 3
+
+
+def test_rejected_share_gate():
+    rej = [data.Rejected(i, "empty_field", "", {}) for i in range(6)]
+    with pytest.raises(data.DataError, match="6 of 100 rows rejected"):
+        data.check_rejected_share("f", 94, rej, 0.05)
+    assert data.check_rejected_share("f", 94, rej, 0.1) == pytest.approx(0.06)
+    # rejections caused by the split are not bad data
+    assert data.check_rejected_share("f", 10, [data.Rejected(1, "prompt_in_eval", "", {})], 0.0) == 0.0
+
+
+def test_bundled_dataset_is_clean_and_passes_untouched():
+    for name, kind in (("sft.jsonl", "sft"), ("prefs.jsonl", "prefs")):
+        path = data.resolve_data_path(f"data/pydoc_qa/{name}")
+        rows, rejected, _ = data.load(path, kind=kind)
+        kept, dups = data.dedupe(rows)
+        assert rejected == [] and dups == [] and len(rows) > 1000
