@@ -20,6 +20,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     from ftlab import pipeline
 
     overrides = {name: _value(v) for name, v in a.p or []}
+    if a.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         folder = pipeline.run(a.start, a.end, a.f, overrides, verbose=a.verbose)
     except (P.ParamError, pipeline.StageFailed, FileNotFoundError) as e:

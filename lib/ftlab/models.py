@@ -217,7 +217,11 @@ def chat(model: Any, tokenizer: Any, messages: list[dict[str, str]] | str, max_n
 
 def model_vocab_size(name: str) -> int | None:
     """The model's embedding size from its config alone (no weights loaded)."""
+    cfg = model_config(name)
+    return getattr(cfg, "vocab_size", None) or getattr(getattr(cfg, "text_config", None), "vocab_size", None)
+
+
+def model_config(name: str) -> Any:
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(resolve_model(name))
-    return getattr(cfg, "vocab_size", None) or getattr(getattr(cfg, "text_config", None), "vocab_size", None)
+    return AutoConfig.from_pretrained(resolve_model(name))

@@ -48,6 +48,14 @@ def _nonempty(v: str) -> str:
     return v
 
 
+def _targets(v: str | list) -> str | list:
+    if isinstance(v, str) and v != "all-linear":
+        raise ValueError(f"expected 'all-linear' or a list of module names like ['q_proj', 'v_proj'], got {v!r}")
+    if isinstance(v, list) and (not v or not all(isinstance(x, str) and x for x in v)):
+        raise ValueError(f"expected a non-empty list of module names like ['q_proj', 'v_proj'], got {v!r}")
+    return v
+
+
 RUN = {"run_name": Param(str, check=check_run_name)}
 
 SPECS: dict[str, dict[str, Param]] = {
@@ -74,6 +82,30 @@ SPECS: dict[str, dict[str, Param]] = {
         "seed": Param(int, lo=0),
         "perplexity_filter": Param(bool),
         "min_perplexity": Param(float, lo=1),
+    },
+    "02_train_sft": {
+        **RUN,
+        "base_model": Param(str),
+        "quantization": Param(str, choices=("auto", "4bit", "none")),
+        "lora_r": Param(int, lo=1, hi=1024),
+        "lora_alpha": Param(int, lo=1),
+        "lora_dropout": Param(float, lo=0, hi=0.9),
+        "lora_targets": Param((str, list), check=_targets),
+        "learning_rate": Param(float, lo=1e-7, hi=1e-2),
+        "epochs": Param(float, lo=0),
+        "max_steps": Param(int, lo=0),
+        "batch_size": Param(int, lo=1),
+        "grad_accum": Param(int, lo=1),
+        "warmup_steps": Param(int, lo=0),
+        "max_length": Param(int, lo=16, hi=131072),
+        "eval_steps": Param(int, lo=0),
+        "save_steps": Param(int, lo=1),
+        "logging_steps": Param(int, lo=1),
+        "gradient_checkpointing": Param(bool),
+        "optim": Param(str, choices=("adamw_bnb_8bit", "adamw_torch", "paged_adamw_8bit")),
+        "liger": Param(bool),
+        "report_to": Param(str, choices=("none", "tensorboard", "mlflow")),
+        "seed": Param(int, lo=0),
     },
 }
 

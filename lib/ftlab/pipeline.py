@@ -45,12 +45,13 @@ def plan(notebooks: list[Path], given: dict[str, Any]) -> list[tuple[Path, dict[
     if not notebooks:
         raise P.ParamError(f"no notebooks in that range under {notebooks_dir()}")
     declared = {nb: {d.name: d.default for d in P.notebook_parameters(nb)} for nb in notebooks}
-    known = set().union(*(set(d) for d in declared.values()))
+    # a name is valid when some notebook of the series declares it, so one params file serves any range of stages
+    known = set().union(*({d.name for d in P.notebook_parameters(nb)} for nb in list_notebooks()))
     unknown = sorted(set(given) - known)
     if unknown:
         raise P.ParamError(
-            f"unknown parameter(s) {', '.join(map(repr, unknown))} for notebooks "
-            f"{', '.join(nb.stem for nb in notebooks)}; valid names: {', '.join(sorted(known))}. "
+            f"unknown parameter(s) {', '.join(map(repr, unknown))}: no notebook declares them; "
+            f"valid names: {', '.join(sorted(known))}. "
             f"`python -m ftlab params NOTEBOOK` lists each notebook's parameters with their comments."
         )
     out = []

@@ -24,3 +24,31 @@ def length_histogram(lengths: list[int], max_length: int, path: str | Path | Non
     ax.legend()
     fig.tight_layout()
     return _save(fig, path)
+
+
+def training_curves(metrics: list[dict[str, Any]], path: str | Path | None = None, title: str = "Training") -> Any:
+    """Loss and eval loss against steps, learning rate, and tokens/s."""
+    import matplotlib.pyplot as plt
+
+    tr = [m for m in metrics if "loss" in m]
+    ev = [m for m in metrics if "eval_loss" in m]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    ax = axes[0]
+    ax.plot([m["step"] for m in tr], [m["loss"] for m in tr], label="train loss", color="#4C72B0")
+    if ev:
+        ax.plot([m["step"] for m in ev], [m["eval_loss"] for m in ev], "o-", label="eval loss", color="#C44E52")
+    ax.set_title(f"{title}: loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend()
+    axes[1].plot([m["step"] for m in tr if "learning_rate" in m], [m["learning_rate"] for m in tr if "learning_rate" in m], color="#55A868")
+    axes[1].set_title("learning rate")
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("lr")
+    tps = [m for m in tr if "tokens_per_s" in m]
+    axes[2].plot([m["step"] for m in tps], [m["tokens_per_s"] for m in tps], color="#8172B2")
+    axes[2].set_title("throughput")
+    axes[2].set_xlabel("step")
+    axes[2].set_ylabel("tokens/s (non-padding)")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -50,3 +50,50 @@ def dataset_browser(rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
     box = w.VBox([slider, out])
     display(box)
     return box
+
+
+class TrainingDashboard:
+    """Live loss / eval loss / tokens/s / memory view in JupyterLab; progress lines in a headless run."""
+
+    def __init__(self, title: str, total_steps: int, every_s: float = 2.0):
+        self.title, self.total, self.every_s = title, total_steps, every_s
+        self.records: list[dict[str, Any]] = []
+        self._last = 0.0
+        self.headless = is_headless()
+        if not self.headless:
+            import ipywidgets as w
+            from IPython.display import display
+
+            self.stats = w.HTML(value=f"<b>{title}</b>: starting…", description="")
+            self.plot = w.Output()
+            self.box = w.VBox([self.stats, self.plot])
+            display(self.box)
+
+    def line(self, r: dict[str, Any]) -> str:
+        parts = [f"step {r['step']}/{self.total}"]
+        for k, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval_loss {:.4f}"), ("grad_norm", "grad {:.3f}"),
+                       ("learning_rate", "lr {:.2e}"), ("tokens_per_s", "{:.0f} tok/s"), ("vram_alloc_gib", "vram {:.2f} GiB"),
+                       ("ram_rss_gib", "ram {:.2f} GiB"), ("eta_s", "eta {:.0f} s")):  # fmt: skip
+            if k in r:
+                parts.append(fmt.format(r[k]))
+        return " | ".join(parts)
+
+    def __call__(self, r: dict[str, Any]) -> None:
+        import time
+
+        self.records.append(r)
+        if self.headless:
+            print(self.line(r), flush=True)
+            return
+        self.stats.value = f"<b>{self.title}</b>: {self.line(r)}"
+        if time.time() - self._last >= self.every_s or "eval_loss" in r:
+            self._last = time.time()
+            import matplotlib.pyplot as plt
+
+            from ftlab.plots import training_curves
+
+            with self.plot:
+                self.plot.clear_output(wait=True)
+                fig = training_curves(self.records, title=self.title)
+                plt.show(fig)
+                plt.close(fig)

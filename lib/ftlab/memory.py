@@ -1,0 +1,146 @@
+"""Peak-memory planning for LoRA / QLoRA training, from the model's config alone (nothing is loaded).
+
+The estimate adds up: base weights by quantization (NF4 linear layers at ~0.52 byte/param with double
+quantization, everything else in the compute dtype), LoRA parameters + gradients + optimizer states, activations
+at the longest batch (with or without gradient checkpointing), the logits and loss, and the CUDA context. It is
+meant to be right within ~25% and on the safe side; stage 02 prints it next to the measured peak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+GIB = 2**30
+OPTIM_BYTES = {"adamw_bnb_8bit": 2, "adamw_8bit": 2, "paged_adamw_8bit": 2, "adamw_torch": 8, "adamw_torch_fused": 8,
+               "sgd": 0}  # fmt: skip  # optimizer state bytes per trainable parameter
+
+
+@dataclass
+class Shape:
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Shape:
+        cfg = getattr(cfg, "text_config", None) or cfg
+        heads = cfg.num_attention_heads
+        return cls(cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, heads,
+                   getattr(cfg, "num_key_value_heads", None) or heads,
+                   getattr(cfg, "head_dim", None) or cfg.hidden_size // heads, cfg.intermediate_size,
+                   bool(getattr(cfg, "tie_word_embeddings", False)))  # fmt: skip
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear layer of one decoder block (Llama-style)."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {"q_proj": (self.hidden, q), "k_proj": (self.hidden, kv), "v_proj": (self.hidden, kv),
+                "o_proj": (q, self.hidden), "gate_proj": (self.hidden, self.intermediate),
+                "up_proj": (self.hidden, self.intermediate), "down_proj": (self.intermediate, self.hidden)}  # fmt: skip
+
+    def linear_params(self) -> int:
+        return self.layers * sum(i * o for i, o in self.linears().values())
+
+    def other_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2) + self.layers * 2 * self.hidden + self.hidden
+
+
+@dataclass
+class Plan:
+    weights: float
+    lora: float
+    optimizer: float
+    activations: float
+    logits: float
+    context: float
+    total: float
+    trainable_params: int
+    base_params: int
+
+    def gib(self) -> dict[str, float]:
+        return {k: round(v / GIB, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def estimate(shape: Shape, *, quantization: str, batch_size: int, seq_len: int, lora_r: int,
+             lora_targets: list[str] | str = "all-linear", dtype_bytes: int = 2, gradient_checkpointing: bool = True,
+             optim: str = "adamw_bnb_8bit", cuda: bool = True, chunked_loss: bool = True) -> Plan:  # fmt: skip
+    """Estimated peak memory in bytes for one training step at (batch_size, seq_len)."""
+    lin, other = shape.linear_params(), shape.other_params()
+    weights = lin * (0.52 if quantization == "4bit" else dtype_bytes) + other * dtype_bytes
+    targets = shape.linears() if lora_targets == "all-linear" else {k: v for k, v in shape.linears().items() if k in lora_targets}
+    trainable = shape.layers * sum(lora_r * (i + o) for i, o in targets.values())
+    lora = trainable * (4 + 4)  # fp32 adapter weights + their gradients
+    optimizer = trainable * OPTIM_BYTES.get(optim, 8)
+    tokens = batch_size * seq_len
+    h, inter = shape.hidden, shape.intermediate
+    # one decoder block keeps ~ (10 h + 3 intermediate) values per token for backward (sdpa/flash: no s^2 term),
+    # LoRA adds its r-sized inputs; with checkpointing only each block's input stays, plus one block in flight
+    per_layer = tokens * (10 * h + 3 * inter + 2 * lora_r * len(targets)) * dtype_bytes
+    kept = tokens * h * dtype_bytes * shape.layers if gradient_checkpointing else per_layer * shape.layers
+    activations = kept + (per_layer if gradient_checkpointing else 0)
+    # TRL's fused LM head computes the loss on [4096 tokens x vocab chunk] tiles; a plain loss holds fp32 logits
+    # for every token and their gradient
+    logits = min(tokens, 4096) * min(shape.vocab, 8192) * 4 * 2 if chunked_loss else tokens * shape.vocab * 4 * 2
+    context = 0.5 * GIB if cuda else 0.0
+    total = (weights + lora + optimizer + activations + logits + context) * 1.10  # allocator fragmentation
+    return Plan(float(weights), float(lora), float(optimizer), float(activations), float(logits), float(context),
+                float(total), int(trainable), int(lin + other))  # fmt: skip
+
+
+def suggest(shape: Shape, limit_bytes: float, **cfg: Any) -> list[dict[str, Any]]:
+    """Configurations that fit under `limit_bytes`, cheapest change first (same effective batch where possible)."""
+    out = []
+    tries: list[dict[str, Any]] = []
+    if not cfg.get("gradient_checkpointing", True):
+        tries.append({"gradient_checkpointing": True})
+    b = cfg["batch_size"]
+    while b > 1:
+        b //= 2
+        tries.append({"batch_size": b, "grad_accum_factor": cfg["batch_size"] // b})
+    s = cfg["seq_len"]
+    while s > 256:
+        s //= 2
+        tries.append({"batch_size": 1, "seq_len": s})
+    if cfg.get("quantization") != "4bit":
+        tries.append({"quantization": "4bit", "batch_size": 1})
+    for t in tries:
+        c = {**cfg, **{k: v for k, v in t.items() if k != "grad_accum_factor"}}
+        if estimate(shape, **c).total <= limit_bytes:
+            out.append(t)
+            if len(out) >= 3:
+                break
+    return out
+
+
+def table(plan: Plan, device_bytes: float | None, device_name: str = "device memory") -> str:
+    g = plan.gib()
+    rows = [("base weights", g["weights"]), ("LoRA params + grads", g["lora"]), ("optimizer states", g["optimizer"]),
+            ("activations", g["activations"]), ("logits + loss", g["logits"]), ("CUDA context", g["context"])]  # fmt: skip
+    lines = [f"{k:<22}{v:>9.2f} GiB" for k, v in rows]
+    lines.append(f"{'estimated peak (+10%)':<22}{g['total']:>9.2f} GiB")
+    if device_bytes:
+        lines.append(f"{device_name:<22}{device_bytes / GIB:>9.2f} GiB  -> {'fits' if plan.total <= device_bytes * 0.95 else 'DOES NOT FIT'}")
+    lines.append(f"trainable LoRA params: {plan.trainable_params:,} of {plan.base_params:,} "
+                 f"({100 * plan.trainable_params / max(plan.base_params, 1):.2f}%)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def device_limit() -> tuple[float, str]:
+    """Bytes training may use: the GPU's total memory, or the RAM available now on a CPU machine."""
+    import psutil
+    import torch
+
+    if torch.cuda.is_available():
+        return float(torch.cuda.get_device_properties(0).total_memory), "GPU memory"
+    return float(psutil.virtual_memory().available), "available RAM"
+
+
+def advice(plan: Plan, limit: float, fits: list[dict[str, Any]]) -> str:
+    tips = "; ".join(", ".join(f"{k}={v}" for k, v in f.items()) for f in fits) or "a smaller model or a bigger GPU"
+    return (f"estimated peak {plan.total / GIB:.2f} GiB vs {limit / GIB:.2f} GiB available. Settings that fit: {tips} "
+            "(keep batch_size x grad_accum constant to keep the same effective batch).")  # fmt: skip

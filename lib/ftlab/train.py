@@ -1,0 +1,313 @@
+"""Build and run the SFT trainer (TRL): datasets from stage 01, LoRA config, arguments, live metrics and guards,
+checkpoints that are only used once complete, resume, and the preflight on the worst-case batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from ftlab.audit import encode
+
+CHECKPOINT_DONE = "CHECKPOINT_COMPLETE"
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on purpose (NaN/inf loss, out of memory in the preflight); the message says why and what to do."""
+
+
+def device_kind() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def encode_dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> Any:
+    """Pre-tokenized rows: `input_ids` + `assistant_masks`; TRL turns the mask into labels (-100 elsewhere)."""
+    from datasets import Dataset
+
+    encs = [encode(tokenizer, r["messages"], max_length) for r in rows]
+    return Dataset.from_dict({"input_ids": [e.input_ids for e in encs], "assistant_masks": [e.assistant_masks for e in encs]})
+
+
+def lora_config(r: int, alpha: int, dropout: float, targets: str | list[str]) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", task_type="CAUSAL_LM",
+                      target_modules="all-linear" if targets == "all-linear" else list(targets))  # fmt: skip
+
+
+def precision(device: str) -> dict[str, bool]:
+    import torch
+
+    if device != "cuda":
+        return {"bf16": False, "fp16": False}
+    bf16 = torch.cuda.is_bf16_supported()
+    return {"bf16": bf16, "fp16": not bf16}
+
+
+def liger_available() -> bool:
+    import importlib.util
+
+    return device_kind() == "cuda" and importlib.util.find_spec("liger_kernel") is not None
+
+
+def sft_args(out_dir: Path, p: dict[str, Any], device: str) -> Any:
+    """TRL SFTConfig from the stage parameters; the defaults are the ones our benchmarks chose."""
+    from trl import SFTConfig
+
+    report_to = [] if p["report_to"] == "none" else [p["report_to"]]
+    return SFTConfig(
+        output_dir=str(out_dir), seed=p["seed"], data_seed=p["seed"],
+        num_train_epochs=p["epochs"], max_steps=p["max_steps"] if p["max_steps"] > 0 else -1,
+        per_device_train_batch_size=p["batch_size"], per_device_eval_batch_size=p["batch_size"],
+        gradient_accumulation_steps=p["grad_accum"], learning_rate=p["learning_rate"],
+        lr_scheduler_type="cosine", warmup_steps=p["warmup_steps"], weight_decay=0.0, max_grad_norm=1.0,
+        optim=p["optim"], gradient_checkpointing=p["gradient_checkpointing"],
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        eval_strategy="steps" if p["eval_steps"] > 0 else "no", eval_steps=p["eval_steps"] or None,
+        save_strategy="steps", save_steps=p["save_steps"], save_total_limit=2,
+        logging_steps=p["logging_steps"], logging_first_step=True, report_to=report_to,
+        include_num_input_tokens_seen="non_padding",
+        max_length=p["max_length"], use_cpu=device == "cpu", dataloader_num_workers=0, disable_tqdm=True,
+        use_liger_kernel=liger_available() and p["liger"], save_only_model=False, **precision(device),
+    )  # fmt: skip
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------------------
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint-N that was completely written; half-written ones are moved aside, never resumed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    best = None
+    for d in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1):
+        if (d / CHECKPOINT_DONE).exists():
+            best = d
+        else:
+            aside = folder / f"incomplete-{d.name}-{int(time.time())}"
+            d.rename(aside)
+            print(f"checkpoint {d.name} was not completely written (interrupted save): moved to {aside.name}")
+    return str(best) if best else None
+
+
+def guard_stale_checkpoints(folder: Path, params: dict[str, Any]) -> None:
+    """Checkpoints of a run with different parameters must not be resumed: move them aside."""
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / "params.json"
+    if marker.exists() and json.loads(marker.read_text()) != params:
+        aside = folder.with_name(f"{folder.name}-stale-{int(time.time())}")
+        folder.rename(aside)
+        print(f"parameters changed since the checkpoints were written: old checkpoints moved to {aside.name}")
+        folder.mkdir(parents=True)
+    marker.write_text(json.dumps(params, indent=1, sort_keys=True))
+
+
+class CheckpointComplete(TrainerCallback):
+    """Mark a checkpoint complete once the Trainer has written all of it (model, optimizer, RNG, state)."""
+
+    def on_save(self, args, state, control, **kw):
+        d = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if d.is_dir():
+            (d / CHECKPOINT_DONE).write_text(str(state.global_step))
+
+
+class CrashAt(TrainerCallback):
+    """Testing aid: FTLAB_CRASH_AT_STEP=N kills the process abruptly after step N, as a power cut would."""
+
+    def on_step_end(self, args, state, control, **kw):
+        if os.environ.get("FTLAB_CRASH_AT_STEP") == str(state.global_step):
+            os._exit(137)
+
+
+# ---- live metrics and guards -------------------------------------------------------------------------------------
+
+
+def memory_now() -> dict[str, float]:
+    import psutil
+    import torch
+
+    out = {"ram_rss_gib": round(psutil.Process().memory_info().rss / 2**30, 3)}
+    if torch.cuda.is_available():
+        out["vram_alloc_gib"] = round(torch.cuda.memory_allocated() / 2**30, 3)
+        out["vram_reserved_gib"] = round(torch.cuda.memory_reserved() / 2**30, 3)
+        out["vram_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return out
+
+
+class LiveMetrics(TrainerCallback):
+    """Every log: one line in metrics.jsonl (loss, eval loss, grad norm, lr, tokens/s, memory, ETA) and guards."""
+
+    def __init__(self, path: Path, on_record: Callable[[dict[str, Any]], None] | None = None, log: Callable[[str], None] = print):
+        self.path, self.on_record, self.log = Path(path), on_record, log
+        self.losses: list[float] = []
+        self.grads: list[float] = []
+        self.warnings: list[str] = []
+        self.stopped_reason: str | None = None
+        self._t = self._tok = None
+        self._t0, self._step0 = time.time(), 0
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._t, self._tok, self._t0, self._step0 = time.time(), state.num_input_tokens_seen, time.time(), state.global_step
+
+    def _warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        self.log(f"WARNING: {msg}")
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = dict(logs or {})
+        now = time.time()
+        rec: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "time": round(now, 2)}
+        for k in ("loss", "eval_loss", "grad_norm", "learning_rate", "mean_token_accuracy", "eval_mean_token_accuracy"):
+            if k in logs:
+                rec[k] = float(logs[k])
+        seen = state.num_input_tokens_seen
+        if "loss" in rec and self._t is not None and now > self._t:
+            rec["tokens_per_s"] = round((seen - self._tok) / (now - self._t), 1)
+            self._t, self._tok = now, seen
+        done = state.global_step - self._step0
+        if done > 0 and state.max_steps:
+            rec["eta_s"] = round((now - self._t0) / done * (state.max_steps - state.global_step), 1)
+        rec["tokens_seen"] = seen
+        rec.update(memory_now())
+        self._guards(rec, control)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.on_record:
+            self.on_record(rec)
+
+    def _guards(self, rec: dict[str, Any], control: Any) -> None:
+        loss = rec.get("loss", rec.get("eval_loss"))
+        if loss is not None and not math.isfinite(loss):
+            self.stopped_reason = (f"loss became {loss} at step {rec['step']}: training stopped. Usual causes: learning "
+                                   "rate too high, fp16 overflow (use bf16 or a lower LR), bad rows (rerun stage 01).")  # fmt: skip
+            control.should_training_stop = True
+            return
+        if "loss" in rec:
+            if len(self.losses) >= 5 and rec["loss"] > 2.0 * statistics.median(self.losses[-20:]):
+                self._warn(f"loss spike at step {rec['step']}: {rec['loss']:.3f} vs median {statistics.median(self.losses[-20:]):.3f}; "
+                           "if it repeats lower the learning rate (or try nf4 -> none quantization to rule it out)")  # fmt: skip
+            self.losses.append(rec["loss"])
+        g = rec.get("grad_norm")
+        if g is not None:
+            if not math.isfinite(g) or (len(self.grads) >= 5 and g > 10 * statistics.median(self.grads[-20:])):
+                self._warn(f"grad norm {g:.3g} at step {rec['step']} is far above its median: lower the learning rate")
+            self.grads.append(g if math.isfinite(g) else 0.0)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+
+
+# ---- preflight -----------------------------------------------------------------------------------------------
+
+
+def worst_case_batch(dataset: Any, batch_size: int) -> list[int]:
+    """Indices of the `batch_size` longest rows: the batch that sets peak memory."""
+    lengths = [len(x) for x in dataset["input_ids"]]
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])[:batch_size]
+
+
+def preflight(trainer: Any, advice: str) -> dict[str, Any]:
+    """One forward + backward on the worst-case batch, before the real run. OOM -> TrainingStopped with advice."""
+    import torch
+
+    idx = worst_case_batch(trainer.train_dataset, trainer.args.per_device_train_batch_size)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in idx])
+    model = trainer.model
+    device = next(p for p in model.parameters() if p.requires_grad).device
+    batch = {k: v.to(device) for k, v in batch.items() if hasattr(v, "to")}
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t = time.time()
+    model.train()
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.args.bf16):
+            loss = model(**batch).loss
+        loss.backward()
+    except torch.OutOfMemoryError:
+        model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        raise TrainingStopped(f"out of memory on the worst-case batch (the {len(idx)} longest rows). {advice}") from None
+    grads = [(n, p.grad) for n, p in model.named_parameters() if p.requires_grad]
+    no_grad = [n for n, g in grads if g is None]
+    model.zero_grad(set_to_none=True)
+    out = {"rows": len(idx), "tokens": int(batch["input_ids"].numel()), "loss": round(float(loss.detach()), 4),
+           "seconds": round(time.time() - t, 2), "trainable_tensors": len(grads), "without_grad": len(no_grad),
+           **memory_now()}  # fmt: skip
+    if not math.isfinite(out["loss"]):
+        raise TrainingStopped(f"the preflight loss is {out['loss']}: check the data and the model's dtype")
+    if no_grad:
+        raise TrainingStopped(f"{len(no_grad)} trainable tensors got no gradient in the preflight (e.g. {no_grad[0]}); "
+                              "training would silently skip them")  # fmt: skip
+    return out
+
+
+def save_adapter(trainer: Any, tokenizer: Any, folder: Path) -> Path:
+    """Adapter (safetensors + config) and the tokenizer with its chat template, written to a temp dir then moved."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+def check_same_model(stats: dict[str, Any], base_model: str, tokenizer: Any) -> None:
+    """Stage 01 audited one tokenizer and template; training with another would silently change the format."""
+    from ftlab.audit import template_hash
+
+    if stats["base_model"] != base_model:
+        raise ValueError(f"stage 01 prepared the data for base_model={stats['base_model']!r} but this stage has "
+                         f"base_model={base_model!r}; rerun stage 01 with the same base_model, or set it here.")  # fmt: skip
+    if stats["audit"]["template_sha256_16"] != template_hash(tokenizer):
+        raise ValueError("the chat template differs from the one stage 01 audited (the model folder changed?); rerun stage 01.")
+
+
+def truncate_metrics(path: Path, step: int | None) -> None:
+    """On resume keep only the records up to the checkpoint's step; on a fresh start remove the old file."""
+    path = Path(path)
+    if step is None:
+        path.unlink(missing_ok=True)
+        return
+    keep = [r for r in read_metrics(path) if r["step"] <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+
+def total_steps(n_rows: int, p: dict[str, Any]) -> int:
+    if p["max_steps"] > 0:
+        return p["max_steps"]
+    per_epoch = math.ceil(n_rows / p["batch_size"] / p["grad_accum"])
+    return max(1, math.ceil(per_epoch * p["epochs"]))
+
+
+def quiet(trainer: Any) -> Any:
+    """Drop the Trainer's own dict printing: LiveMetrics already prints one readable line per log."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def final_eval_loss(trainer: Any, live: LiveMetrics) -> float:
+    """Eval loss after training: reuse the Trainer's eval at the last step when it ran one, else run it."""
+    recs = [r for r in read_metrics(live.path) if "eval_loss" in r]
+    if recs and recs[-1]["step"] == trainer.state.global_step:
+        return recs[-1]["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
