@@ -17,7 +17,9 @@ def _messages_rows():
 
 FORMATS = {
     "messages": _messages_rows,
-    "sharegpt": lambda: [{"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]} for q, a in zip(Q, A)],
+    "sharegpt": lambda: [
+        {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]} for q, a in zip(Q, A)
+    ],
     "alpaca": lambda: [{"instruction": q, "input": "", "output": a} for q, a in zip(Q, A)],
     "prompt_completion": lambda: [{"prompt": q, "completion": a} for q, a in zip(Q, A)],
 }

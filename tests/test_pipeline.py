@@ -27,7 +27,10 @@ def _ftlab(*args, outputs):
 def test_unknown_parameter_fails_fast_with_valid_names(outputs):
     r = _ftlab("run", "-p", "no_such_param", "1", outputs=outputs)
     assert r.returncode == 2
-    assert "unknown parameter(s) 'no_such_param': no notebook declares them" in r.stderr and "valid names: base_model" in r.stderr
+    assert (
+        "unknown parameter(s) 'no_such_param': no notebook declares them" in r.stderr
+        and "valid names: base_model" in r.stderr
+    )
     assert list(outputs.iterdir()) == []  # nothing ran, nothing written
 
 

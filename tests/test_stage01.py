@@ -25,7 +25,11 @@ def _write(tmp_path, kind):
                              for q, a in zip(Q, A)))  # fmt: skip
     elif kind == "sharegpt.json":
         p = tmp_path / "d.json"
-        p.write_text(json.dumps([{"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]} for q, a in zip(Q, A)]))
+        p.write_text(
+            json.dumps(
+                [{"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]} for q, a in zip(Q, A)]
+            )
+        )
     elif kind == "alpaca.csv":
         import csv
 
@@ -72,7 +76,9 @@ def test_stage01_bad_rows_fail_the_gate_with_line_numbers(tmp_path, outputs):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(pipeline.StageFailed, match=r"2 of 30 rows rejected \(6.7% > max_rejected_share 5.0%\)"):
         _run(path, outputs)
-    rejected = [json.loads(x) for x in (outputs / "s01" / "01_prepare_data" / "rejected.jsonl").read_text().splitlines()]
+    rejected = [
+        json.loads(x) for x in (outputs / "s01" / "01_prepare_data" / "rejected.jsonl").read_text().splitlines()
+    ]
     assert [(r["line"], r["reason"]) for r in rejected] == [(5, "nul_byte"), (10, "no_final_assistant")]
     # with a looser gate the same file passes and nothing else is lost: 28 accepted rows
     run = _run(path, outputs, max_rejected_share=0.1)

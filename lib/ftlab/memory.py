@@ -72,7 +72,11 @@ def estimate(shape: Shape, *, quantization: str, batch_size: int, seq_len: int, 
     """Estimated peak memory in bytes for one training step at (batch_size, seq_len)."""
     lin, other = shape.linear_params(), shape.other_params()
     weights = lin * (0.52 if quantization == "4bit" else dtype_bytes) + other * dtype_bytes
-    targets = shape.linears() if lora_targets == "all-linear" else {k: v for k, v in shape.linears().items() if k in lora_targets}
+    targets = (
+        shape.linears()
+        if lora_targets == "all-linear"
+        else {k: v for k, v in shape.linears().items() if k in lora_targets}
+    )
     trainable = shape.layers * sum(lora_r * (i + o) for i, o in targets.values())
     lora = trainable * (4 + 4)  # fp32 adapter weights + their gradients
     optimizer = trainable * OPTIM_BYTES.get(optim, 8)
@@ -124,7 +128,9 @@ def table(plan: Plan, device_bytes: float | None, device_name: str = "device mem
     lines = [f"{k:<22}{v:>9.2f} GiB" for k, v in rows]
     lines.append(f"{'estimated peak (+10%)':<22}{g['total']:>9.2f} GiB")
     if device_bytes:
-        lines.append(f"{device_name:<22}{device_bytes / GIB:>9.2f} GiB  -> {'fits' if plan.total <= device_bytes * 0.95 else 'DOES NOT FIT'}")
+        lines.append(
+            f"{device_name:<22}{device_bytes / GIB:>9.2f} GiB  -> {'fits' if plan.total <= device_bytes * 0.95 else 'DOES NOT FIT'}"
+        )
     lines.append(f"trainable LoRA params: {plan.trainable_params:,} of {plan.base_params:,} "
                  f"({100 * plan.trainable_params / max(plan.base_params, 1):.2f}%)")  # fmt: skip
     return "\n".join(lines)

@@ -109,6 +109,12 @@ def run(start: str = "00", end: str = "99", params_file: str | None = None,
                 f"stage {nb.stem} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
                 f"executed copy with the full traceback: {out_dir / nb.name}"
             ) from None
+        except Exception as e:  # noqa: BLE001 - the kernel died (killed, out of host memory) or could not start
+            log(f"[{i}/{len(steps)}] {nb.stem} FAILED after {time.time() - t:.1f} s")
+            raise StageFailed(
+                f"stage {nb.stem} stopped: {type(e).__name__}: {e}. If the kernel died, re-running resumes "
+                f"from the last complete checkpoint where the stage has them. Partial output: {out_dir / nb.name}"
+            ) from None
         log(f"[{i}/{len(steps)}] {nb.stem} ok ({time.time() - t:.1f} s)")
     log(f"done in {time.time() - t_run:.1f} s; run folder: {run_dir(run_name)}")
     return run_dir(run_name)

@@ -41,7 +41,11 @@ def training_curves(metrics: list[dict[str, Any]], path: str | Path | None = Non
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.legend()
-    axes[1].plot([m["step"] for m in tr if "learning_rate" in m], [m["learning_rate"] for m in tr if "learning_rate" in m], color="#55A868")
+    axes[1].plot(
+        [m["step"] for m in tr if "learning_rate" in m],
+        [m["learning_rate"] for m in tr if "learning_rate" in m],
+        color="#55A868",
+    )
     axes[1].set_title("learning rate")
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("lr")

@@ -36,7 +36,9 @@ def encode_dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) 
     from datasets import Dataset
 
     encs = [encode(tokenizer, r["messages"], max_length) for r in rows]
-    return Dataset.from_dict({"input_ids": [e.input_ids for e in encs], "assistant_masks": [e.assistant_masks for e in encs]})
+    return Dataset.from_dict(
+        {"input_ids": [e.input_ids for e in encs], "assistant_masks": [e.assistant_masks for e in encs]}
+    )
 
 
 def lora_config(r: int, alpha: int, dropout: float, targets: str | list[str]) -> Any:
@@ -92,7 +94,9 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     if not folder.is_dir():
         return None
     best = None
-    for d in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1):
+    for d in sorted(
+        folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1
+    ):
         if (d / CHECKPOINT_DONE).exists():
             best = d
         else:
@@ -149,7 +153,9 @@ def memory_now() -> dict[str, float]:
 class LiveMetrics(TrainerCallback):
     """Every log: one line in metrics.jsonl (loss, eval loss, grad norm, lr, tokens/s, memory, ETA) and guards."""
 
-    def __init__(self, path: Path, on_record: Callable[[dict[str, Any]], None] | None = None, log: Callable[[str], None] = print):
+    def __init__(
+        self, path: Path, on_record: Callable[[dict[str, Any]], None] | None = None, log: Callable[[str], None] = print
+    ):
         self.path, self.on_record, self.log = Path(path), on_record, log
         self.losses: list[float] = []
         self.grads: list[float] = []
@@ -159,7 +165,12 @@ class LiveMetrics(TrainerCallback):
         self._t0, self._step0 = time.time(), 0
 
     def on_train_begin(self, args, state, control, **kw):
-        self._t, self._tok, self._t0, self._step0 = time.time(), state.num_input_tokens_seen, time.time(), state.global_step
+        self._t, self._tok, self._t0, self._step0 = (
+            time.time(),
+            state.num_input_tokens_seen,
+            time.time(),
+            state.global_step,
+        )
 
     def _warn(self, msg: str) -> None:
         self.warnings.append(msg)
@@ -240,7 +251,9 @@ def preflight(trainer: Any, advice: str) -> dict[str, Any]:
     except torch.OutOfMemoryError:
         model.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
-        raise TrainingStopped(f"out of memory on the worst-case batch (the {len(idx)} longest rows). {advice}") from None
+        raise TrainingStopped(
+            f"out of memory on the worst-case batch (the {len(idx)} longest rows). {advice}"
+        ) from None
     grads = [(n, p.grad) for n, p in model.named_parameters() if p.requires_grad]
     no_grad = [n for n, g in grads if g is None]
     model.zero_grad(set_to_none=True)
@@ -276,7 +289,9 @@ def check_same_model(stats: dict[str, Any], base_model: str, tokenizer: Any) -> 
         raise ValueError(f"stage 01 prepared the data for base_model={stats['base_model']!r} but this stage has "
                          f"base_model={base_model!r}; rerun stage 01 with the same base_model, or set it here.")  # fmt: skip
     if stats["audit"]["template_sha256_16"] != template_hash(tokenizer):
-        raise ValueError("the chat template differs from the one stage 01 audited (the model folder changed?); rerun stage 01.")
+        raise ValueError(
+            "the chat template differs from the one stage 01 audited (the model folder changed?); rerun stage 01."
+        )
 
 
 def truncate_metrics(path: Path, step: int | None) -> None:
