@@ -232,30 +232,27 @@ def worst_case_batch(dataset: Any, batch_size: int) -> list[int]:
 
 
 def preflight(trainer: Any, advice: str) -> dict[str, Any]:
-    """One forward + backward on the worst-case batch, before the real run. OOM -> TrainingStopped with advice."""
+    """One training step's forward + backward on the worst-case batch, through the Trainer's own loss path
+    (gradient checkpointing, mixed precision, TRL's chunked loss), before the real run. OOM -> TrainingStopped."""
     import torch
 
     idx = worst_case_batch(trainer.train_dataset, trainer.args.per_device_train_batch_size)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in idx])
     model = trainer.model
-    device = next(p for p in model.parameters() if p.requires_grad).device
-    batch = {k: v.to(device) for k, v in batch.items() if hasattr(v, "to")}
+    if trainer.args.gradient_checkpointing:  # the Trainer turns it on only inside train(); the preflight needs it now
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t = time.time()
     model.train()
     try:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.args.bf16):
-            loss = model(**batch).loss
-        loss.backward()
+        loss = trainer.training_step(model, batch, num_items_in_batch=int((batch["labels"] != -100).sum()))
     except torch.OutOfMemoryError:
         model.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
-        raise TrainingStopped(
-            f"out of memory on the worst-case batch (the {len(idx)} longest rows). {advice}"
-        ) from None
+        raise TrainingStopped(f"out of memory on the worst-case batch (the {len(idx)} longest rows). {advice}") from None
     grads = [(n, p.grad) for n, p in model.named_parameters() if p.requires_grad]
-    no_grad = [n for n, g in grads if g is None]
+    no_grad = [n for n, g in grads if g is None or not torch.isfinite(g).all()]
     model.zero_grad(set_to_none=True)
     out = {"rows": len(idx), "tokens": int(batch["input_ids"].numel()), "loss": round(float(loss.detach()), 4),
            "seconds": round(time.time() - t, 2), "trainable_tensors": len(grads), "without_grad": len(no_grad),
@@ -263,8 +260,8 @@ def preflight(trainer: Any, advice: str) -> dict[str, Any]:
     if not math.isfinite(out["loss"]):
         raise TrainingStopped(f"the preflight loss is {out['loss']}: check the data and the model's dtype")
     if no_grad:
-        raise TrainingStopped(f"{len(no_grad)} trainable tensors got no gradient in the preflight (e.g. {no_grad[0]}); "
-                              "training would silently skip them")  # fmt: skip
+        raise TrainingStopped(f"{len(no_grad)} trainable tensors got no (finite) gradient in the preflight (e.g. "
+                              f"{no_grad[0]}); training would silently skip them")  # fmt: skip
     return out
 
 
