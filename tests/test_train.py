@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, TrainerControl
 
@@ -167,3 +168,48 @@ def test_4bit_qlora_on_cpu_trains_every_lora_layer(outputs, prepared):
     assert math.isfinite(s["last_loss"])
     moved = [k for k, v in _adapter(st).items() if "lora_B" in k and v.abs().sum() > 0]
     assert len(moved) == 14  # every lora_B left zero init: all 2 layers x 7 linear layers were trained
+
+
+QWEN14B = dict(vocab_size=152064, hidden_size=5120, intermediate_size=13824, num_hidden_layers=48,
+               num_attention_heads=40, num_key_value_heads=8, tie_word_embeddings=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("preset, card_gib", [("gpu-24gb-8b", 24), ("v100-16gb-14b", 16), ("gpu-80gb-8b", 80)])
+def test_every_gpu_preset_fits_its_card_by_the_planner(preset, card_gib):
+    import yaml
+    from transformers import Qwen2Config
+
+    from ftlab.paths import repo_root
+
+    p = yaml.safe_load((repo_root() / "params" / f"{preset}.yaml").read_text())
+    cfg = Qwen2Config(**QWEN14B) if "Qwen" in p["base_model"] else LLAMA8B
+    plan = memory.estimate(memory.Shape.from_config(cfg), quantization=p["quantization"], batch_size=p["batch_size"],
+                           seq_len=p["max_length"], lora_r=p["lora_r"])  # fmt: skip
+    assert plan.total < 0.9 * card_gib * memory.GIB
+    assert f"{plan.total / memory.GIB:.1f} GiB" in (repo_root() / "params" / f"{preset}.yaml").read_text()
+
+
+def test_preflight_oom_stops_with_the_planners_advice(monkeypatch):
+    class Rows(list):  # what preflight reads of a datasets.Dataset: a column by name, a row by index
+        def __getitem__(self, key):
+            return [r["input_ids"] for r in self] if key == "input_ids" else list.__getitem__(self, key)
+
+    class FakeTrainer:
+        train_dataset = Rows([{"input_ids": [1, 2, 3]}, {"input_ids": [1, 2, 3, 4, 5]}])
+        args = type("A", (), {"per_device_train_batch_size": 1, "gradient_checkpointing": False})()
+        model = torch.nn.Linear(2, 2)
+
+        def data_collator(self, rows):
+            return {
+                "input_ids": torch.tensor([r["input_ids"] for r in rows]),
+                "labels": torch.tensor([r["input_ids"] for r in rows]),
+            }
+
+        def training_step(self, *a, **k):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    with pytest.raises(
+        train.TrainingStopped, match="out of memory on the worst-case batch .* Settings that fit: batch_size=2"
+    ):
+        train.preflight(FakeTrainer(), "Settings that fit: batch_size=2, grad_accum_factor=2")

@@ -94,6 +94,7 @@ def run(start: str = "00", end: str = "99", params_file: str | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel = ensure_kernel()
     os.environ["FTLAB_HEADLESS"] = "1"  # the kernel inherits it: widgets print instead of waiting for a browser
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # fewer fragmentation OOMs
     t_run = time.time()
     log(f"run {run_name!r}: {len(steps)} stage(s) -> {run_dir(run_name)}")
     for i, (nb, inject) in enumerate(steps, 1):

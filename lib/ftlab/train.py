@@ -250,7 +250,9 @@ def preflight(trainer: Any, advice: str) -> dict[str, Any]:
     except torch.OutOfMemoryError:
         model.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
-        raise TrainingStopped(f"out of memory on the worst-case batch (the {len(idx)} longest rows). {advice}") from None
+        raise TrainingStopped(
+            f"out of memory on the worst-case batch (the {len(idx)} longest rows). {advice}"
+        ) from None
     grads = [(n, p.grad) for n, p in model.named_parameters() if p.requires_grad]
     no_grad = [n for n, g in grads if g is None or not torch.isfinite(g).all()]
     model.zero_grad(set_to_none=True)
@@ -276,6 +278,17 @@ def save_adapter(trainer: Any, tokenizer: Any, folder: Path) -> Path:
         shutil.rmtree(folder)
     tmp.rename(folder)
     return folder
+
+
+def attention_warning(model: Any) -> str | None:
+    """Eager attention on a GPU materializes the full attention matrix: slow and memory-hungry."""
+    impl = getattr(model.config, "_attn_implementation", None)
+    if device_kind() == "cuda" and impl == "eager":
+        return (
+            "attention fell back to the slow 'eager' kernel: training will be slower and use more memory. "
+            "Use a model with sdpa support, or install flash-attn and pass attn_implementation='flash_attention_2'."
+        )
+    return None
 
 
 def check_same_model(stats: dict[str, Any], base_model: str, tokenizer: Any) -> None:
