@@ -84,3 +84,17 @@ def test_stage01_bad_rows_fail_the_gate_with_line_numbers(tmp_path, outputs):
     run = _run(path, outputs, max_rejected_share=0.1)
     stats = json.loads((run / "01_prepare_data" / "stats.json").read_text())
     assert stats["train"] + stats["eval"] == 28 and stats["rejected"] == 2
+
+
+def test_stage01_separate_eval_file_rejects_rows_leaking_from_train(tmp_path, outputs):
+    train_path = _write(tmp_path, "messages.jsonl")
+    ev = tmp_path / "eval.jsonl"
+    # 2 new prompts and 1 that is also in train (line 3: pkg.func_5, in different case) -> 2 eval rows, 1 leak
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "An answer."}]}
+            for q in ("What does `other.a` do?", "What does `other.b` do?", Q[5].upper())]  # fmt: skip
+    ev.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = _run(train_path, outputs, eval_path=str(ev))
+    stats = json.loads((run / "01_prepare_data" / "stats.json").read_text())
+    assert (stats["train"], stats["eval"], stats["rejected_reasons"]) == (30, 2, {"eval_in_train": 1})
+    rejected = [json.loads(x) for x in (run / "01_prepare_data" / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"], r["source"]) for r in rejected] == [(3, "eval_in_train", str(ev))]

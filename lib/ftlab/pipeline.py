@@ -82,8 +82,6 @@ def ensure_kernel() -> str:
 def run(start: str = "00", end: str = "99", params_file: str | None = None,
         overrides: dict[str, Any] | None = None, verbose: bool = False, log=print) -> Path:  # fmt: skip
     """Execute the notebooks in [start, end] in order; executed copies go to outputs/<run>/notebooks/."""
-    import papermill as pm
-
     given = {**load_params_file(params_file), **(overrides or {})}
     steps = plan(list_notebooks(start, end), given)
     # every notebook declares run_name; when it is not given, the first notebook's default names the run
@@ -93,8 +91,24 @@ def run(start: str = "00", end: str = "99", params_file: str | None = None,
     out_dir = run_dir(run_name) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel = ensure_kernel()
+    saved = {k: os.environ.get(k) for k in ("FTLAB_HEADLESS", "PYTORCH_CUDA_ALLOC_CONF")}
     os.environ["FTLAB_HEADLESS"] = "1"  # the kernel inherits it: widgets print instead of waiting for a browser
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # fewer fragmentation OOMs
+    try:
+        _execute(steps, run_name, out_dir, kernel, verbose, log)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return run_dir(run_name)
+
+
+def _execute(steps: list[tuple[Path, dict[str, Any]]], run_name: str, out_dir: Path, kernel: str, verbose: bool,
+             log) -> None:  # fmt: skip
+    import papermill as pm
+
     t_run = time.time()
     log(f"run {run_name!r}: {len(steps)} stage(s) -> {run_dir(run_name)}")
     for i, (nb, inject) in enumerate(steps, 1):
@@ -118,4 +132,3 @@ def run(start: str = "00", end: str = "99", params_file: str | None = None,
             ) from None
         log(f"[{i}/{len(steps)}] {nb.stem} ok ({time.time() - t:.1f} s)")
     log(f"done in {time.time() - t_run:.1f} s; run folder: {run_dir(run_name)}")
-    return run_dir(run_name)
