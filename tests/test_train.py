@@ -213,3 +213,20 @@ def test_preflight_oom_stops_with_the_planners_advice(monkeypatch):
         train.TrainingStopped, match="out of memory on the worst-case batch .* Settings that fit: batch_size=2"
     ):
         train.preflight(FakeTrainer(), "Settings that fit: batch_size=2, grad_accum_factor=2")
+
+
+def test_tensorboard_logging_stays_in_the_stage_folder(outputs, prepared):
+    st = _run02(outputs, prepared, "tb", max_steps=2, eval_steps=0, report_to="tensorboard")
+    events = list((st / "checkpoints").rglob("events.out.tfevents.*"))
+    assert events and all(st in e.parents for e in events)
+
+
+def test_mlflow_without_the_package_is_a_clear_error(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is not None:
+        pytest.skip("mlflow is installed here")
+    p = dict(FAST, seed=0, epochs=1.0, grad_accum=1, warmup_steps=0, optim="adamw_torch", gradient_checkpointing=False,
+             report_to="mlflow", max_length=64, liger=False)  # fmt: skip
+    with pytest.raises(ValueError, match="needs the mlflow package"):
+        train.sft_args(tmp_path, p, "cpu")

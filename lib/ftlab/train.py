@@ -68,6 +68,13 @@ def sft_args(out_dir: Path, p: dict[str, Any], device: str) -> Any:
     from trl import SFTConfig
 
     report_to = [] if p["report_to"] == "none" else [p["report_to"]]
+    if p["report_to"] == "mlflow":
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:
+            raise ValueError("report_to='mlflow' needs the mlflow package, which is not in requirements.lock: "
+                             "pip install mlflow, or use report_to='tensorboard' (installed).")  # fmt: skip
+        os.environ.setdefault("MLFLOW_TRACKING_URI", (Path(out_dir) / "mlruns").resolve().as_uri())  # local, no server
     return SFTConfig(
         output_dir=str(out_dir), seed=p["seed"], data_seed=p["seed"],
         num_train_epochs=p["epochs"], max_steps=p["max_steps"] if p["max_steps"] > 0 else -1,
