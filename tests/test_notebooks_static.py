@@ -55,6 +55,18 @@ def test_one_parameters_cell_of_commented_literals_matching_the_spec(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_parses_every_parameter_line(path, caplog):
+    """papermill's own parser gives up on a line whose comment holds '=', silently losing that parameter's help."""
+    import papermill
+
+    caplog.set_level("WARNING")
+    found = papermill.inspect_notebook(str(path))
+    assert set(found) == set(P.SPECS[path.stem])
+    assert not [r.message for r in caplog.records if "Unable to parse" in r.message]
+    assert all(v["help"] for v in found.values()), [k for k, v in found.items() if not v["help"]]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_layout_header_then_parameters_then_resolve(path):
     cells = _cells(path)
     assert cells[0]["cell_type"] == "markdown" and "**Reads:**" in _src(cells[0]) and "**Writes:**" in _src(cells[0])

@@ -33,3 +33,46 @@ def test_perplexity_filter_rejects_low_perplexity_rows_with_reason():
     keep, rej = data.perplexity_filter(rows, [0.5, 2.0, float("nan")], min_perplexity=3.0)
     # exp(0.5)=1.65 < 3 rejected; exp(2.0)=7.4 kept; NaN (nothing scored) kept
     assert [r.line for r in keep] == [2, 3] and [(r.line, r.reason) for r in rej] == [(1, "low_perplexity")]
+
+
+def test_generation_metrics_on_known_strings():
+    assert scoring.exact_match("Return the  number of items.", "return the number of items")
+    assert not scoring.exact_match("Return items.", "Return the number of items.")
+    rl = scoring.rouge_l(["return the number of items", "something else"], ["Return the number of items.", "x y"])
+    assert rl[0] == 1.0 and rl[1] == 0.0
+
+
+def test_bootstrap_ci_covers_the_mean_and_shrinks_with_more_data():
+    import random
+
+    rng = random.Random(0)
+    small = [rng.gauss(1.0, 1.0) for _ in range(20)]
+    big = [rng.gauss(1.0, 1.0) for _ in range(2000)]
+    m, lo, hi = scoring.bootstrap_ci(small)
+    M, LO, HI = scoring.bootstrap_ci(big)
+    assert lo < m < hi and LO < 1.0 < HI and (HI - LO) < (hi - lo) / 5
+
+
+def _score(nll, rl):
+    return {"per_example": {"nll": nll, "rouge_l": rl}}
+
+
+def test_compare_verdicts_improved_regressed_and_negligible():
+    base = _score([3.0 + 0.01 * i for i in range(40)], [0.1] * 40)
+    better = _score([2.0 + 0.01 * i for i in range(40)], [0.3 + 0.001 * i for i in range(40)])
+    c = scoring.compare(base, better, ("base", "SFT"))
+    assert c["verdict"].startswith("SFT improved on base") and c["nll_diff"] == -1.0 and not c["regressed"]
+    worse = scoring.compare(better, base, ("SFT", "DPO"))
+    assert worse["verdict"].startswith("DPO regressed vs SFT") and len(worse["regressed"]) == 2
+    tiny = _score([3.0 + 0.01 * i + 0.005 for i in range(40)], [0.1] * 40)  # significant but below the tolerance
+    assert scoring.compare(base, tiny)["verdict"].startswith("no material difference")
+
+
+def test_generate_is_greedy_batched_and_reports_stopping():
+    tok, model = models.load_tokenizer("tiny-random"), models.load_model("tiny-random")
+    prompts = [[{"role": "user", "content": "What does `len` do?"}], [{"role": "user", "content": "Hi " * 20}]]
+    one = scoring.generate(model, tok, prompts[:1], max_new_tokens=6)
+    two = scoring.generate(model, tok, prompts, max_new_tokens=6, batch_size=2)
+    assert one[0].text == two[0].text  # left padding does not change a greedy answer
+    assert all(a.new_tokens <= 6 for a in two) and tok.padding_side == "right"  # restored
+    assert all((a.stopped and a.new_tokens <= 6) or (not a.stopped and a.new_tokens == 6) for a in two)

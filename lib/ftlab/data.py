@@ -37,11 +37,13 @@ REASONS = {
     "eval_in_train": "an eval row whose prompt also appears in train (leakage)",
     "prompt_in_eval": "a training row (e.g. a preference pair) whose prompt is held out for eval; kept out of training",
     "low_perplexity": "base-model perplexity below the threshold (near-memorized boilerplate)",
+    "prompt_too_long": "the prompt alone is longer than max_prompt_length tokens (DPO)",
+    "self_answer_matches": "the model's own answer already equals the reference: no preference to learn (self pairs)",
 }
 ROLE_MAP = {"system": "system", "user": "user", "assistant": "assistant",
             "human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}  # fmt: skip
 # rejections that follow from choices made here (the split, a filter), not from bad data: not counted by the gate
-CHOSEN_REASONS = {"prompt_in_eval", "low_perplexity"}
+CHOSEN_REASONS = {"prompt_in_eval", "low_perplexity", "self_answer_matches"}
 _CONTROL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 

@@ -56,3 +56,34 @@ def training_curves(metrics: list[dict[str, Any]], path: str | Path | None = Non
     axes[2].set_ylabel("tokens/s (non-padding)")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def dpo_curves(metrics: list[dict[str, Any]], path: str | Path | None = None, title: str = "DPO") -> Any:
+    """DPO loss, chosen/rejected rewards and their margin, reward accuracy (train and held-out pairs)."""
+    import matplotlib.pyplot as plt
+
+    tr = [m for m in metrics if "loss" in m]
+    ev = [m for m in metrics if "eval_rewards/margins" in m]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    ax = axes[0]
+    ax.plot([m["step"] for m in tr], [m["loss"] for m in tr], label="train loss", color="#4C72B0")
+    ax.plot([m["step"] for m in ev], [m["eval_loss"] for m in ev], "o-", label="eval loss", color="#C44E52")
+    ax.axhline(0.6931, ls=":", color="grey", label="ln 2 (no preference)")
+    ax.set(title=f"{title}: loss", xlabel="step", ylabel="DPO loss")
+    ax.legend()
+    ax = axes[1]
+    for k, c in (("rewards/chosen", "#55A868"), ("rewards/rejected", "#C44E52"), ("rewards/margins", "#4C72B0")):
+        ax.plot([m["step"] for m in tr if k in m], [m[k] for m in tr if k in m], label=k.split("/")[1], color=c)
+    ax.plot(
+        [m["step"] for m in ev], [m["eval_rewards/margins"] for m in ev], "o--", label="eval margin", color="#4C72B0"
+    )
+    ax.set(title="implicit rewards", xlabel="step", ylabel="beta x log-ratio vs reference")
+    ax.legend()
+    ax = axes[2]
+    k = "rewards/accuracies"
+    ax.plot([m["step"] for m in tr if k in m], [m[k] for m in tr if k in m], label="train", color="#8172B2")
+    ax.plot([m["step"] for m in ev], [m["eval_" + k] for m in ev], "o-", label="eval pairs", color="#C44E52")
+    ax.set(title="reward accuracy", xlabel="step", ylabel="share chosen > rejected", ylim=(-0.05, 1.05))
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)

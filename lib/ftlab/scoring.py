@@ -6,6 +6,8 @@ Stage 01's optional perplexity filter, stage 03's regression guard and stage 05'
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from ftlab.audit import Encoded
@@ -38,3 +40,159 @@ def answer_nll(model: Any, encoded: list[Encoded], pad_id: int, batch_size: int 
         per = (tok_nll * valid).sum(1) / valid.sum(1).clamp(min=1)
         out += [float(x) if v else math.nan for x, v in zip(per.cpu(), valid.any(1).cpu(), strict=True)]
     return out
+
+
+# ---- generation metrics -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    text: str  # decoded answer without special tokens
+    new_tokens: int  # tokens generated, the end-of-turn token included
+    stopped: bool  # ended with an end-of-turn token before the max_new_tokens bound
+
+
+def eos_ids(tokenizer: Any, model: Any = None) -> list[int]:
+    """Every token id that ends an answer: the generation config's EOS ids, the tokenizer's EOS and `<|im_end|>`."""
+    ids: set[int] = set()
+    gen = getattr(model, "generation_config", None)
+    e = getattr(gen, "eos_token_id", None)
+    ids |= set(e if isinstance(e, list) else [e] if e is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def generate(
+    model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], max_new_tokens: int = 64, batch_size: int = 8
+) -> list[Answer]:
+    """Greedy (deterministic) answers to chat prompts, batched with left padding."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    stop = eos_ids(tokenizer, model)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    out: list[Answer] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+                     for p in prompts[i : i + batch_size]]  # fmt: skip
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.no_grad():
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
+                                     pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+            for row in gen[:, enc["input_ids"].shape[1] :].tolist():
+                n = next((k + 1 for k, t in enumerate(row) if t in stop), None)
+                toks = row[:n] if n else [t for t in row if t != tokenizer.pad_token_id]
+                out.append(Answer(tokenizer.decode(toks, skip_special_tokens=True).strip(), len(toks), n is not None))
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def _norm(s: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", s.lower()).split())
+
+
+def exact_match(pred: str, ref: str) -> bool:
+    """Equal after lower-casing and removing punctuation and extra whitespace."""
+    return _norm(pred) == _norm(ref)
+
+
+def rouge_l(preds: list[str], refs: list[str]) -> list[float]:
+    """ROUGE-L F1 per pair (rouge-score, offline; `evaluate.load('rouge')` would need the hub)."""
+    from rouge_score import rouge_scorer
+
+    sc = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [sc.score(r, p)["rougeL"].fmeasure for p, r in zip(preds, refs, strict=True)]
+
+
+def bootstrap_ci(values: list[float], n: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and a percentile bootstrap confidence interval of the mean (NaNs ignored)."""
+    import numpy as np
+
+    v = np.array([x for x in values if x == x], dtype=float)
+    if len(v) == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n, len(v)))].mean(axis=1)
+    a = (1 - level) / 2
+    return float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def split_eval_row(row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
+    """An eval row's prompt (every turn before the last) and its reference answer (the last assistant turn)."""
+    msgs = row["messages"]
+    if not msgs or msgs[-1]["role"] != "assistant":
+        raise ValueError(f"an eval row must end with an assistant turn (the reference answer); got {msgs[-1:]}")
+    return msgs[:-1], msgs[-1]["content"]
+
+
+def score(
+    model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, max_length: int, n_generate: int,
+    max_new_tokens: int = 64, batch_size: int = 8,
+) -> dict[str, Any]:  # fmt: skip
+    """Held-out NLL on every row; greedy answers on the first `n_generate` rows with ROUGE-L, exact match, length
+    and the share that stopped by themselves. Per-example values are kept for paired comparisons."""
+    from ftlab.audit import encode
+
+    enc = [encode(tokenizer, r["messages"], max_length) for r in rows]
+    nll = answer_nll(model, enc, tokenizer.pad_token_id, batch_size)
+    prompts, refs = zip(*(split_eval_row(r) for r in rows[:n_generate]), strict=True) if n_generate else ((), ())
+    answers = generate(model, tokenizer, list(prompts), max_new_tokens, batch_size) if prompts else []
+    rl = rouge_l([a.text for a in answers], list(refs))
+    em = [exact_match(a.text, r) for a, r in zip(answers, refs, strict=True)]
+    valid = [x for x in nll if x == x]
+    return {
+        "nll": sum(valid) / len(valid) if valid else math.nan,
+        "perplexity": math.exp(sum(valid) / len(valid)) if valid else math.nan,
+        "rouge_l": sum(rl) / len(rl) if rl else math.nan,
+        "exact_match": sum(em) / len(em) if em else math.nan,
+        "answer_tokens": sum(a.new_tokens for a in answers) / len(answers) if answers else math.nan,
+        "stopped_share": sum(a.stopped for a in answers) / len(answers) if answers else math.nan,
+        "n_nll": len(valid), "n_generate": len(answers),
+        "per_example": {"nll": nll, "rouge_l": rl, "exact_match": em,
+                        "answers": [a.text for a in answers], "stopped": [a.stopped for a in answers]},
+    }  # fmt: skip
+
+
+def summary(s: dict[str, Any]) -> dict[str, Any]:
+    """The score without its per-example lists, rounded for printing and JSON."""
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in s.items() if k != "per_example"}
+
+
+def compare(
+    before: dict[str, Any], after: dict[str, Any], names: tuple[str, str] = ("before", "after"),
+    nll_tol: float = 0.02, rouge_tol: float = 0.01,
+) -> dict[str, Any]:  # fmt: skip
+    """Paired comparison of two scores on the same rows: NLL difference with a bootstrap CI, ROUGE-L difference,
+    and a plain-language verdict. Lower NLL is better; higher ROUGE-L is better. A change counts only when its 95%
+    interval excludes zero *and* it is larger than the tolerance (smaller changes are reported as negligible)."""
+    a, b = before["per_example"], after["per_example"]
+    d_nll = [y - x for x, y in zip(a["nll"], b["nll"], strict=True) if x == x and y == y]
+    d_rl = [y - x for x, y in zip(a["rouge_l"], b["rouge_l"], strict=True)]
+    nll_mean, nll_lo, nll_hi = bootstrap_ci(d_nll)
+    rl_mean, rl_lo, rl_hi = bootstrap_ci(d_rl)
+    better, worse = [], []
+    if nll_hi < 0 and -nll_mean > nll_tol:
+        better.append(f"held-out NLL by {-nll_mean:.3f} nats/token [95% CI {-nll_hi:.3f}, {-nll_lo:.3f}]")
+    elif nll_lo > 0 and nll_mean > nll_tol:
+        worse.append(f"held-out NLL by {nll_mean:.3f} nats/token [95% CI {nll_lo:.3f}, {nll_hi:.3f}]")
+    if d_rl and rl_lo > 0 and rl_mean > rouge_tol:
+        better.append(f"ROUGE-L by {rl_mean:+.3f} [{rl_lo:+.3f}, {rl_hi:+.3f}]")
+    elif d_rl and rl_hi < 0 and -rl_mean > rouge_tol:
+        worse.append(f"ROUGE-L by {rl_mean:+.3f} [{rl_lo:+.3f}, {rl_hi:+.3f}]")
+    n1, n2 = names
+    if worse:
+        verdict = (
+            f"{n2} regressed vs {n1}: " + "; ".join(worse) + (f" (improved {'; '.join(better)})" if better else "")
+        )
+    elif better:
+        verdict = f"{n2} improved on {n1}: " + "; ".join(better)
+    else:
+        verdict = (f"no material difference between {n2} and {n1}: NLL {nll_mean:+.3f} nats/token "
+                   f"[{nll_lo:+.3f}, {nll_hi:+.3f}], ROUGE-L {rl_mean:+.3f} [{rl_lo:+.3f}, {rl_hi:+.3f}] "
+                   f"(tolerances {nll_tol} nats, {rouge_tol} ROUGE-L)")  # fmt: skip
+    return {"nll_diff": nll_mean, "nll_diff_ci": [nll_lo, nll_hi], "rouge_l_diff": rl_mean,
+            "rouge_l_diff_ci": [rl_lo, rl_hi], "improved": better, "regressed": worse, "verdict": verdict}  # fmt: skip

@@ -160,6 +160,10 @@ def memory_now() -> dict[str, float]:
 class LiveMetrics(TrainerCallback):
     """Every log: one line in metrics.jsonl (loss, eval loss, grad norm, lr, tokens/s, memory, ETA) and guards."""
 
+    KEYS = ("loss", "eval_loss", "grad_norm", "learning_rate", "mean_token_accuracy", "eval_mean_token_accuracy",
+            "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+            "eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/margins", "eval_rewards/accuracies")  # fmt: skip
+
     def __init__(
         self, path: Path, on_record: Callable[[dict[str, Any]], None] | None = None, log: Callable[[str], None] = print
     ):
@@ -187,7 +191,7 @@ class LiveMetrics(TrainerCallback):
         logs = dict(logs or {})
         now = time.time()
         rec: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "time": round(now, 2)}
-        for k in ("loss", "eval_loss", "grad_norm", "learning_rate", "mean_token_accuracy", "eval_mean_token_accuracy"):
+        for k in self.KEYS:
             if k in logs:
                 rec[k] = float(logs[k])
         seen = state.num_input_tokens_seen
@@ -234,7 +238,11 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def worst_case_batch(dataset: Any, batch_size: int) -> list[int]:
     """Indices of the `batch_size` longest rows: the batch that sets peak memory."""
-    lengths = [len(x) for x in dataset["input_ids"]]
+    if "input_ids" in dataset.column_names:
+        lengths = [len(x) for x in dataset["input_ids"]]
+    else:  # a DPO dataset: prompt + the longer of the two answers
+        cols = zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True)
+        lengths = [len(p) + max(len(c), len(r)) for p, c, r in cols]
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])[:batch_size]
 
 
@@ -246,6 +254,8 @@ def preflight(trainer: Any, advice: str) -> dict[str, Any]:
     idx = worst_case_batch(trainer.train_dataset, trainer.args.per_device_train_batch_size)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in idx])
     model = trainer.model
+    if not hasattr(trainer, "current_gradient_accumulation_steps"):  # set inside train(); DPO's loss reads it
+        trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
     if trainer.args.gradient_checkpointing:  # the Trainer turns it on only inside train(); the preflight needs it now
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs)
     if torch.cuda.is_available():
@@ -253,7 +263,8 @@ def preflight(trainer: Any, advice: str) -> dict[str, Any]:
     t = time.time()
     model.train()
     try:
-        loss = trainer.training_step(model, batch, num_items_in_batch=int((batch["labels"] != -100).sum()))
+        n_items = int((batch["labels"] != -100).sum()) if "labels" in batch else None
+        loss = trainer.training_step(model, batch, num_items_in_batch=n_items)
     except torch.OutOfMemoryError:
         model.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
@@ -279,7 +290,7 @@ def save_adapter(trainer: Any, tokenizer: Any, folder: Path) -> Path:
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp, safe_serialization=True)
+    trainer.model.save_pretrained(tmp, safe_serialization=True, selected_adapters=["default"])  # not DPO's 'ref'
     tokenizer.save_pretrained(tmp)
     if folder.exists():
         shutil.rmtree(folder)
@@ -337,9 +348,101 @@ def quiet(trainer: Any) -> Any:
     return trainer
 
 
-def final_eval_loss(trainer: Any, live: LiveMetrics) -> float:
-    """Eval loss after training: reuse the Trainer's eval at the last step when it ran one, else run it."""
+def final_eval(trainer: Any, live: LiveMetrics) -> dict[str, float]:
+    """Eval metrics after training: reuse the Trainer's eval at the last step when it ran one, else run it."""
     recs = [r for r in read_metrics(live.path) if "eval_loss" in r]
     if recs and recs[-1]["step"] == trainer.state.global_step:
-        return recs[-1]["eval_loss"]
-    return trainer.evaluate()["eval_loss"]
+        return {k: v for k, v in recs[-1].items() if k.startswith("eval_")}
+    return {k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")}
+
+
+def final_eval_loss(trainer: Any, live: LiveMetrics) -> float:
+    return final_eval(trainer, live)["eval_loss"]
+
+
+# ---- DPO ---------------------------------------------------------------------------------------------------------
+
+
+def prompt_length(tokenizer: Any, prompt: list[dict[str, str]]) -> int:
+    return len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])  # fmt: skip
+
+
+def check_pairs(
+    rows: list[dict[str, Any]], tokenizer: Any, max_length: int, max_prompt_length: int
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Pairs DPO can train on whole. TRL would silently cut long prompts or drop fully truncated rows; here such
+    rows are reported (with their line numbers) instead. Returns (kept rows, rejected records)."""
+    from ftlab.data import Rejected
+
+    keep, rejected = [], []
+    for r in rows:
+        p = prompt_length(tokenizer, r["prompt"])
+        full = max(len(encode(tokenizer, r["prompt"] + r[k]).input_ids) for k in ("chosen", "rejected"))
+        line, src = r.get("_line", 0), r.get("_source", "")
+        if p > max_prompt_length:
+            rejected.append(Rejected(line, "prompt_too_long", f"{p} > max_prompt_length {max_prompt_length}", r, src))
+        elif full > max_length:
+            rejected.append(Rejected(line, "too_long", f"{full} tokens > max_length {max_length}", r, src))
+        else:
+            keep.append({**r, "_tokens": full})
+    return keep, rejected
+
+
+def self_pairs(rows: list[dict[str, Any]], answers: list[str]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """On-the-fly pairs: chosen = the reference answer, rejected = the model's own greedy answer where it differs.
+    An empty answer (the model stopped at once) is kept as a rejected answer: it is a real failure to push down."""
+    from ftlab.data import Rejected
+    from ftlab.scoring import exact_match
+
+    pairs, same = [], []
+    for r, a in zip(rows, answers, strict=True):
+        prompt, ref = r["messages"][:-1], r["messages"][-1]["content"]
+        if exact_match(a, ref):
+            same.append(Rejected(r.get("_line", 0), "self_answer_matches", f"model answer {a[:60]!r}", r, r.get("_source", "")))  # fmt: skip
+            continue
+        pairs.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": ref}],
+                      "rejected": [{"role": "assistant", "content": a}], "_line": r.get("_line", 0),
+                      "_source": "self:" + str(r.get("_source", ""))})  # fmt: skip
+    return pairs, same
+
+
+def pairs_dataset(rows: list[dict[str, Any]]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+
+
+def dpo_args(out_dir: Path, p: dict[str, Any], device: str) -> Any:
+    """TRL DPOConfig from the stage parameters (same conventions as `sft_args`)."""
+    from trl import DPOConfig
+
+    return DPOConfig(
+        output_dir=str(out_dir), seed=p["seed"], data_seed=p["seed"],
+        num_train_epochs=p["epochs"], max_steps=p["max_steps"] if p["max_steps"] > 0 else -1,
+        per_device_train_batch_size=p["batch_size"], per_device_eval_batch_size=p["batch_size"],
+        gradient_accumulation_steps=p["grad_accum"], learning_rate=p["learning_rate"],
+        lr_scheduler_type="cosine", warmup_steps=p["warmup_steps"], weight_decay=0.0, max_grad_norm=1.0,
+        optim=p["optim"], gradient_checkpointing=p["gradient_checkpointing"],
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        eval_strategy="steps" if p["eval_steps"] > 0 else "no", eval_steps=p["eval_steps"] or None,
+        save_strategy="steps", save_steps=p["save_steps"], save_total_limit=2,
+        logging_steps=p["logging_steps"], logging_first_step=True, report_to=[],
+        include_num_input_tokens_seen="non_padding", beta=p["beta"], loss_type=[p["loss_type"]],
+        max_length=p["max_length"], use_cpu=device == "cpu", dataloader_num_workers=0, disable_tqdm=True,
+        save_only_model=False, **precision(device),
+    )  # fmt: skip
+
+
+def reference_is_sft(model: Any) -> dict[str, Any]:
+    """The frozen reference must be a copy of the SFT adapter (TRL's "ref"), not the raw base: check the weights."""
+    import torch
+
+    ref = {n: p for n, p in model.named_parameters() if ".ref." in n}
+    if not ref:
+        raise TrainingStopped(
+            "no frozen 'ref' adapter: DPO would compare against the raw base model, not the SFT policy"
+        )
+    pol = dict(model.named_parameters())
+    diff = max(float((p - pol[n.replace(".ref.", ".default.")]).abs().max()) for n, p in ref.items())
+    return {"ref_tensors": len(ref), "ref_trainable": sum(p.requires_grad for p in ref.values()),
+            "max_abs_diff_to_policy": diff, "ref_nonzero": any(bool(torch.any(p != 0)) for p in ref.values())}  # fmt: skip

@@ -55,8 +55,8 @@ def dataset_browser(rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
 class TrainingDashboard:
     """Live loss / eval loss / tokens/s / memory view in JupyterLab; progress lines in a headless run."""
 
-    def __init__(self, title: str, total_steps: int, every_s: float = 2.0):
-        self.title, self.total, self.every_s = title, total_steps, every_s
+    def __init__(self, title: str, total_steps: int, every_s: float = 2.0, plot: Any = None):
+        self.title, self.total, self.every_s, self.plot_fn = title, total_steps, every_s, plot
         self.records: list[dict[str, Any]] = []
         self._last = 0.0
         self.headless = is_headless()
@@ -72,7 +72,8 @@ class TrainingDashboard:
     def line(self, r: dict[str, Any]) -> str:
         parts = [f"step {r['step']}/{self.total}"]
         for k, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval_loss {:.4f}"), ("grad_norm", "grad {:.3f}"),
-                       ("learning_rate", "lr {:.2e}"), ("tokens_per_s", "{:.0f} tok/s"), ("vram_alloc_gib", "vram {:.2f} GiB"),
+                       ("learning_rate", "lr {:.2e}"),
+                       ("rewards/margins", "margin {:.3f}"), ("rewards/accuracies", "reward acc {:.2f}"), ("tokens_per_s", "{:.0f} tok/s"), ("vram_alloc_gib", "vram {:.2f} GiB"),
                        ("ram_rss_gib", "ram {:.2f} GiB"), ("eta_s", "eta {:.0f} s")):  # fmt: skip
             if k in r:
                 parts.append(fmt.format(r[k]))
@@ -94,6 +95,6 @@ class TrainingDashboard:
 
             with self.plot:
                 self.plot.clear_output(wait=True)
-                fig = training_curves(self.records, title=self.title)
+                fig = (self.plot_fn or training_curves)(self.records, title=self.title)
                 plt.show(fig)
                 plt.close(fig)
