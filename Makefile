@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
+# llama-cpp-python (GGUF quantize + verify) builds from source: a portable CPU build, ~8 minutes once, then cached by pip
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
 .PHONY: run test test-fast setup lock lab clean-venv
 

@@ -59,10 +59,11 @@ def cmd_params(a: argparse.Namespace) -> int:
 
 
 def cmd_setup(a: argparse.Namespace) -> int:
-    from ftlab import models, pipeline
+    from ftlab import export, models, pipeline
 
     print(f"kernel: {pipeline.ensure_kernel()} ({pipeline.KERNEL_DISPLAY}) registered in {sys.prefix}")
     print(f"embedded default model: {models.install_default()}")
+    print(f"GGUF converter (llama.cpp, from the pinned llama-cpp-python source): {export.toolchain()}")
     if a.tiny:
         print(f"tiny test model: {models.build_tiny()}")
     return 0

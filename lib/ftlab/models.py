@@ -133,6 +133,22 @@ def resolve_model(name: str) -> str:
     return name  # a hub id: from_pretrained finds it in the HF cache or downloads it (when online)
 
 
+def hub_id(name: str) -> str:
+    """What a model card names as the base model: the hub id of the embedded default, a hub id as given, or the
+    `_name_or_path` a local folder's config.json recorded (its folder name when it recorded none)."""
+    import json
+
+    if name == DEFAULT_MODEL:
+        return "HuggingFaceTB/SmolLM2-135M-Instruct"
+    if name == TINY_MODEL:
+        return "tiny-random (random weights, tests only)"
+    p = Path(name).expanduser()
+    if (p / "config.json").exists():
+        recorded = json.loads((p / "config.json").read_text()).get("_name_or_path", "")
+        return recorded if recorded and not Path(recorded).is_absolute() else p.name
+    return name
+
+
 def load_tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 

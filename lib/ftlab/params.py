@@ -56,6 +56,16 @@ def _targets(v: str | list) -> str | list:
     return v
 
 
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")  # what stage 04 can write
+
+
+def _gguf_types(v: list) -> list:
+    bad = [x for x in v if x not in GGUF_TYPES]
+    if not v or bad:
+        raise ValueError(f"expected a non-empty list from {list(GGUF_TYPES)}, got {v!r}")
+    return v
+
+
 RUN = {"run_name": Param(str, check=check_run_name)}
 
 SPECS: dict[str, dict[str, Param]] = {
@@ -133,6 +143,20 @@ SPECS: dict[str, dict[str, Param]] = {
         "max_new_tokens": Param(int, lo=1, hi=4096),
         "max_rejected_share": Param(float, lo=0, hi=1),
         "seed": Param(int, lo=0),
+    },
+    "04_merge_export": {
+        **RUN,
+        "base_model": Param(str),
+        "adapter": Param(str, choices=("auto", "sft", "dpo")),
+        "merged_dtype": Param(str, choices=("auto", "float32", "bfloat16", "float16")),
+        "gguf_types": Param(list, check=_gguf_types),
+        "verify_prompts": Param(int, lo=1, hi=1000),
+        "max_new_tokens": Param(int, lo=8, hi=4096),
+        "min_agreement": Param(float, lo=0, hi=1),
+        "ollama_name": Param(str),
+        "system_prompt": Param(str),
+        "num_ctx": Param(int, lo=128, hi=1048576),
+        "license": Param(str, check=_nonempty),
     },
 }
 
