@@ -32,3 +32,43 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+TINY_SFT = {"base_model": "tiny-random", "max_rows": 200, "max_steps": 6, "eval_steps": 0, "save_steps": 6,
+            "logging_steps": 1, "learning_rate": 0.003, "batch_size": 4}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_run(tmp_path_factory):
+    """Stages 01 (a 200-row sample) and 02 (6 steps) once per session on the tiny model, for stages 03-05's tests.
+    Tests copy it with `copy_run` and never change it."""
+    from ftlab import pipeline
+
+    out = tmp_path_factory.mktemp("tiny-sft")
+    old = os.environ.get("FTLAB_OUTPUTS")
+    os.environ["FTLAB_OUTPUTS"] = str(out)
+    try:
+        pipeline.run("01", "02", overrides={"run_name": "base", **TINY_SFT}, log=lambda *a: None)
+    finally:
+        if old is None:
+            del os.environ["FTLAB_OUTPUTS"]
+        else:
+            os.environ["FTLAB_OUTPUTS"] = old
+    return out / "base"
+
+
+@pytest.fixture
+def tiny_run(tiny_sft_run, outputs):
+    """`tiny_run(name)`: a copy of the session's tiny SFT run under `name` in this test's outputs/ (idempotent)."""
+    import json
+    import shutil
+
+    def copy(run_name):
+        dst = outputs / run_name
+        if not dst.exists():
+            shutil.copytree(tiny_sft_run, dst, ignore=shutil.ignore_patterns("notebooks"))
+            m = json.loads((dst / "manifest.json").read_text())
+            (dst / "manifest.json").write_text(json.dumps({**m, "run_name": run_name}))
+        return dst
+
+    return copy

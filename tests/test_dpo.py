@@ -4,7 +4,6 @@ Run: .venv/bin/python -m pytest tests/test_dpo.py
 """
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -12,32 +11,13 @@ from safetensors.torch import load_file
 
 from ftlab import data, models, pipeline, train
 
-SFT = {"base_model": "tiny-random", "max_steps": 6, "eval_steps": 0, "save_steps": 6, "logging_steps": 1,
-       "learning_rate": 0.003, "batch_size": 4}  # fmt: skip
 FAST = {"base_model": "tiny-random", "max_steps": 6, "eval_steps": 3, "save_steps": 2, "logging_steps": 1,
         "learning_rate": 0.002, "batch_size": 4, "eval_pairs": 8, "guard_rows": 4, "max_new_tokens": 8,
         "warmup_steps": 0}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def sft_run(tmp_path_factory):
-    """Stages 01 (200-row sample) and 02 (6 steps) once on the tiny model; copied into each test's outputs."""
-    import os
-
-    out = tmp_path_factory.mktemp("sft")
-    os.environ["FTLAB_OUTPUTS"] = str(out)
-    try:
-        pipeline.run("01", "02", overrides={"run_name": "base", "max_rows": 200, **SFT}, log=lambda *a: None)
-    finally:
-        del os.environ["FTLAB_OUTPUTS"]
-    return out / "base"
-
-
-def _run03(outputs, sft_run, run_name, **params):
-    if not (outputs / run_name).exists():
-        shutil.copytree(sft_run, outputs / run_name, ignore=shutil.ignore_patterns("notebooks"))
-        m = json.loads((outputs / run_name / "manifest.json").read_text())
-        (outputs / run_name / "manifest.json").write_text(json.dumps({**m, "run_name": run_name}))
+def _run03(outputs, tiny_run, run_name, **params):
+    tiny_run(run_name)
     pipeline.run("03", "03", overrides={"run_name": run_name, **FAST, **params}, log=lambda *a: None)
     return outputs / run_name / "03_train_dpo"
 
@@ -50,7 +30,8 @@ def _completion_logps(model, batch):
     return (logp * batch["completion_mask"][:, 1:]).sum(1)
 
 
-def test_reference_is_the_sft_policy_and_the_base_is_loaded_once(sft_run):
+def test_reference_is_the_sft_policy_and_the_base_is_loaded_once(tiny_sft_run):
+    sft_run = tiny_sft_run
     from peft import PeftModel
     from trl import DPOTrainer
 
@@ -105,10 +86,10 @@ def test_self_pairs_use_the_reference_as_chosen_and_skip_identical_answers():
     assert pairs[0]["prompt"] == [{"role": "user", "content": "q2"}] and pairs[0]["_line"] == 9
 
 
-def test_dpo_stage_trains_the_sft_adapter_and_guard_reports_before_and_after(outputs, sft_run):
+def test_dpo_stage_trains_the_sft_adapter_and_guard_reports_before_and_after(outputs, tiny_run):
     # Random weights learn no real preference in 6 steps: that reward margins grow is asserted on the embedded
     # default model in test_series_slow.py. Here: the mechanics and the outputs of the stage.
-    st = _run03(outputs, sft_run, "dpo")
+    st = _run03(outputs, tiny_run, "dpo")
     s = json.loads((st / "summary.json").read_text())
     assert s["steps"] == 6 and s["first_loss"] == pytest.approx(0.6931, abs=1e-3)  # ln 2: policy == reference
     assert s["reference"]["max_abs_diff_to_policy"] == 0 and s["preflight"]["without_grad"] == 0
@@ -123,21 +104,21 @@ def test_dpo_stage_trains_the_sft_adapter_and_guard_reports_before_and_after(out
     assert any("eval_rewards/accuracies" in m for m in metrics) and (st / "dpo_curves.png").stat().st_size > 1000
 
 
-def test_self_pairs_mode_runs_and_reports_skips(outputs, sft_run):
-    st = _run03(outputs, sft_run, "selfpairs", pairs="self", self_pairs_max=12, max_steps=2, eval_steps=0)
+def test_self_pairs_mode_runs_and_reports_skips(outputs, tiny_run):
+    st = _run03(outputs, tiny_run, "selfpairs", pairs="self", self_pairs_max=12, max_steps=2, eval_steps=0)
     s = json.loads((st / "summary.json").read_text())
     rej = [json.loads(x) for x in (st / "pairs_rejected.jsonl").read_text().splitlines()]
     assert s["train_pairs"] + s["eval_pairs"] + s["self_pairs_skipped"] == 12
     assert len([r for r in rej if r["reason"] == "self_answer_matches"]) == s["self_pairs_skipped"]
 
 
-def test_killed_dpo_run_resumes_to_the_same_adapter(outputs, sft_run, monkeypatch):
-    ref = load_file(str(_run03(outputs, sft_run, "dpo-ok", eval_steps=0) / "adapter" / "adapter_model.safetensors"))
+def test_killed_dpo_run_resumes_to_the_same_adapter(outputs, tiny_run, monkeypatch):
+    ref = load_file(str(_run03(outputs, tiny_run, "dpo-ok", eval_steps=0) / "adapter" / "adapter_model.safetensors"))
     monkeypatch.setenv("FTLAB_CRASH_AT_STEP", "5")
     with pytest.raises(pipeline.StageFailed):
-        _run03(outputs, sft_run, "dpo-crash", eval_steps=0)
+        _run03(outputs, tiny_run, "dpo-crash", eval_steps=0)
     monkeypatch.delenv("FTLAB_CRASH_AT_STEP")
-    st = _run03(outputs, sft_run, "dpo-crash", eval_steps=0)
+    st = _run03(outputs, tiny_run, "dpo-crash", eval_steps=0)
     s = json.loads((st / "summary.json").read_text())
     assert s["resumed_from"].endswith("checkpoint-4")
     got = load_file(str(st / "adapter" / "adapter_model.safetensors"))

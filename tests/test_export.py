@@ -4,16 +4,11 @@ Run: .venv/bin/python -m pytest tests/test_export.py
 """
 
 import json
-import shutil
 
 import pytest
 import yaml
 
 from ftlab import export, models, pipeline
-
-SFT = {"base_model": "tiny-random", "max_steps": 4, "eval_steps": 0, "save_steps": 4, "logging_steps": 1,
-       "learning_rate": 0.003, "batch_size": 4}  # fmt: skip
-
 
 # ---- the Ollama template, rendered as Go renders it -------------------------------------------------------------
 
@@ -64,23 +59,8 @@ def test_interrupted_quantize_leaves_no_file_under_the_final_name(tmp_path, monk
 # ---- the stage on the tiny model: the real converter, quantizer and llama.cpp ----------------------------------
 
 
-@pytest.fixture(scope="module")
-def sft_run(tmp_path_factory):
-    import os
-
-    out = tmp_path_factory.mktemp("exp")
-    os.environ["FTLAB_OUTPUTS"] = str(out)
-    try:
-        pipeline.run("01", "02", overrides={"run_name": "base", "max_rows": 120, **SFT}, log=lambda *a: None)
-    finally:
-        del os.environ["FTLAB_OUTPUTS"]
-    return out / "base"
-
-
-def test_stage_04_exports_verified_gguf_modelfile_and_card(outputs, sft_run):
-    shutil.copytree(sft_run, outputs / "exp", ignore=shutil.ignore_patterns("notebooks"))
-    m = json.loads((outputs / "exp" / "manifest.json").read_text())
-    (outputs / "exp" / "manifest.json").write_text(json.dumps({**m, "run_name": "exp"}))
+def test_stage_04_exports_verified_gguf_modelfile_and_card(outputs, tiny_run):
+    tiny_run("exp")
     # random weights: near-tied logits make f16 rounding flip greedy tokens, so agreement is not asserted here (it
     # is on the embedded default in test_series_slow.py); everything else is
     pipeline.run("04", "04", overrides={"run_name": "exp", "base_model": "tiny-random", "verify_prompts": 4,

@@ -1,5 +1,6 @@
-"""The whole series headless on the embedded default model (SmolLM2-135M), as `make run` runs it. Slow: ~7 min
-on 2 CPU cores. Asserts on what must move: the tuned adapter beats the base model on held-out loss.
+"""The whole series headless on the embedded default model (SmolLM2-135M), as `make run` runs it. Slow: ~17 min
+on 2 CPU cores. Asserts on what must move: the tuned model beats the base on held-out data, DPO's reward margins
+grow, the exported GGUF files answer like the HF model and stop by themselves.
 
 Run: .venv/bin/python -m pytest tests/test_series_slow.py   (skip with: -m "not slow")
 """
@@ -7,21 +8,60 @@ Run: .venv/bin/python -m pytest tests/test_series_slow.py   (skip with: -m "not 
 import json
 
 import pytest
+import yaml
 
-from ftlab import pipeline
+from ftlab import export, models, pipeline
 from ftlab.paths import repo_root
 
 
+def _j(run, *parts):
+    return json.loads(run.joinpath(*parts).read_text())
+
+
 @pytest.mark.slow
-def test_embedded_default_series_trains_a_better_model(outputs):
+def test_embedded_default_series_trains_exports_and_evaluates_a_better_model(outputs):
     run = pipeline.run(params_file=str(repo_root() / "params" / "default.yaml"), overrides={"run_name": "slow"},
                        log=print)  # fmt: skip
-    manifest = json.loads((run / "manifest.json").read_text())
-    assert all(s["status"] == "complete" for s in manifest["stages"].values())
-    assert json.loads((run / "00_check_environment" / "report.json").read_text())["ok"]
-    stats = json.loads((run / "01_prepare_data" / "stats.json").read_text())
+    manifest = _j(run, "manifest.json")
+    assert [k for k, s in manifest["stages"].items() if s["status"] == "complete"] == [
+        "00_check_environment", "01_prepare_data", "02_train_sft", "03_train_dpo", "04_merge_export", "05_evaluate"]  # fmt: skip
+    assert _j(run, "00_check_environment", "report.json")["ok"]
+    stats = _j(run, "01_prepare_data", "stats.json")
     assert (stats["train"], stats["eval"]) == (1047, 117) and stats["audit"]["eos_trained_pct"] == 100.0
-    s = json.loads((run / "02_train_sft" / "summary.json").read_text())
+
+    sft = _j(run, "02_train_sft", "summary.json")
     # held-out NLL of the reference answers (nats/token): measured 3.76 -> 2.74 on 2026-11-22
-    assert s["eval_loss_before"] - s["eval_loss_after"] > 0.5, s
-    assert s["last_loss"] < s["first_loss"] and s["steps"] == 40 and not s["warnings"]
+    assert sft["eval_loss_before"] - sft["eval_loss_after"] > 0.5, sft
+    assert sft["last_loss"] < sft["first_loss"] and sft["steps"] == 40 and not sft["warnings"]
+
+    dpo = _j(run, "03_train_dpo", "summary.json")
+    # measured 2026-11-22: train margin 0.00 -> 0.12, held-out pairs' reward accuracy 0.84
+    assert dpo["last_margin"] > dpo["first_margin"] + 0.05 and dpo["last_loss"] < dpo["first_loss"]
+    assert dpo["eval"]["eval_rewards/accuracies"] > 0.6 and dpo["eval"]["eval_rewards/margins"] > 0
+    assert dpo["reference"]["max_abs_diff_to_policy"] == 0 and dpo["guard"]["before"]["nll"] > 0
+    assert dpo["guard"]["after"]["n_generate"] == 32 and dpo["guard"]["verdict"]
+
+    exp = _j(run, "04_merge_export", "summary.json")
+    assert exp["adapter"] == "dpo" and exp["merge"]["agreement"] == 1.0 and exp["merge"]["max_logit_diff"] < 1e-3
+    by_type = {c["qtype"]: c for c in exp["gguf"]}
+    assert set(by_type) == {"f16", "q8_0", "q4_k_m"}
+    for c in by_type.values():
+        assert c["template_matches"] and c["tokens_match"]
+    # measured 2026-11-22 (16 prompts): agreement f16 100%, q8_0 88%, q4_k_m 19%; stopped 100/100/94%
+    assert by_type["f16"]["agreement"] >= 0.9 and by_type["q8_0"]["agreement"] >= 0.6
+    assert by_type["f16"]["stopped_share"] == 1.0 and by_type["q8_0"]["stopped_share"] == 1.0
+    assert by_type["q4_k_m"]["stopped_share"] >= 0.8  # stops, not a runaway; small models lose most to 4 bits
+    mf = export.parse_modelfile((run / "04_merge_export" / "Modelfile").read_text())
+    assert export.check_ollama_template(mf["template"], models.load_tokenizer("smollm2-135m")) == 4
+
+    ev = _j(run, "05_evaluate", "metrics.json")
+    assert ev["passed"] and ev["final"] == "dpo"
+    m = ev["models"]
+    # measured 2026-11-22: base 3.860, SFT 2.653, DPO 2.662, merged 2.662 nats/token; ROUGE-L 0.15 -> 0.30
+    assert m["base"]["nll"] - m["dpo"]["nll"] > 0.5 and m["dpo"]["rouge_l"] > m["base"]["rouge_l"]
+    assert abs(m["merged"]["nll"] - m["dpo"]["nll"]) < 1e-3
+    assert m["dpo"]["stopped_share"] == 1.0
+    html = (run / "05_evaluate" / "report.html").read_text()
+    assert "<h2>Side by side</h2>" in html and html.count("<tr>") > 30 and "data:image/png;base64," in html
+    card = (run / "04_merge_export" / "MODEL_CARD.md").read_text()
+    assert "model-index" in yaml.safe_load(card.split("---")[1]) and "Verdict:" in card

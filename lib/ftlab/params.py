@@ -66,6 +66,13 @@ def _gguf_types(v: list) -> list:
     return v
 
 
+def _eval_models(v: list) -> list:
+    allowed = ("base", "sft", "dpo", "merged")
+    if not v or any(x not in allowed for x in v) or "base" not in v:
+        raise ValueError(f"expected a list from {list(allowed)} that includes 'base' (the number to beat), got {v!r}")
+    return v
+
+
 RUN = {"run_name": Param(str, check=check_run_name)}
 
 SPECS: dict[str, dict[str, Param]] = {
@@ -157,6 +164,24 @@ SPECS: dict[str, dict[str, Param]] = {
         "system_prompt": Param(str),
         "num_ctx": Param(int, lo=128, hi=1048576),
         "license": Param(str, check=_nonempty),
+    },
+    "05_evaluate": {
+        **RUN,
+        "base_model": Param(str),
+        "quantization": Param(str, choices=("auto", "4bit", "none")),
+        "compare_models": Param(list, check=_eval_models),
+        "max_length": Param(int, lo=16, hi=131072),
+        "generate_rows": Param(int, lo=0),
+        "max_new_tokens": Param(int, lo=1, hi=4096),
+        "batch_size": Param(int, lo=1),
+        "forgetting_probe": Param(bool),
+        "probe_path": Param(str),
+        "nll_tolerance": Param(float, lo=0),
+        "lm_eval_tasks": Param(str),
+        "lm_eval_include_path": Param(str),
+        "judge_url": Param(str),
+        "judge_model": Param(str),
+        "seed": Param(int, lo=0),
     },
 }
 

@@ -87,3 +87,21 @@ def dpo_curves(metrics: list[dict[str, Any]], path: str | Path | None = None, ti
     ax.legend()
     fig.tight_layout()
     return _save(fig, path)
+
+
+def eval_bars(scores: dict[str, dict[str, Any]], path: str | Path | None = None) -> Any:
+    """Held-out NLL (with a bootstrap 95% CI of the mean) and ROUGE-L per model."""
+    import matplotlib.pyplot as plt
+
+    from ftlab.scoring import bootstrap_ci
+
+    names = list(scores)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    cis = [bootstrap_ci(scores[n]["per_example"]["nll"]) for n in names]
+    axes[0].bar(names, [c[0] for c in cis], yerr=[[c[0] - c[1] for c in cis], [c[2] - c[0] for c in cis]],
+                color="#4C72B0", capsize=4)  # fmt: skip
+    axes[0].set(title="held-out NLL (lower is better)", xlabel="model", ylabel="nats/token")
+    axes[1].bar(names, [scores[n]["rouge_l"] for n in names], color="#55A868")
+    axes[1].set(title="ROUGE-L of greedy answers", xlabel="model", ylabel="F1", ylim=(0, 1))
+    fig.tight_layout()
+    return _save(fig, path)

@@ -5,6 +5,7 @@ Stage 01's optional perplexity filter, stage 03's regression guard and stage 05'
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -196,3 +197,106 @@ def compare(
                    f"(tolerances {nll_tol} nats, {rouge_tol} ROUGE-L)")  # fmt: skip
     return {"nll_diff": nll_mean, "nll_diff_ci": [nll_lo, nll_hi], "rouge_l_diff": rl_mean,
             "rouge_l_diff_ci": [rl_lo, rl_hi], "improved": better, "regressed": worse, "verdict": verdict}  # fmt: skip
+
+
+# ---- forgetting probe, optional lm-eval and pairwise judge ----------------------------------------------------------
+
+
+def probe_score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int = 32) -> dict[str, Any]:
+    """General-knowledge probe: NLL of the reference sentence and whether the greedy answer contains the key word."""
+    s = score(model, tokenizer, rows, max_length=256, n_generate=len(rows), max_new_tokens=max_new_tokens)
+    hits = [r["answer"].lower() in a.lower() for r, a in zip(rows, s["per_example"]["answers"], strict=True)]
+    s["per_example"]["correct"] = hits
+    s["correct"] = sum(hits) / max(1, len(hits))
+    return s
+
+
+def lm_eval_status(tasks: str) -> str | None:
+    """None when lm-eval can run; otherwise the plain reason it will not."""
+    import importlib.util
+
+    if not tasks:
+        return "lm-eval: not configured (set lm_eval_tasks to run local task files with the lm-evaluation-harness)"
+    if importlib.util.find_spec("lm_eval") is None:
+        return ("lm-eval: not installed; `pip install lm-eval` (not in requirements.lock) to run "
+                f"lm_eval_tasks={tasks!r}")  # fmt: skip
+    return None
+
+
+def run_lm_eval(model_dir: str, tasks: str, include_path: str, out_dir: str, limit: int = 0) -> dict[str, Any]:
+    """The lm-evaluation-harness CLI on a local model folder and local task YAMLs (offline)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={model_dir}",
+           "--tasks", tasks, "--output_path", out_dir, "--batch_size", "4"]  # fmt: skip
+    if include_path:
+        cmd += ["--include_path", include_path]
+    if limit:
+        cmd += ["--limit", str(limit)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    return {"command": " ".join(cmd), "returncode": r.returncode, "output_tail": (r.stdout + r.stderr)[-3000:]}
+
+
+JUDGE_PROMPT = (
+    "You are comparing two answers to the same question against a reference answer.\n"
+    "Question:\n{question}\n\nReference answer:\n{reference}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}\n\n"
+    "Which answer is more correct and helpful, judged against the reference? Reply with exactly one letter: "
+    "A, B, or T for a tie."
+)
+
+
+def pairwise_judge(
+    url: str, model: str, questions: list[str], refs: list[str], answers_a: list[str], answers_b: list[str],
+    timeout: float = 60.0,
+) -> dict[str, Any]:  # fmt: skip
+    """A local OpenAI-compatible judge (Ollama, llama.cpp server) compares A and B on each question twice, with the
+    positions swapped; a win counts only when both orders agree (position-bias mitigation), else it is a tie."""
+    import urllib.request
+
+    def ask(prompt: str) -> str:
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
+                           "max_tokens": 2}).encode()  # fmt: skip
+        req = urllib.request.Request(url.rstrip("/") + "/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            text = json.loads(r.read())["choices"][0]["message"]["content"].strip().upper()
+        return text[:1] if text[:1] in ("A", "B", "T") else "T"
+
+    wins = {"a": 0, "b": 0, "tie": 0}
+    rows = []
+    for q, ref, a, b in zip(questions, refs, answers_a, answers_b, strict=True):
+        first = ask(JUDGE_PROMPT.format(question=q, reference=ref, a=a, b=b))
+        second = ask(JUDGE_PROMPT.format(question=q, reference=ref, a=b, b=a))  # swapped
+        second = {"A": "B", "B": "A"}.get(second, "T")
+        outcome = {"A": "a", "B": "b"}.get(first, "tie") if first == second else "tie"
+        wins[outcome] += 1
+        rows.append({"question": q, "first_order": first, "swapped_order": second, "outcome": outcome})
+    n = max(1, len(rows))
+    return {"wins_a": wins["a"], "wins_b": wins["b"], "ties": wins["tie"], "win_rate_b": wins["b"] / n, "rows": rows}
+
+
+class Contenders:
+    """One base model in memory with the SFT and DPO adapters attached by name; `use(name)` switches between
+    base (adapters off), `sft` and `dpo` without loading the base again."""
+
+    def __init__(self, base: Any, adapters: dict[str, str]):
+        self.names = ["base", *adapters]
+        self.model = base
+        if adapters:
+            from peft import PeftModel
+
+            first, *rest = adapters.items()
+            self.model = PeftModel.from_pretrained(base, first[1], adapter_name=first[0])
+            for name, path in rest:
+                self.model.load_adapter(path, adapter_name=name)
+        self.model.eval()
+
+    def use(self, name: str) -> Any:
+        """A context manager under which `self.model` is the named contender."""
+        import contextlib
+
+        if name == "base":
+            return self.model.disable_adapter() if self.names[1:] else contextlib.nullcontext()
+        self.model.set_adapter(name)
+        return contextlib.nullcontext()

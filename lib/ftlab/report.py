@@ -1,0 +1,79 @@
+"""Stage 05's `report.html`: a self-contained page (plots embedded) that opens without Jupyter."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+METRICS = (("nll", "held-out NLL (nats/token, lower is better)"), ("perplexity", "perplexity"),
+           ("rouge_l", "ROUGE-L F1"), ("exact_match", "exact match"), ("answer_tokens", "answer length (tokens)"),
+           ("stopped_share", "answers that stopped by themselves"))  # fmt: skip
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}
+th,td{border:1px solid #ccc;padding:.35rem .5rem;vertical-align:top;text-align:left}
+th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.verdict{background:#eef6ee;border-left:4px solid #3a7d44;padding:.6rem 1rem}
+.warn{background:#fff4e5;border-left:4px solid #d9822b;padding:.6rem 1rem}
+img{max-width:100%}
+"""
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if math.isnan(v) else f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def metrics_table(scores: dict[str, dict[str, Any]]) -> str:
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in scores)
+    rows = "".join(
+        f"<tr><th>{html.escape(label)}</th>" + "".join(f'<td class="num">{_fmt(s.get(k))}</td>' for s in scores.values())
+        + "</tr>" for k, label in METRICS
+    )  # fmt: skip
+    return f"<table><tr><th>metric</th>{head}</tr>{rows}</table>"
+
+
+def side_by_side(samples: list[dict[str, Any]], models: list[str], limit: int = 50) -> str:
+    head = "<tr><th>#</th><th>prompt</th><th>reference</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in models)
+    rows = []
+    for i, s in enumerate(samples[:limit]):
+        cells = "".join(
+            f"<td>{html.escape(s['answers'][m])}<br><small>ROUGE-L {s['rouge_l'][m]:.2f}"
+            f"{'' if s['stopped'][m] else ', did not stop'}</small></td>" for m in models
+        )  # fmt: skip
+        rows.append(
+            f"<tr><td>{i + 1}</td><td>{html.escape(s['prompt'])}</td><td>{html.escape(s['reference'])}</td>{cells}</tr>"
+        )
+    return f"<table>{head}</tr>{''.join(rows)}</table>"
+
+
+def page(
+    title: str, verdict: list[str], warnings: list[str], scores: dict[str, dict[str, Any]],
+    samples: list[dict[str, Any]], probe: dict[str, dict[str, Any]], images: list[tuple[Path, str]], notes: list[str],
+) -> str:  # fmt: skip
+    models = list(scores)
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             "<div class='verdict'>" + "<br>".join(html.escape(v) for v in verdict) + "</div>"]  # fmt: skip
+    parts += [f"<div class='warn'>WARNING: {html.escape(w)}</div>" for w in warnings]
+    parts += ["<h2>Held-out metrics</h2>", metrics_table(scores)]
+    parts += [_img(p, alt) for p, alt in images if Path(p).exists()]
+    if probe:
+        parts += ["<h2>Forgetting probe (general knowledge)</h2>",
+                  "<table><tr><th>model</th><th>NLL</th><th>correct</th></tr>"
+                  + "".join(f"<tr><th>{html.escape(m)}</th><td class='num'>{_fmt(p['nll'])}</td>"
+                            f"<td class='num'>{_fmt(p['correct'])}</td></tr>" for m, p in probe.items())
+                  + "</table>"]  # fmt: skip
+    parts += ["<h2>Side by side</h2>", side_by_side(samples, models)]
+    parts += ["<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul></body></html>"]
+    return "\n".join(parts)

@@ -1,0 +1,74 @@
+"""Stage 05: scores per model, verdicts, skipped stages named, report.html, optional judge and lm-eval.
+
+Run: .venv/bin/python -m pytest tests/test_evaluate.py
+"""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from ftlab import pipeline, scoring
+
+
+def test_stage_05_on_the_tiny_model_scores_base_and_sft_and_names_what_it_skipped(outputs, tiny_run):
+    run = tiny_run("ev")
+    pipeline.run("05", "05", overrides={"run_name": "ev", "base_model": "tiny-random", "generate_rows": 4,
+                                        "max_new_tokens": 8, "forgetting_probe": True}, log=lambda *a: None)  # fmt: skip
+    m = json.loads((run / "05_evaluate" / "metrics.json").read_text())
+    assert set(m["models"]) == {"base", "sft"} and m["final"] == "sft"
+    assert any(n.startswith("dpo: not evaluated") for n in m["notes"]) and any(
+        "merged: not evaluated" in n for n in m["notes"]
+    )
+    assert m["models"]["sft"]["nll"] < m["models"]["base"]["nll"]  # 6 SFT steps lower held-out NLL even here
+    assert m["comparisons"]["sft_vs_base"]["nll_diff"] < 0 and m["verdict"][0].startswith("SFT improved on BASE")
+    assert set(m["probe"]) == {"base", "sft"} and "not configured" in " ".join(m["notes"])
+    samples = [json.loads(x) for x in (run / "05_evaluate" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and set(samples[0]["answers"]) == {"base", "sft"}
+    html = (run / "05_evaluate" / "report.html").read_text()
+    assert html.startswith("<!doctype html>") and "<h2>Side by side</h2>" in html and samples[0]["prompt"][:20] in html
+
+
+class _Judge(BaseHTTPRequestHandler):
+    """A fake OpenAI-compatible judge: 'biased' always answers A; 'fair' picks the answer equal to the reference."""
+
+    mode = "fair"
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][0]["content"]
+        ref = prompt.split("Reference answer:\n")[1].split("\n\n")[0]
+        a = prompt.split("Answer A:\n")[1].split("\n\n")[0]
+        pick = "A" if self.mode == "biased" or a == ref else "B"
+        out = json.dumps({"choices": [{"message": {"role": "assistant", "content": pick}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.mark.parametrize("mode", ["fair", "biased"])
+def test_pairwise_judge_counts_only_position_consistent_wins(mode):
+    _Judge.mode = mode
+    srv = HTTPServer(("127.0.0.1", 0), _Judge)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        refs = ["Return the length.", "Base class.", "Encode bytes."]
+        good, bad = refs, ["No idea.", "A frog.", "Decode."]
+        r = scoring.pairwise_judge(f"http://127.0.0.1:{srv.server_port}", "judge", ["q1", "q2", "q3"], refs, bad, good)
+    finally:
+        srv.shutdown()
+    if mode == "fair":
+        assert (r["wins_b"], r["wins_a"], r["ties"]) == (3, 0, 0)
+    else:  # always "A": the swapped order contradicts the first, so no win is counted
+        assert (r["wins_b"], r["wins_a"], r["ties"]) == (0, 0, 3)
+
+
+def test_optional_evaluators_say_why_they_do_not_run():
+    assert "not configured" in scoring.lm_eval_status("")
+    msg = scoring.lm_eval_status("hellaswag")
+    assert msg is None or "pip install lm-eval" in msg
