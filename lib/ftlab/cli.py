@@ -6,14 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 from ftlab import params as P
 
 
 def _value(text: str):
-    """`-p name value`: the value is read as YAML, so 8 is an int, 0.5 a float, true a bool, null None."""
-    return yaml.safe_load(text) if text != "" else ""
+    """`-p name value`: read as YAML (8 is an int, 0.5 and 1e-4 floats, true a bool, null None)."""
+    return P.parse_value(text)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -35,6 +33,20 @@ def cmd_run(a: argparse.Namespace) -> int:
     for r in reports:
         print(f"report:     {r}")
     return 0
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from ftlab import pipeline
+
+    try:
+        sets = pipeline.sweep_sets(a.files, a.g or [], a.prefix)
+        overrides = {name: _value(v) for name, v in a.p or []}
+        sets = [(n, {**p, **overrides, "run_name": n}) for n, p in sets]
+    except P.ParamError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = pipeline.sweep(sets, a.start, a.end)
+    return 1 if result["failed"] else 0
 
 
 def cmd_params(a: argparse.Namespace) -> int:
@@ -80,6 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"), help="override one parameter")
     r.add_argument("-v", "--verbose", action="store_true", help="stream cell output while running")
     r.set_defaults(func=cmd_run)
+    sw = sub.add_parser("sweep", help="run several parameter sets (files and/or a grid), each as its own run")
+    sw.add_argument("files", nargs="*", help="parameter YAML files, one run each (e.g. params/cohort/*.yaml)")
+    sw.add_argument("-g", action="append", metavar="NAME=V1,V2", help="grid axis; several -g give every combination")
+    sw.add_argument(
+        "-p", nargs=2, action="append", metavar=("NAME", "VALUE"), help="override one parameter in every run"
+    )
+    sw.add_argument("--from", dest="from_", default="00", help="first stage number (default 00)")
+    sw.add_argument("--to", default="99", help="last stage number (default: the last notebook)")
+    sw.add_argument("--prefix", default="sweep", help="run-name prefix for a grid without files")
+    sw.set_defaults(func=cmd_sweep)
     pp = sub.add_parser("params", help="list a notebook's parameters with their comments")
     pp.add_argument("notebook", help="a path or a stage prefix like 02")
     pp.set_defaults(func=cmd_params)
@@ -87,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--tiny", action="store_true", help="also build the tiny random test model")
     s.set_defaults(func=cmd_setup)
     a = ap.parse_args(argv)
+    if a.cmd == "sweep":
+        a.start, a.end = f"{int(a.from_):02d}", f"{int(a.to):02d}"
     if a.cmd == "run":
         a.start, a.end = (
             (f"{int(a.start):02d}",) * 2 if a.start is not None else (f"{int(a.from_):02d}", f"{int(a.to):02d}")

@@ -73,6 +73,22 @@ def _eval_models(v: list) -> list:
     return v
 
 
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML (8 is an int, true a bool, null None, [a, b] a list), plus what YAML 1.1 misses:
+    `1e-4` is a float, not the string '1e-4'."""
+    import yaml
+
+    if text == "":
+        return ""
+    v = yaml.safe_load(text)
+    if isinstance(v, str):
+        try:
+            return float(v) if v.strip().lower() not in ("nan", "inf", "-inf", "infinity") else v
+        except ValueError:
+            return v
+    return v
+
+
 RUN = {"run_name": Param(str, check=check_run_name)}
 
 SPECS: dict[str, dict[str, Param]] = {
@@ -182,6 +198,11 @@ SPECS: dict[str, dict[str, Param]] = {
         "judge_url": Param(str),
         "judge_model": Param(str),
         "seed": Param(int, lo=0),
+    },
+    "06_compare_runs": {
+        **RUN,
+        "run_glob": Param(str, check=_nonempty),
+        "answers": Param(int, lo=0, hi=100),
     },
 }
 

@@ -130,5 +130,112 @@ def _execute(steps: list[tuple[Path, dict[str, Any]]], run_name: str, out_dir: P
                 f"stage {nb.stem} stopped: {type(e).__name__}: {e}. If the kernel died, re-running resumes "
                 f"from the last complete checkpoint where the stage has them. Partial output: {out_dir / nb.name}"
             ) from None
+        finally:
+            to_html(out_dir / nb.name)
         log(f"[{i}/{len(steps)}] {nb.stem} ok ({time.time() - t:.1f} s)")
     log(f"done in {time.time() - t_run:.1f} s; run folder: {run_dir(run_name)}")
+
+
+def to_html(executed: Path) -> Path | None:
+    """The executed notebook as a standalone HTML page beside it, readable without Jupyter (also after a failure)."""
+    if not executed.exists():
+        return None
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    out = executed.with_suffix(".html")
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+# ---- sweeps -------------------------------------------------------------------------------------------------------
+
+
+def grid(specs: list[str]) -> list[dict[str, Any]]:
+    """`["lora_r=8,16", "learning_rate=1e-4,3e-4"]` -> every combination, values read as YAML."""
+    import itertools
+
+    axes = []
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        if not sep or not name or not values:
+            raise P.ParamError(f"grid axis {spec!r}: expected NAME=V1,V2,... (e.g. lora_r=8,16,32)")
+        axes.append([(name.strip(), P.parse_value(v)) for v in values.split(",")])
+    return [dict(c) for c in itertools.product(*axes)]
+
+
+def _slug(d: dict[str, Any]) -> str:
+    import re
+
+    return "-".join(re.sub(r"[^A-Za-z0-9_.]", "", f"{k}{v}") for k, v in d.items())
+
+
+def sweep_sets(files: list[str], axes: list[str], prefix: str = "sweep") -> list[tuple[str, dict[str, Any]]]:
+    """(run name, parameters) per run: each parameter file (its run_name, else its file name) crossed with the grid."""
+    bases = [(load_params_file(f), Path(f).stem) for f in files] or [({}, prefix)]
+    combos = grid(axes) if axes else [{}]
+    out = []
+    for params, stem in bases:
+        for combo in combos:
+            name = params.get("run_name", stem) if not combo else f"{params.get('run_name', stem)}-{_slug(combo)}"
+            out.append((name, {**params, **combo, "run_name": name}))
+    names = [n for n, _ in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise P.ParamError(f"two sweep runs would share the run name(s) {dup}: give each file its own run_name")
+    return out
+
+
+def is_complete(run_name: str, start: str, end: str, given: dict[str, Any]) -> bool:
+    """Every stage in the range finished with exactly these parameters (so the run can be skipped)."""
+    import json
+
+    manifest = run_dir(run_name) / "manifest.json"
+    if not manifest.exists():
+        return False
+    stages = json.loads(manifest.read_text()).get("stages", {})
+    for nb, inject in plan(list_notebooks(start, end), given):
+        defaults = {d.name: d.default for d in P.notebook_parameters(nb)}
+        want = P.validate(nb.stem, {**defaults, **inject, "run_name": run_name}) if nb.stem in P.SPECS else None
+        st = stages.get(nb.stem, {})
+        if st.get("status") != "complete" or (want is not None and st.get("params") != want):
+            return False
+    return True
+
+
+def sweep(sets: list[tuple[str, dict[str, Any]]], start: str = "00", end: str = "99", log=print) -> dict[str, Any]:
+    """Run each parameter set as its own run, one after another; a failed run does not stop the others."""
+    done, skipped, failed = [], [], []
+    invalid = {}
+    for name, given in sets:  # checked up front: a broken set is reported at once and the others still run
+        try:
+            P.check_run_name(name)
+            plan(list_notebooks(start, end), given)
+        except (P.ParamError, ValueError) as e:
+            invalid[name] = str(e)
+    if invalid:
+        log(f"{len(invalid)} of {len(sets)} parameter set(s) are invalid and will not run: {sorted(invalid)}")
+    for i, (name, given) in enumerate(sets, 1):
+        tag = f"[run {i}/{len(sets)}] {name}"
+        if name in invalid:
+            log(f"{tag}: FAILED (invalid parameters): {invalid[name].splitlines()[0]}")
+            failed.append({"run": name, "error": invalid[name]})
+            continue
+        try:
+            if is_complete(name, start, end, given):
+                log(f"{tag}: already complete with these parameters, skipped")
+                skipped.append(name)
+                continue
+            log(f"{tag}: starting")
+            t = time.time()
+            run(start, end, overrides=given, log=lambda m, tag=tag: log(f"  {m}"))
+            log(f"{tag}: ok ({time.time() - t:.0f} s)")
+            done.append(name)
+        except (P.ParamError, StageFailed, FileNotFoundError, ValueError) as e:
+            log(f"{tag}: FAILED: {str(e).splitlines()[0]}")
+            failed.append({"run": name, "error": str(e)})
+    log(f"sweep: {len(done)} ran, {len(skipped)} skipped (complete), {len(failed)} failed")
+    for f in failed:
+        log(f"  FAILED {f['run']}: {f['error']}")
+    return {"ok": done, "skipped": skipped, "failed": failed}

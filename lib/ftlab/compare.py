@@ -1,0 +1,136 @@
+"""Many runs side by side (stage 06): collect what each run's stages wrote, rank them, show what differs."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ftlab.paths import outputs_dir
+
+
+def _read(p: Path) -> Any:
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def find_runs(pattern: str, exclude: str = "") -> list[Path]:
+    """Run folders under outputs/ whose name matches the glob and that have a manifest."""
+    return sorted(p for p in outputs_dir().glob(pattern) if (p / "manifest.json").exists() and p.name != exclude)
+
+
+def collect(run: Path) -> dict[str, Any]:
+    """One run's numbers: the stage 05 verdict when it ran, else stage 02's eval loss; time, memory, parameters."""
+    m = _read(run / "manifest.json")
+    stages = m.get("stages", {})
+    sft, dpo, ev = (_read(run / s / "summary.json") for s in ("02_train_sft", "03_train_dpo", "05_evaluate"))
+    metrics = _read(run / "05_evaluate" / "metrics.json")
+    final = (metrics or {}).get("final")
+    row: dict[str, Any] = {"run": run.name, "complete": [k[:2] for k, s in stages.items() if s.get("status") == "complete"],
+                           "failed_or_running": [k[:2] for k, s in stages.items() if s.get("status") != "complete"]}  # fmt: skip
+    if metrics and final:
+        fm = metrics["models"][final]
+        row.update(score_source=f"05 ({final})", heldout_nll=fm["nll"], rouge_l=fm["rouge_l"],
+                   base_nll=metrics["models"]["base"]["nll"], passed=metrics["passed"])  # fmt: skip
+    elif sft:
+        row.update(score_source="02 eval loss", heldout_nll=sft["eval_loss_after"], base_nll=sft["eval_loss_before"])
+    row["nll_drop"] = row["base_nll"] - row["heldout_nll"] if "heldout_nll" in row else math.nan
+    if sft:
+        row.update(sft_seconds=sft.get("train_seconds"), sft_peak_gib=sft["memory"]["measured_peak_gib"],
+                   sft_tokens_per_s=sft.get("tokens_per_s"))  # fmt: skip
+    if dpo:
+        row.update(dpo_seconds=dpo.get("train_seconds"), dpo_last_margin=dpo.get("last_margin"))
+    row["total_seconds"] = round(sum(s.get("seconds", 0) for s in stages.values()), 1)
+    row["params"] = {
+        f"{k[:2]}.{n}": v for k, s in stages.items() for n, v in s.get("params", {}).items() if n != "run_name"
+    }
+    row["_metrics"] = [json.loads(x) for x in (run / "02_train_sft" / "metrics.jsonl").read_text().splitlines()
+                       if x.strip()] if (run / "02_train_sft" / "metrics.jsonl").exists() else []  # fmt: skip
+    row["_samples"] = [json.loads(x) for x in (run / "05_evaluate" / "samples.jsonl").read_text().splitlines()
+                       if x.strip()] if (run / "05_evaluate" / "samples.jsonl").exists() else []  # fmt: skip
+    row["_final"] = final
+    return row
+
+
+def leaderboard(rows: list[dict[str, Any]]) -> Any:
+    """A DataFrame ranked by held-out NLL (lower is better); runs without a score go last."""
+    import pandas as pd
+
+    cols = ["run", "score_source", "heldout_nll", "base_nll", "nll_drop", "rouge_l", "passed", "sft_seconds",
+            "sft_peak_gib", "sft_tokens_per_s", "dpo_last_margin", "total_seconds", "complete", "failed_or_running"]  # fmt: skip
+    df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
+    df = df.sort_values("heldout_nll", na_position="last").reset_index(drop=True)
+    df.index = df.index + 1
+    return df
+
+
+def differing_params(rows: list[dict[str, Any]]) -> Any:
+    """Only the parameters whose values differ between runs (what the comparison is really about)."""
+    import pandas as pd
+
+    keys = sorted({k for r in rows for k in r["params"]})
+    diff = [k for k in keys if len({json.dumps(r["params"].get(k), sort_keys=True) for r in rows}) > 1]
+    return pd.DataFrame([{"run": r["run"], **{k: r["params"].get(k) for k in diff}} for r in rows]).set_index("run")
+
+
+def loss_curves(rows: list[dict[str, Any]], path: str | Path | None = None) -> Any:
+    """SFT train loss and eval loss of every run on one pair of axes."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    for r in rows:
+        tr = [m for m in r["_metrics"] if "loss" in m]
+        ev = [m for m in r["_metrics"] if "eval_loss" in m]
+        (line,) = axes[0].plot([m["step"] for m in tr], [m["loss"] for m in tr], label=r["run"])
+        axes[1].plot(
+            [m["step"] for m in ev], [m["eval_loss"] for m in ev], "o-", color=line.get_color(), label=r["run"]
+        )
+    axes[0].set(title="SFT train loss per run", xlabel="step", ylabel="loss (nats/token)")
+    axes[1].set(title="SFT eval loss per run", xlabel="step", ylabel="eval loss (nats/token)")
+    for ax in axes:
+        if rows:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def best_vs_worst(rows: list[dict[str, Any]], n: int = 5) -> list[dict[str, Any]]:
+    """The same prompts answered by the best and the worst scored run (stage 05's samples)."""
+    scored = [r for r in rows if r["_samples"] and r.get("heldout_nll") is not None]
+    if len(scored) < 2:
+        return []
+    best = min(scored, key=lambda r: r["heldout_nll"])
+    worst = max(scored, key=lambda r: r["heldout_nll"])
+    by_prompt = {s["prompt"]: s for s in worst["_samples"]}
+    out = []
+    for s in best["_samples"]:
+        w = by_prompt.get(s["prompt"])
+        if w is not None:
+            out.append({"prompt": s["prompt"], "reference": s["reference"],
+                        f"best ({best['run']})": s["answers"][best["_final"]],
+                        f"worst ({worst['run']})": w["answers"][worst["_final"]]})  # fmt: skip
+        if len(out) >= n:
+            break
+    return out
+
+
+def page(title: str, board: Any, diff: Any, pairs: list[dict[str, Any]], image: Path | None) -> str:
+    import base64
+
+    img = ""
+    if image and Path(image).exists():
+        img = f'<img alt="loss curves per run" src="data:image/png;base64,{base64.b64encode(Path(image).read_bytes()).decode()}">'
+    pairs_html = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in p.values()) + "</tr>" for p in pairs
+    )
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in (pairs[0] if pairs else {}))
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>body{font-family:system-ui,sans-serif;margin:2rem}table{border-collapse:collapse;font-size:.85rem}"
+            "td,th{border:1px solid #ccc;padding:.3rem .5rem;vertical-align:top}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><h2>Leaderboard (held-out NLL, lower is better)</h2>"
+            f"{board.to_html(float_format=lambda x: f'{x:.4g}')}<h2>Loss curves</h2>{img}"
+            f"<h2>Parameters that differ</h2>{diff.to_html()}"
+            f"<h2>Best vs worst run, same prompts</h2><table><tr>{head}</tr>{pairs_html}</table></body></html>")  # fmt: skip
