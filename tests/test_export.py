@@ -82,6 +82,8 @@ def test_stage_04_exports_verified_gguf_modelfile_and_card(outputs, tiny_run):
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["license"] == "apache-2.0" and meta["base_model"].startswith("tiny-random")
     assert meta["datasets"] == ["data/pydoc_qa/sft.jsonl", "data/pydoc_qa/prefs.jsonl"]
+    assert set(meta["ftlab"]["input_sha256"]) >= {"data", "train", "eval", "adapter"}
+    assert meta["ftlab"]["parameters"]["02_train_sft"]["max_steps"] == 6
     assert "**Warning:** a fine-tuned model can reproduce its training data" in card and "| train |" in card
     assert "ollama create ftlab-exp:" in card and s["ollama_commands"]["promote_after_stage_05"].endswith(":latest")
     assert "llama_model_loader" not in (outputs / "exp" / "notebooks" / "04_merge_export.ipynb").read_text()

@@ -618,12 +618,14 @@ def model_card(manifest: dict[str, Any], export_summary: dict[str, Any], metrics
         "tags": ["ftlab", "lora", "sft"] + (["dpo"] if export_summary["adapter"] == "dpo" else []) + ["gguf"],
         "datasets": [p for p in (p01.get("data_path"), p01.get("prefs_path"), p01.get("eval_path")) if p],
     }  # fmt: skip
+    params = {k: st.get(k, {}).get("params", {}) for k in ("01_prepare_data", "02_train_sft", "03_train_dpo")}
+    meta["ftlab"] = {"input_sha256": dict(sorted(inputs.items())), "parameters": {k: v for k, v in params.items() if v},
+                     "adapter": export_summary["adapter"], "git_commit": manifest.get("git", {}).get("commit")}  # fmt: skip
     if metrics:
         meta["model-index"] = [{"name": export_summary["name"], "results": [{
             "task": {"type": "text-generation"}, "dataset": {"name": "held-out split", "type": "custom"},
             "metrics": [{"type": k, "value": round(v, 4)} for k, v in metrics.items() if isinstance(v, (int, float))],
         }]}]  # fmt: skip
-    params = {k: st.get(k, {}).get("params", {}) for k in ("01_prepare_data", "02_train_sft", "03_train_dpo")}
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "", f"# {export_summary['name']}", "",
              f"A LoRA fine-tune of `{export_summary['base_model_id']}` made with Fine-Tuning Lab: supervised "
              f"fine-tuning{' then DPO' if export_summary['adapter'] == 'dpo' else ''} on the data below, merged into "
