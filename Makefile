@@ -10,7 +10,7 @@ export DO_NOT_TRACK := 1
 # llama-cpp-python (GGUF quantize + verify) builds from source: a portable CPU build, ~8 minutes once, then cached by pip
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: run test test-fast setup lock lab clean-venv
+.PHONY: run test test-fast setup lock lab clean-venv canary
 
 # The environment: created from requirements.lock when missing or when the lock changed; a no-op otherwise.
 $(STAMP): requirements.lock pyproject.toml
@@ -60,3 +60,17 @@ lock:
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Version-drift canary (not part of `make test`): the newest releases of the stack instead of the lock (torch stays at
+# the pinned 2.13.0: a newer one would pull a multi-GB CUDA build), then the tiny-model tests of every stage.
+canary:
+	rm -rf /tmp/ftlab-canary && $(PYTHON) -m venv /tmp/ftlab-canary
+	/tmp/ftlab-canary/bin/pip install -q --upgrade pip
+	grep -v '^#' requirements.in | sed 's/[=<>].*//; s/ *#.*//' | grep -v '^torch$$' | grep . > /tmp/ftlab-canary/unpinned.txt
+	/tmp/ftlab-canary/bin/pip install -q torch==2.13.0 -r /tmp/ftlab-canary/unpinned.txt
+	/tmp/ftlab-canary/bin/pip install -q --no-deps -e .
+	/tmp/ftlab-canary/bin/pip freeze > /tmp/ftlab-canary/versions.txt
+	FTLAB_CACHE=$(CURDIR)/.cache/ftlab /tmp/ftlab-canary/bin/python -m ftlab setup --tiny
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 /tmp/ftlab-canary/bin/python -m pytest -m "not slow" \
+	  tests/test_pipeline.py tests/test_train.py tests/test_dpo.py tests/test_export.py tests/test_evaluate.py $(ARGS)
+	@echo "canary: newest versions in /tmp/ftlab-canary/versions.txt"

@@ -72,3 +72,24 @@ def tiny_run(tiny_sft_run, outputs):
         return dst
 
     return copy
+
+
+# ---- resilience counts: fault injections survived and bad inputs tried, printed after the run --------------------
+
+_RESILIENCE = {"fault injections survived": 0, "bad inputs tried": 0}
+
+
+@pytest.fixture
+def resilience():
+    """`resilience("fault")` after a survived fault injection, `resilience("bad", n)` after n bad inputs tried."""
+
+    def record(kind: str, n: int = 1) -> None:
+        _RESILIENCE["fault injections survived" if kind == "fault" else "bad inputs tried"] += n
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if any(_RESILIENCE.values()):
+        terminalreporter.write_sep("-", "resilience")
+        terminalreporter.write_line(", ".join(f"{v} {k}" for k, v in _RESILIENCE.items()))

@@ -112,7 +112,7 @@ def test_self_pairs_mode_runs_and_reports_skips(outputs, tiny_run):
     assert len([r for r in rej if r["reason"] == "self_answer_matches"]) == s["self_pairs_skipped"]
 
 
-def test_killed_dpo_run_resumes_to_the_same_adapter(outputs, tiny_run, monkeypatch):
+def test_killed_dpo_run_resumes_to_the_same_adapter(outputs, tiny_run, monkeypatch, resilience):
     ref = load_file(str(_run03(outputs, tiny_run, "dpo-ok", eval_steps=0) / "adapter" / "adapter_model.safetensors"))
     monkeypatch.setenv("FTLAB_CRASH_AT_STEP", "5")
     with pytest.raises(pipeline.StageFailed):
@@ -123,3 +123,4 @@ def test_killed_dpo_run_resumes_to_the_same_adapter(outputs, tiny_run, monkeypat
     assert s["resumed_from"].endswith("checkpoint-4")
     got = load_file(str(st / "adapter" / "adapter_model.safetensors"))
     assert max((got[k] - ref[k]).abs().max().item() for k in ref) < 1e-5
+    resilience("fault")

@@ -40,7 +40,7 @@ def test_derived_modelfile_template_matches_the_chat_template_and_a_trim_bug_is_
         export.check_ollama_template(mf["template"].replace("{{ else }}", "{{- else }}"), tok)
 
 
-def test_interrupted_quantize_leaves_no_file_under_the_final_name(tmp_path, monkeypatch):
+def test_interrupted_quantize_leaves_no_file_under_the_final_name(tmp_path, monkeypatch, resilience):
     import llama_cpp
 
     src, out = tmp_path / "m-f16.gguf", tmp_path / "m-q8_0.gguf"
@@ -54,6 +54,7 @@ def test_interrupted_quantize_leaves_no_file_under_the_final_name(tmp_path, monk
     with pytest.raises(export.ExportError, match="failed"):
         export.quantize(src, out, "q8_0")
     assert not out.exists() and list(tmp_path.iterdir()) == [src]
+    resilience("fault")
 
 
 # ---- the stage on the tiny model: the real converter, quantizer and llama.cpp ----------------------------------

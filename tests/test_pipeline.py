@@ -29,7 +29,7 @@ def test_unknown_parameter_fails_fast_with_valid_names(outputs):
     assert r.returncode == 2
     assert (
         "unknown parameter(s) 'no_such_param': no notebook declares them" in r.stderr
-        and "valid names: base_model" in r.stderr
+        and "valid names: adapter, answers, base_model" in r.stderr
     )
     assert list(outputs.iterdir()) == []  # nothing ran, nothing written
 

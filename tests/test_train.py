@@ -53,12 +53,13 @@ def test_planner_suggests_settings_that_fit():
     assert fits[0]["batch_size"] * fits[0]["grad_accum_factor"] == 16  # same effective batch
 
 
-def test_nan_loss_stops_training_with_a_message(tmp_path):
+def test_nan_loss_stops_training_with_a_message(tmp_path, resilience):
     live = train.LiveMetrics(tmp_path / "m.jsonl", log=lambda s: None)
     state = type("S", (), {"global_step": 3, "epoch": 0.1, "num_input_tokens_seen": 0, "max_steps": 10})()
     control = TrainerControl()
     live.on_log(None, state, control, logs={"loss": float("nan")})
     assert control.should_training_stop and "loss became nan at step 3" in live.stopped_reason
+    resilience("fault")
 
 
 def test_loss_spike_and_grad_explosion_warn(tmp_path):
@@ -135,7 +136,9 @@ def test_sft_loss_falls_and_outputs_match_the_contract(outputs, prepared):
     assert json.loads((outputs / "sft" / "manifest.json").read_text())["stages"]["02_train_sft"]["status"] == "complete"
 
 
-def test_killed_run_resumes_from_last_complete_checkpoint_to_the_same_adapter(outputs, prepared, monkeypatch):
+def test_killed_run_resumes_from_last_complete_checkpoint_to_the_same_adapter(
+    outputs, prepared, monkeypatch, resilience
+):
     ref = _adapter(_run02(outputs, prepared, "uninterrupted"))
     monkeypatch.setenv("FTLAB_CRASH_AT_STEP", "5")  # os._exit after step 5: checkpoint-4 is the last complete one
     with pytest.raises(pipeline.StageFailed, match="DeadKernelError|kernel died|stopped"):
@@ -150,6 +153,7 @@ def test_killed_run_resumes_from_last_complete_checkpoint_to_the_same_adapter(ou
     assert diff < 1e-5, diff  # same result as the uninterrupted run (CPU, same seed)
     steps = [json.loads(x)["step"] for x in (st / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert steps == [1, 2, 3, 4, 5, 6]  # the lost step 5 was redone once, not logged twice
+    resilience("fault")
 
 
 def test_finished_stage_is_not_retrained(outputs, prepared):
@@ -189,14 +193,20 @@ def test_every_gpu_preset_fits_its_card_by_the_planner(preset, card_gib):
     assert f"{plan.total / memory.GIB:.1f} GiB" in (repo_root() / "params" / f"{preset}.yaml").read_text()
 
 
-def test_preflight_oom_stops_with_the_planners_advice(monkeypatch):
+def test_preflight_oom_stops_with_the_planners_advice(monkeypatch, resilience):
     class Rows(list):  # what preflight reads of a datasets.Dataset: a column by name, a row by index
+        column_names = ["input_ids"]
+
         def __getitem__(self, key):
             return [r["input_ids"] for r in self] if key == "input_ids" else list.__getitem__(self, key)
 
     class FakeTrainer:
         train_dataset = Rows([{"input_ids": [1, 2, 3]}, {"input_ids": [1, 2, 3, 4, 5]}])
-        args = type("A", (), {"per_device_train_batch_size": 1, "gradient_checkpointing": False})()
+        args = type(
+            "A",
+            (),
+            {"per_device_train_batch_size": 1, "gradient_checkpointing": False, "gradient_accumulation_steps": 1},
+        )()
         model = torch.nn.Linear(2, 2)
 
         def data_collator(self, rows):
@@ -213,6 +223,7 @@ def test_preflight_oom_stops_with_the_planners_advice(monkeypatch):
         train.TrainingStopped, match="out of memory on the worst-case batch .* Settings that fit: batch_size=2"
     ):
         train.preflight(FakeTrainer(), "Settings that fit: batch_size=2, grad_accum_factor=2")
+    resilience("fault")
 
 
 def test_tensorboard_logging_stays_in_the_stage_folder(outputs, prepared):

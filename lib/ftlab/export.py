@@ -54,7 +54,9 @@ def merge(base_folder: str, adapter: Path, out: Path, dtype: Any) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=dtype)
+    from ftlab.models import safe_kwargs
+
+    base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=dtype, **safe_kwargs())
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     tok = AutoTokenizer.from_pretrained(str(adapter))  # saved with the adapter: the template training used
     gen = merged.generation_config
@@ -578,12 +580,15 @@ def verify_merge(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_folder, dtype=dtype), str(adapter)).eval()
+    from ftlab.models import safe_kwargs
+
+    base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=dtype, **safe_kwargs())
+    ref = PeftModel.from_pretrained(base, str(adapter)).eval()
     ref_tokens = greedy_tokens(ref, tokenizer, prompts, max_new_tokens)
     ref_logits = _logits(ref, tokenizer, prompts)
-    del ref
+    del ref, base
     gc.collect()
-    m = AutoModelForCausalLM.from_pretrained(str(merged), dtype=dtype).eval()
+    m = AutoModelForCausalLM.from_pretrained(str(merged), dtype=dtype, **safe_kwargs()).eval()
     tokens = greedy_tokens(m, tokenizer, prompts, max_new_tokens)
     diff = max(float((a - b).abs().max()) for a, b in zip(ref_logits, _logits(m, tokenizer, prompts), strict=True))
     same = sum(a == b for a, b in zip(ref_tokens, tokens, strict=True))

@@ -149,10 +149,23 @@ def hub_id(name: str) -> str:
     return name
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def safe_kwargs(weights: bool = True) -> dict[str, Any]:
+    """Private and safe by default: no code from a model repository runs unless FTLAB_TRUST_REMOTE_CODE=1, and
+    weights load only from safetensors (never pickle) unless FTLAB_ALLOW_PICKLE=1."""
+    out: dict[str, Any] = {"trust_remote_code": _flag("FTLAB_TRUST_REMOTE_CODE")}
+    if weights:
+        out["use_safetensors"] = not _flag("FTLAB_ALLOW_PICKLE")
+    return out
+
+
 def load_tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model(name))
+    return AutoTokenizer.from_pretrained(resolve_model(name), **safe_kwargs(weights=False))
 
 
 def pick_dtype(device: str) -> Any:
@@ -205,7 +218,7 @@ def load_model(name: str, quantization: str = "none", device: str | None = None,
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or pick_dtype(device)
     q = resolve_quantization(quantization, device)
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype, **safe_kwargs()}
     if q == "4bit":
         kwargs["quantization_config"] = bnb_config(dtype)
         kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
@@ -240,4 +253,4 @@ def model_vocab_size(name: str) -> int | None:
 def model_config(name: str) -> Any:
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(resolve_model(name))
+    return AutoConfig.from_pretrained(resolve_model(name), **safe_kwargs(weights=False))

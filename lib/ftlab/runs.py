@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import os
 import platform
 import subprocess
 import sys
@@ -171,7 +172,9 @@ def resolve_stage(stage: str, ns: dict[str, Any]) -> Stage:
     values = {k: ns[k] for k in spec if k in ns}
     params = P.validate(stage, values, unknown=_unknown_from_history(ns, spec))
     st = Stage(params["run_name"], stage, params, time.time())
-    st.dir.mkdir(parents=True, exist_ok=True)
+    st.run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(st.run_dir, 0o700)  # runs hold private data and models trained on it: readable by their owner only
+    st.dir.mkdir(exist_ok=True)
     m = load_manifest(st.run_name)
     if "git" not in m:
         m["git"] = git_commit()

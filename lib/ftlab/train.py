@@ -135,10 +135,16 @@ class CheckpointComplete(TrainerCallback):
 
 
 class CrashAt(TrainerCallback):
-    """Testing aid: FTLAB_CRASH_AT_STEP=N kills the process abruptly after step N, as a power cut would."""
+    """Testing aid: FTLAB_CRASH_AT_STEP=N kills the process abruptly after step N, as a power cut would;
+    FTLAB_CRASH_IN_SAVE_AT_STEP=N kills it while checkpoint-N is written (files there, completion mark not yet).
+    Listed before CheckpointComplete so that its on_save runs first."""
 
     def on_step_end(self, args, state, control, **kw):
         if os.environ.get("FTLAB_CRASH_AT_STEP") == str(state.global_step):
+            os._exit(137)
+
+    def on_save(self, args, state, control, **kw):
+        if os.environ.get("FTLAB_CRASH_IN_SAVE_AT_STEP") == str(state.global_step):
             os._exit(137)
 
 
