@@ -90,6 +90,21 @@ def parse_value(text: str) -> Any:
 
 
 RUN = {"run_name": Param(str, check=check_run_name)}
+# what the two training stages (SFT, DPO) share; DPO narrows the learning rate's lower bound
+TRAINING = {
+    "epochs": Param(float, lo=0),
+    "max_steps": Param(int, lo=0),
+    "batch_size": Param(int, lo=1),
+    "grad_accum": Param(int, lo=1),
+    "warmup_steps": Param(int, lo=0),
+    "max_length": Param(int, lo=16, hi=131072),
+    "eval_steps": Param(int, lo=0),
+    "save_steps": Param(int, lo=1),
+    "logging_steps": Param(int, lo=1),
+    "gradient_checkpointing": Param(bool),
+    "optim": Param(str, choices=("adamw_bnb_8bit", "adamw_torch", "paged_adamw_8bit")),
+    "seed": Param(int, lo=0),
+}
 
 SPECS: dict[str, dict[str, Param]] = {
     "00_check_environment": {
@@ -125,20 +140,9 @@ SPECS: dict[str, dict[str, Param]] = {
         "lora_dropout": Param(float, lo=0, hi=0.9),
         "lora_targets": Param((str, list), check=_targets),
         "learning_rate": Param(float, lo=1e-7, hi=1e-2),
-        "epochs": Param(float, lo=0),
-        "max_steps": Param(int, lo=0),
-        "batch_size": Param(int, lo=1),
-        "grad_accum": Param(int, lo=1),
-        "warmup_steps": Param(int, lo=0),
-        "max_length": Param(int, lo=16, hi=131072),
-        "eval_steps": Param(int, lo=0),
-        "save_steps": Param(int, lo=1),
-        "logging_steps": Param(int, lo=1),
-        "gradient_checkpointing": Param(bool),
-        "optim": Param(str, choices=("adamw_bnb_8bit", "adamw_torch", "paged_adamw_8bit")),
+        **TRAINING,
         "liger": Param(bool),
         "report_to": Param(str, choices=("none", "tensorboard", "mlflow")),
-        "seed": Param(int, lo=0),
     },
     "03_train_dpo": {
         **RUN,
@@ -150,22 +154,11 @@ SPECS: dict[str, dict[str, Param]] = {
         "beta": Param(float, lo=1e-4, hi=10),
         "loss_type": Param(str, choices=("sigmoid", "ipo", "hinge", "robust", "apo_zero")),
         "learning_rate": Param(float, lo=1e-8, hi=1e-2),
-        "epochs": Param(float, lo=0),
-        "max_steps": Param(int, lo=0),
-        "batch_size": Param(int, lo=1),
-        "grad_accum": Param(int, lo=1),
-        "warmup_steps": Param(int, lo=0),
-        "max_length": Param(int, lo=16, hi=131072),
+        **TRAINING,
         "max_prompt_length": Param(int, lo=8, hi=131072),
-        "eval_steps": Param(int, lo=0),
-        "save_steps": Param(int, lo=1),
-        "logging_steps": Param(int, lo=1),
-        "gradient_checkpointing": Param(bool),
-        "optim": Param(str, choices=("adamw_bnb_8bit", "adamw_torch", "paged_adamw_8bit")),
         "guard_rows": Param(int, lo=0),
         "max_new_tokens": Param(int, lo=1, hi=4096),
         "max_rejected_share": Param(float, lo=0, hi=1),
-        "seed": Param(int, lo=0),
     },
     "04_merge_export": {
         **RUN,

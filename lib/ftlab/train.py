@@ -75,7 +75,14 @@ def sft_args(out_dir: Path, p: dict[str, Any], device: str) -> Any:
             raise ValueError("report_to='mlflow' needs the mlflow package, which is not in requirements.lock: "
                              "pip install mlflow, or use report_to='tensorboard' (installed).")  # fmt: skip
         os.environ.setdefault("MLFLOW_TRACKING_URI", (Path(out_dir) / "mlruns").resolve().as_uri())  # local, no server
-    return SFTConfig(
+    return SFTConfig(**trainer_args(out_dir, p, device), report_to=report_to,
+                     use_liger_kernel=liger_available() and p["liger"])  # fmt: skip
+
+
+def trainer_args(out_dir: Path, p: dict[str, Any], device: str) -> dict[str, Any]:
+    """What SFT and DPO share: seeds, schedule (cosine with warmup), batch and accumulation, 8-bit AdamW,
+    non-reentrant checkpointing, eval/save/log cadence, non-padding token counting, CPU or bf16/fp16."""
+    return dict(
         output_dir=str(out_dir), seed=p["seed"], data_seed=p["seed"],
         num_train_epochs=p["epochs"], max_steps=p["max_steps"] if p["max_steps"] > 0 else -1,
         per_device_train_batch_size=p["batch_size"], per_device_eval_batch_size=p["batch_size"],
@@ -85,10 +92,9 @@ def sft_args(out_dir: Path, p: dict[str, Any], device: str) -> Any:
         gradient_checkpointing_kwargs={"use_reentrant": False},
         eval_strategy="steps" if p["eval_steps"] > 0 else "no", eval_steps=p["eval_steps"] or None,
         save_strategy="steps", save_steps=p["save_steps"], save_total_limit=2,
-        logging_steps=p["logging_steps"], logging_first_step=True, report_to=report_to,
-        include_num_input_tokens_seen="non_padding",
+        logging_steps=p["logging_steps"], logging_first_step=True, include_num_input_tokens_seen="non_padding",
         max_length=p["max_length"], use_cpu=device == "cpu", dataloader_num_workers=0, disable_tqdm=True,
-        use_liger_kernel=liger_available() and p["liger"], save_only_model=False, **precision(device),
+        save_only_model=False, **precision(device),
     )  # fmt: skip
 
 
@@ -422,21 +428,7 @@ def dpo_args(out_dir: Path, p: dict[str, Any], device: str) -> Any:
     """TRL DPOConfig from the stage parameters (same conventions as `sft_args`)."""
     from trl import DPOConfig
 
-    return DPOConfig(
-        output_dir=str(out_dir), seed=p["seed"], data_seed=p["seed"],
-        num_train_epochs=p["epochs"], max_steps=p["max_steps"] if p["max_steps"] > 0 else -1,
-        per_device_train_batch_size=p["batch_size"], per_device_eval_batch_size=p["batch_size"],
-        gradient_accumulation_steps=p["grad_accum"], learning_rate=p["learning_rate"],
-        lr_scheduler_type="cosine", warmup_steps=p["warmup_steps"], weight_decay=0.0, max_grad_norm=1.0,
-        optim=p["optim"], gradient_checkpointing=p["gradient_checkpointing"],
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        eval_strategy="steps" if p["eval_steps"] > 0 else "no", eval_steps=p["eval_steps"] or None,
-        save_strategy="steps", save_steps=p["save_steps"], save_total_limit=2,
-        logging_steps=p["logging_steps"], logging_first_step=True, report_to=[],
-        include_num_input_tokens_seen="non_padding", beta=p["beta"], loss_type=[p["loss_type"]],
-        max_length=p["max_length"], use_cpu=device == "cpu", dataloader_num_workers=0, disable_tqdm=True,
-        save_only_model=False, **precision(device),
-    )  # fmt: skip
+    return DPOConfig(**trainer_args(out_dir, p, device), report_to=[], beta=p["beta"], loss_type=[p["loss_type"]])
 
 
 def reference_is_sft(model: Any) -> dict[str, Any]:
