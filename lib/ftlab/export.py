@@ -566,6 +566,18 @@ def judge(
     return problems, warnings
 
 
+def compute_record(run_name: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Device (GPU name and driver when there is one) and the training stages' energy and cost, for the card."""
+    from ftlab.paths import stage_dir
+
+    eco = {}
+    for st in ("02_train_sft", "03_train_dpo"):
+        p = stage_dir(run_name, st) / "summary.json"
+        if p.exists() and "economics" in json.loads(p.read_text()):
+            eco[st] = json.loads(p.read_text())["economics"]
+    return {"device": manifest.get("device"), "economics": eco}
+
+
 # ---- merge verification ------------------------------------------------------------------------------------------
 
 
@@ -657,5 +669,10 @@ def model_card(manifest: dict[str, Any], export_summary: dict[str, Any], metrics
               "|---|---|---|---|---|"]  # fmt: skip
     lines += [f"| {Path(c['path']).name} | {c['size_mb']} | {'same' if c['template_matches'] else 'DIFFERENT'} | "
               f"{c['agreement']:.0%} | {c['stopped_share']:.0%} |" for c in export_summary["gguf"]]  # fmt: skip
+    comp = export_summary.get("compute") or {}
+    if comp:
+        lines += ["", "## Compute", "", f"Device: {comp.get('device')}.", ""]
+        lines += [f"- {k}: {v['energy_wh']:.1f} Wh ({v['energy_source']}), energy cost {v['cost_energy']:.3f} at "
+                  f"{v['price_per_kwh']}/kWh" for k, v in comp.get("economics", {}).items()]  # fmt: skip
     lines += ["", "## Run it", "", "```bash", *export_summary["ollama_commands"].values(), "```", ""]
     return "\n".join(lines)

@@ -143,6 +143,10 @@ SPECS: dict[str, dict[str, Param]] = {
         **TRAINING,
         "liger": Param(bool),
         "report_to": Param(str, choices=("none", "tensorboard", "mlflow")),
+        "forecast_rows": Param(int, lo=0),
+        "device_power_w": Param(float, lo=0),
+        "price_per_kwh": Param(float, lo=0),
+        "price_per_gpu_hour": Param(float, lo=0),
     },
     "03_train_dpo": {
         **RUN,

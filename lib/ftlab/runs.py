@@ -62,9 +62,19 @@ def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str | N
 def device_summary() -> dict[str, Any]:
     import torch
 
+    common = {"python": sys.executable, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     if torch.cuda.is_available():
-        return {"type": "cuda", "count": torch.cuda.device_count(), "name": torch.cuda.get_device_name(0)}
-    return {"type": "cpu", "name": platform.processor() or platform.machine()}
+        driver = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            driver = pynvml.nvmlSystemGetDriverVersion()
+        except Exception:  # noqa: BLE001 - no NVML: the driver version stays unknown
+            pass
+        return {"type": "cuda", "count": torch.cuda.device_count(), "name": torch.cuda.get_device_name(0),
+                "driver": driver, "cuda_runtime": torch.version.cuda, **common}  # fmt: skip
+    return {"type": "cpu", "name": platform.processor() or platform.machine(), **common}
 
 
 def file_sha256(path: Path) -> str:

@@ -184,6 +184,7 @@ class LiveMetrics(TrainerCallback):
         self.grads: list[float] = []
         self.warnings: list[str] = []
         self.stopped_reason: str | None = None
+        self.sampler: Any = None  # a telemetry.Sampler: its latest GPU sample joins every record
         self._t = self._tok = None
         self._t0, self._step0 = time.time(), 0
 
@@ -215,6 +216,11 @@ class LiveMetrics(TrainerCallback):
             rec["eta_s"] = round((now - self._t0) / done * (state.max_steps - state.global_step), 1)
         rec["tokens_seen"] = seen
         rec.update(memory_now())
+        if self.sampler is not None:
+            rec.update(self.sampler.latest())
+            for w in self.sampler.warnings:
+                if w not in self.warnings:
+                    self._warn(w)
         self._guards(rec, control)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
@@ -295,6 +301,37 @@ def preflight(trainer: Any, advice: str) -> dict[str, Any]:
         raise TrainingStopped(f"{len(no_grad)} trainable tensors got no (finite) gradient in the preflight (e.g. "
                               f"{no_grad[0]}); training would silently skip them")  # fmt: skip
     return out
+
+
+def seconds_per_step(trainer: Any, rows: int) -> float:
+    """Measured wall time of one optimizer step: forward + backward over the first `rows` training rows, batch by
+    batch (no optimizer update; gradients are cleared), times the accumulation steps."""
+    ds, model = trainer.train_dataset, trainer.model
+    bs = trainer.args.per_device_train_batch_size
+    n = max(bs, min(rows, len(ds)))
+    model.train()
+    t, k = time.time(), 0
+    for i in range(0, n, bs):
+        batch = trainer.data_collator([ds[j] for j in range(i, min(i + bs, n))])
+        items = int((batch["labels"] != -100).sum()) if "labels" in batch else None
+        trainer.training_step(model, batch, num_items_in_batch=items)
+        k += 1
+    model.zero_grad(set_to_none=True)
+    return (time.time() - t) / k * trainer.args.gradient_accumulation_steps
+
+
+class DiskWatch(TrainerCallback):
+    """After each checkpoint: warn (with the largest consumers) when the disk will not hold the next one."""
+
+    def __init__(self, live: LiveMetrics, need_bytes: int):
+        self.live, self.need = live, need_bytes
+
+    def on_save(self, args, state, control, **kw):
+        from ftlab.telemetry import disk_check
+
+        ok, msg = disk_check(Path(args.output_dir), self.need)
+        if not ok and msg not in self.live.warnings:
+            self.live._warn(msg)
 
 
 def save_adapter(trainer: Any, tokenizer: Any, folder: Path) -> Path:
