@@ -94,17 +94,6 @@ def greedy_tokens(
     return out
 
 
-def max_logit_diff(a: Any, b: Any, tokenizer: Any, prompts: list[list[dict[str, str]]]) -> float:
-    import torch
-
-    worst = 0.0
-    for p in prompts:
-        ids = tokenizer.apply_chat_template(p, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        with torch.no_grad():
-            worst = max(worst, float((a(**ids).logits.float() - b(**ids).logits.float()).abs().max()))
-    return worst
-
-
 # ---- GGUF ------------------------------------------------------------------------------------------------------
 
 

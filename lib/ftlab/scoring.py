@@ -54,7 +54,7 @@ class Answer:
 
 
 def eos_ids(tokenizer: Any, model: Any = None) -> list[int]:
-    """Every token id that ends an answer: the generation config's EOS ids, the tokenizer's EOS and `<|im_end|>`."""
+    """Every token id that ends an answer: the generation config's EOS ids and the tokenizer's EOS."""
     ids: set[int] = set()
     gen = getattr(model, "generation_config", None)
     e = getattr(gen, "eos_token_id", None)
