@@ -24,7 +24,8 @@ def test_embedded_default_series_trains_exports_and_evaluates_a_better_model(out
                        log=print)  # fmt: skip
     manifest = _j(run, "manifest.json")
     assert [k for k, s in manifest["stages"].items() if s["status"] == "complete"] == [
-        "00_check_environment", "01_prepare_data", "02_train_sft", "03_train_dpo", "04_merge_export", "05_evaluate"]  # fmt: skip
+        "00_check_environment", "01_prepare_data", "02_train_sft", "03_train_dpo", "04_merge_export", "05_evaluate",
+        "06_compare_runs"]  # fmt: skip
     assert _j(run, "00_check_environment", "report.json")["ok"]
     stats = _j(run, "01_prepare_data", "stats.json")
     assert (stats["train"], stats["eval"]) == (1047, 117) and stats["audit"]["eos_trained_pct"] == 100.0
@@ -65,3 +66,5 @@ def test_embedded_default_series_trains_exports_and_evaluates_a_better_model(out
     assert "<h2>Side by side</h2>" in html and html.count("<tr>") > 30 and "data:image/png;base64," in html
     card = (run / "04_merge_export" / "MODEL_CARD.md").read_text()
     assert "model-index" in yaml.safe_load(card.split("---")[1]) and "Verdict:" in card
+    cmp = _j(run, "06_compare_runs", "summary.json")  # the only run under outputs/: nothing else to compare with
+    assert cmp["runs"] == [] and (run / "06_compare_runs" / "comparison.html").exists()
