@@ -1,5 +1,7 @@
 """The environment checks of stage 00.  Run: .venv/bin/python -m pytest tests/test_env.py"""
 
+import pytest
+
 from ftlab import env
 
 
@@ -41,3 +43,28 @@ def test_report_ok_only_without_failures():
     bad = env.report([env.Check("a", "pass", ""), env.Check("b", "fail", "x", "do y")])
     assert ok["ok"] and not bad["ok"] and bad["counts"] == {"pass": 1, "warn": 0, "fail": 1}
     assert "FAIL  b  x" in env.table([env.Check("b", "fail", "x", "do y")])
+
+
+def test_python_check_tells_the_project_env_from_another(monkeypatch):
+    import sys
+
+    from ftlab.paths import repo_root
+
+    monkeypatch.setattr(sys, "prefix", str(repo_root() / ".venv"))
+    assert env.check_python().status == "pass" and "project venv" in env.check_python().detail
+    monkeypatch.setattr(sys, "prefix", "/opt/some-other-env")
+    monkeypatch.delenv("CONDA_DEFAULT_ENV", raising=False)
+    c = env.check_python()
+    assert c.status == "warn" and "not the project's environment" in c.advice and "ftlab" in c.advice
+
+
+def test_device_check_names_the_training_device_and_why_there_is_no_telemetry(monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only check")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    c = env.check_device(require_gpu=False)
+    assert c.status == "pass" and c.detail.startswith("cpu") and "CUDA_VISIBLE_DEVICES=" in c.detail
+    assert "telemetry off" in c.detail
+    assert env.check_device(require_gpu=True).status == "warn"  # check_torch's gpu line is the one that fails

@@ -28,6 +28,12 @@ def test_stage_05_on_the_tiny_model_scores_base_and_sft_and_names_what_it_skippe
     assert len(samples) == 4 and set(samples[0]["answers"]) == {"base", "sft"}
     html = (run / "05_evaluate" / "report.html").read_text()
     assert html.startswith("<!doctype html>") and "<h2>Side by side</h2>" in html and samples[0]["prompt"][:20] in html
+    # the SFT stage's time and energy (estimated from device_power_w on a CPU) are in the metrics and the report
+    (c,) = m["compute"]
+    sft = json.loads((run / "02_train_sft" / "summary.json").read_text())
+    assert c["stage"] == "02_train_sft" and c["energy_wh"] == sft["economics"]["energy_wh"] > 0
+    assert c["energy_source"].startswith("estimate") and c["gpu_samples"] == 0
+    assert "<h2>Compute and cost</h2>" in html and html.count("<tr><th>total</th>") == 1
 
 
 class _Judge(BaseHTTPRequestHandler):

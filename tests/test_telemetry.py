@@ -61,3 +61,25 @@ def test_disk_check_with_a_simulated_small_disk_names_the_largest_consumers(tmp_
 def test_interpreter_report_names_the_python_and_the_project_env():
     info = telemetry.interpreter()
     assert info["python"] and isinstance(info["project_env"], bool)
+
+
+def test_report_compute_section_sums_the_training_stages(outputs):
+    import json
+
+    from ftlab import report
+    from ftlab.paths import stage_dir
+
+    gpu = telemetry.economics(120.0, 1800, 65, 0.3, 2.5)  # measured: 120 Wh over 30 min
+    cpu = telemetry.economics(None, 360, 65, 0.3, 2.5)  # estimated: 65 W x 6 min = 6.5 Wh
+    for st, eco, n in (("02_train_sft", gpu, 900), ("03_train_dpo", cpu, 0)):
+        d = stage_dir("eco", st)
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"train_seconds": 1.0, "economics": eco,
+                                                    "telemetry": {"samples": n, "warnings": ["hot"] * (n > 0)}}))  # fmt: skip
+    rows = report.compute_rows("eco")
+    assert [r["stage"] for r in rows] == ["02_train_sft", "03_train_dpo"]
+    assert rows[0]["energy_source"] == "NVML power samples" and rows[1]["energy_wh"] == pytest.approx(6.5)
+    page = report.compute_table(rows)
+    # total energy 126.5 Wh; cost 0.0380 (energy) and 1.5 (1 h of cloud GPU at 2.5/h)
+    assert "126.5" in page and ">1.5<" in page and page.count("<tr>") == 4
+    assert "No training stage" in report.compute_table([])

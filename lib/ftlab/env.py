@@ -42,12 +42,48 @@ def normalize(name: str) -> str:
     return name.strip().lower().replace("_", "-").replace(".", "-")
 
 
+def project_env() -> tuple[bool, str]:
+    """(is this the project's environment, which one it is): `.venv` at the repo root, or the conda env that
+    environment.yml creates."""
+    venv = (repo_root() / ".venv").resolve()
+    if Path(sys.prefix).resolve() == venv:
+        return True, f"project venv {venv}"
+    conda = os.environ.get("CONDA_DEFAULT_ENV")
+    yml = repo_root() / "environment.yml"
+    name = next((ln.split(":", 1)[1].strip() for ln in yml.read_text().splitlines() if ln.startswith("name:")), None) \
+        if yml.exists() else None  # fmt: skip
+    if conda and conda == name and Path(sys.prefix).resolve() == Path(os.environ.get("CONDA_PREFIX", "")).resolve():
+        return True, f"project conda env {conda!r}"
+    return False, "other venv" if sys.prefix != sys.base_prefix else "system Python"
+
+
 def check_python() -> Check:
-    in_venv = sys.prefix != sys.base_prefix or bool(os.environ.get("CONDA_PREFIX"))
-    detail = f"Python {platform.python_version()} at {sys.executable} ({'project env' if in_venv else 'system'})"
+    ours, which = project_env()
+    detail = f"Python {platform.python_version()} at {sys.executable} ({which})"
     ok = sys.version_info[:2] >= (3, 11)
-    return Check("python", "pass" if ok and in_venv else ("warn" if ok else "fail"), detail,
-                 "" if in_venv else "Run inside the project environment: `make run` creates .venv.")  # fmt: skip
+    return Check("python", "pass" if ok and ours else ("warn" if ok else "fail"), detail,
+                 "" if ours else "This is not the project's environment, so package versions may differ from "
+                 "requirements.lock: run `make setup` and pick the 'ftlab' kernel in JupyterLab "
+                 "(Kernel > Change Kernel).")  # fmt: skip
+
+
+def check_device(require_gpu: bool) -> Check:
+    """The device training will really use, with CUDA_VISIBLE_DEVICES, driver, CUDA runtime and GPU telemetry."""
+    from ftlab import runs, telemetry
+
+    d = runs.device_summary()
+    cvd = d["cuda_visible_devices"]
+    vis = f"CUDA_VISIBLE_DEVICES={cvd if cvd is not None else 'unset'}"
+    nvml = telemetry.nvml_status()
+    if d["type"] == "cuda":
+        return Check("training device", "pass", f"cuda:0 = {d['name']} ({d['count']} visible, {vis}); driver "
+                     f"{d['driver'] or 'unknown'}, CUDA runtime {d['cuda_runtime']}; "
+                     f"{nvml or 'GPU telemetry on (NVML)'}", "" if not nvml else
+                     "Install nvidia-ml-py (in requirements.lock) for temperature, power and throttle samples.")  # fmt: skip
+    gpu_hint = "" if cvd is None else f" ({vis}: an empty or wrong value hides the GPU)"
+    # the 'gpu' check of check_torch fails when require_gpu is set; this line says what training will use instead
+    return Check("training device", "warn" if require_gpu else "pass",
+                 f"cpu ({d['name']}, {os.cpu_count()} cores){gpu_hint}; {nvml}")  # fmt: skip
 
 
 def check_ram(min_gb: float) -> Check:

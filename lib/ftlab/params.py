@@ -106,6 +106,14 @@ TRAINING = {
     "seed": Param(int, lo=0),
 }
 
+# wall-time forecast and run economics (stages 02 and 03)
+ECONOMICS = {
+    "forecast_rows": Param(int, lo=0),
+    "device_power_w": Param(float, lo=0),
+    "price_per_kwh": Param(float, lo=0),
+    "price_per_gpu_hour": Param(float, lo=0),
+}
+
 SPECS: dict[str, dict[str, Param]] = {
     "00_check_environment": {
         **RUN,
@@ -142,11 +150,9 @@ SPECS: dict[str, dict[str, Param]] = {
         "learning_rate": Param(float, lo=1e-7, hi=1e-2),
         **TRAINING,
         "liger": Param(bool),
+        "padding_free": Param(str, choices=("auto", "on", "off")),
         "report_to": Param(str, choices=("none", "tensorboard", "mlflow")),
-        "forecast_rows": Param(int, lo=0),
-        "device_power_w": Param(float, lo=0),
-        "price_per_kwh": Param(float, lo=0),
-        "price_per_gpu_hour": Param(float, lo=0),
+        **ECONOMICS,
     },
     "03_train_dpo": {
         **RUN,
@@ -159,6 +165,7 @@ SPECS: dict[str, dict[str, Param]] = {
         "loss_type": Param(str, choices=("sigmoid", "ipo", "hinge", "robust", "apo_zero")),
         "learning_rate": Param(float, lo=1e-8, hi=1e-2),
         **TRAINING,
+        **ECONOMICS,
         "max_prompt_length": Param(int, lo=8, hi=131072),
         "guard_rows": Param(int, lo=0),
         "max_new_tokens": Param(int, lo=1, hi=4096),
