@@ -36,11 +36,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sft_memory import SHAPES, build  # noqa: E402  (same random-weight shapes as the memory benchmark)
 
+# Qwen3-14B's decoder shape (its 151,936-token vocabulary is replaced by the bundled tokenizer's 49,152)
+SHAPES["qwen3-14b-shape"] = dict(hidden_size=5120, intermediate_size=17408, num_hidden_layers=40,
+                                 num_attention_heads=40, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False)
+
 from ftlab import data, memory, models, train  # noqa: E402
 from ftlab.paths import repo_root  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}  # dense
-RUNS = [("recipe_b", "fixed"), ("ftlab", "fixed"), ("recipe_b", "mix"), ("ftlab_padded", "mix"), ("ftlab", "mix")]
+# ours, and one change at a time on top of it: (attention implementation, stage-02 parameter overrides)
+VARIANTS = {
+    "ftlab": (None, {}),  # stage 02's defaults
+    "ftlab_padded": (None, {"padding_free": "off"}),
+    "ftlab_free": (None, {"padding_free": "on"}),  # padding-free rows under sdpa (dense block-diagonal mask)
+    "ftlab_flex_free": ("flex_attention", {"padding_free": "on"}),  # padding-free with a block-sparse mask
+    "ftlab_offload": (None, {"activation_offloading": True}),  # checkpointed activations kept in CPU memory
+    "ftlab_chunked": (None, {"loss_type": "chunked_nll"}),  # the loss without the full logits tensor
+    "ftlab_offload_chunked": (None, {"activation_offloading": True, "loss_type": "chunked_nll"}),
+}
+RUNS = [("recipe_b", "fixed"), ("ftlab", "fixed"), ("recipe_b", "mix"), ("ftlab", "mix")]
 
 
 def token_stream(tokenizer) -> list[int]:
@@ -104,32 +118,38 @@ class StepClock:
         return _CB()
 
 
-def run_one(folder: Path, recipe: str, workload: str, batch: int, seq: int, steps: int, warmup: int) -> dict:
+def run_one(folder: Path, recipe: str, workload: str, batch: int, seq: int, steps: int, warmup: int, rank: int = 16,
+            dtype: str = "bfloat16") -> dict:  # fmt: skip
     import peft
     from trl import SFTTrainer
 
     tok = models.load_tokenizer(str(folder))
     lengths = lengths_for(workload, tok, seq, batch * steps, seed=0)
     ds = dataset(tok, lengths)
+    attn, overrides = VARIANTS.get(recipe, (None, {}))
     p = {"seed": 0, "epochs": 1.0, "max_steps": steps, "batch_size": batch, "grad_accum": 1, "learning_rate": 2e-4,
          "warmup_steps": 2, "optim": "adamw_bnb_8bit", "gradient_checkpointing": True, "eval_steps": 0,
-         "save_steps": 100_000, "logging_steps": 1, "report_to": "none", "max_length": seq,
-         "liger": recipe.startswith("ftlab"), "padding_free": "on" if recipe == "ftlab" else "off"}  # fmt: skip
-    lora = train.lora_config(16, 32, 0.0, "all-linear")
+         "save_steps": 100_000, "logging_steps": 1, "report_to": "none", "max_length": seq, "liger": True,
+         "padding_free": "auto", **overrides}  # fmt: skip
+    lora = train.lora_config(rank, 2 * rank, 0.0, "all-linear")
     out_dir = Path(tempfile.mkdtemp())
     torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     if recipe == "recipe_b":
-        model = models.load_model(str(folder), quantization="4bit")  # same NF4 + double-quant config as ours
+        model = models.load_model(str(folder), quantization="4bit", dtype=getattr(torch, dtype))  # same NF4 + double-quant config as ours
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
         torch.manual_seed(0)
         model = peft.get_peft_model(model, lora)
-        args = train.sft_args(out_dir, {**p, "liger": False, "padding_free": "off"}, "cuda")
+        args = train.sft_args(out_dir, {**p, "liger": False, "padding_free": "off"}, "cuda", None)
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     else:
-        model = models.load_model(str(folder), quantization="4bit")
+        model = models.load_model(str(folder), quantization="4bit", dtype=getattr(torch, dtype),
+                                  attn_implementation=attn)  # fmt: skip
         torch.manual_seed(0)
-        trainer = SFTTrainer(model=model, args=train.sft_args(out_dir, p, "cuda"), train_dataset=ds,
+        args = train.sft_args(out_dir, p, "cuda", model.config._attn_implementation)
+        if dtype == "float16":  # what a V100 (no bf16) runs: fp16 compute with loss scaling
+            args.bf16, args.fp16 = False, True
+        trainer = SFTTrainer(model=model, args=args, train_dataset=ds,
                              processing_class=tok, peft_config=lora)  # fmt: skip
     load_s = time.time() - t0
     train.quiet(trainer)
@@ -147,14 +167,15 @@ def run_one(folder: Path, recipe: str, workload: str, batch: int, seq: int, step
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     out = {"recipe": recipe, "workload": workload, "batch_size": batch, "seq_len": seq, "steps": res.global_step,
            "steady_steps": len(steady), "useful_tokens_per_step_mean": round(sum(s["tokens"] for s in steady) / max(1, len(steady)), 1),
-           "padded_tokens_per_step_mean": round(sum(lengths) / steps if recipe == "ftlab" else _padded(lengths, batch), 1),
+           "padded_tokens_per_step_mean": round(sum(lengths) / steps if trainer.args.padding_free else _padded(lengths, batch), 1),
            "seconds_per_step": round(secs / max(1, len(steady)), 4), "tokens_per_s": round(tok_s, 1),
            "first_step_seconds": round(clock.steps[0]["seconds"], 2), "load_seconds": round(load_s, 1),
            "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3),
            "non_embedding_params": n_logical,
            "mfu_6n": round(6 * n_logical * tok_s / (peak * 1e12), 4) if peak else None,
-           "losses": losses, "liger": bool(trainer.args.use_liger_kernel), "padding_free": bool(trainer.args.padding_free)}  # fmt: skip
+           "losses": losses, "liger": bool(trainer.args.use_liger_kernel), "padding_free": bool(trainer.args.padding_free),
+           "attn_implementation": trainer.model.config._attn_implementation, "overrides": overrides}  # fmt: skip
     shutil.rmtree(out_dir, ignore_errors=True)
     return out
 
@@ -166,27 +187,25 @@ def _padded(lengths: list[int], batch: int) -> float:
 
 
 def worker(a) -> None:
-    r = run_one(Path(a.model), a.recipe, a.workload, a.batch, a.seq, a.steps, a.warmup)
+    r = run_one(Path(a.model), a.recipe, a.workload, a.batch, a.seq, a.steps, a.warmup, a.rank, a.dtype)
     Path(a.part).write_text(json.dumps(r))
 
 
 def summarise(runs: list[dict]) -> dict:
     by = {(r["recipe"], r["workload"]): r for r in runs if "error" not in r}
     out = {}
-    for w in ("fixed", "mix"):
+    for (rec, w), r in by.items():
         base = by.get(("recipe_b", w))
-        for rec in ("ftlab", "ftlab_padded"):
-            r = by.get((rec, w))
-            if not (base and r):
-                continue
-            n = min(10, len(base["losses"]), len(r["losses"]))
-            rel = [abs(a - b) / abs(b) for a, b in zip(r["losses"][:n], base["losses"][:n])]
-            out[f"{rec}_vs_recipe_b_{w}"] = {
-                "tokens_per_s_ratio": round(r["tokens_per_s"] / base["tokens_per_s"], 3),
-                "peak_allocated_ratio": round(r["peak_allocated_gib"] / base["peak_allocated_gib"], 3),
-                "peak_reserved_ratio": round(r["peak_reserved_gib"] / base["peak_reserved_gib"], 3),
-                "loss_max_rel_diff_first_steps": round(max(rel), 5), "loss_within_1pct": max(rel) <= 0.01,
-                "steps_compared": n}  # fmt: skip
+        if rec == "recipe_b" or not base:
+            continue
+        n = min(10, len(base["losses"]), len(r["losses"]))
+        rel = [abs(a - b) / abs(b) for a, b in zip(r["losses"][:n], base["losses"][:n])]
+        out[f"{rec}_vs_recipe_b_{w}"] = {
+            "tokens_per_s_ratio": round(r["tokens_per_s"] / base["tokens_per_s"], 3),
+            "peak_allocated_ratio": round(r["peak_allocated_gib"] / base["peak_allocated_gib"], 3),
+            "peak_reserved_ratio": round(r["peak_reserved_gib"] / base["peak_reserved_gib"], 3),
+            "loss_max_rel_diff_first_steps": round(max(rel), 5), "loss_within_1pct": max(rel) <= 0.01,
+            "steps_compared": n}  # fmt: skip
     return out
 
 
@@ -198,6 +217,8 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=3, help="first steps left out of the timing (Triton autotuning)")
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"), help="compute dtype")
     ap.add_argument("--only", nargs="*", help="recipe:workload pairs to run (default: all)")
     for k in ("model", "recipe", "workload", "part"):
         ap.add_argument(f"--{k}", help=argparse.SUPPRESS)
@@ -218,6 +239,7 @@ def main() -> None:
     cmd = "PYTHONPATH=lib python benchmarks/speed.py " + " ".join(sys.argv[1:])
     results = {"command": cmd, "device": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d"),
                "shape": a.shape, "config": SHAPES[a.shape], "batch_size": a.batch, "seq_len": a.seq,
+               "lora_r": a.rank, "compute_dtype": a.dtype,
                "steps": a.steps, "warmup_steps_excluded": a.warmup,
                "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
                             "trl": trl.__version__, "bitsandbytes": bitsandbytes.__version__, "liger-kernel": liger,
@@ -229,14 +251,14 @@ def main() -> None:
     results["build_seconds"] = round(time.time() - t, 1)
     print(f"built {a.shape} in {results['build_seconds']} s", flush=True)
     try:
-        for recipe, workload in RUNS:
-            if a.only and f"{recipe}:{workload}" not in a.only:
-                continue
+        todo = [tuple(x.split(":")) for x in a.only] if a.only else RUNS
+        for recipe, workload in todo:
             part = root / f"{recipe}-{workload}.json"
             t = time.time()
             proc = subprocess.run([sys.executable, __file__, "--out", a.out, "--model", str(folder), "--recipe", recipe,
                                    "--workload", workload, "--batch", str(a.batch), "--seq", str(a.seq), "--steps",
-                                   str(a.steps), "--warmup", str(a.warmup), "--part", str(part)],
+                                   str(a.steps), "--warmup", str(a.warmup), "--rank", str(a.rank), "--dtype", a.dtype,
+                                   "--part", str(part)],
                                   capture_output=True, text=True)  # fmt: skip
             r = json.loads(part.read_text()) if part.exists() else {"recipe": recipe, "workload": workload,
                                                                      "error": proc.stderr[-1500:]}  # fmt: skip

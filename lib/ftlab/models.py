@@ -210,8 +210,10 @@ def fix_cpu_4bit(model: Any) -> int:
     return n
 
 
-def load_model(name: str, quantization: str = "none", device: str | None = None, dtype: Any = None) -> Any:
-    """Load a causal LM for training or inference; `quantization="4bit"` loads NF4 with double quantization."""
+def load_model(name: str, quantization: str = "none", device: str | None = None, dtype: Any = None,
+               attn_implementation: str | None = None) -> Any:  # fmt: skip
+    """Load a causal LM for training or inference; `quantization="4bit"` loads NF4 with double quantization.
+    `attn_implementation` (sdpa, flex_attention, flash_attention_2, ...) defaults to transformers' choice."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -219,6 +221,8 @@ def load_model(name: str, quantization: str = "none", device: str | None = None,
     dtype = dtype or pick_dtype(device)
     q = resolve_quantization(quantization, device)
     kwargs: dict[str, Any] = {"dtype": dtype, **safe_kwargs()}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if q == "4bit":
         kwargs["quantization_config"] = bnb_config(dtype)
         kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}

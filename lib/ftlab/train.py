@@ -63,8 +63,9 @@ def liger_available() -> bool:
     return device_kind() == "cuda" and importlib.util.find_spec("liger_kernel") is not None
 
 
-def sft_args(out_dir: Path, p: dict[str, Any], device: str) -> Any:
-    """TRL SFTConfig from the stage parameters; the defaults are the ones our benchmarks chose."""
+def sft_args(out_dir: Path, p: dict[str, Any], device: str, attn: str | None = None) -> Any:
+    """TRL SFTConfig from the stage parameters; the defaults are the ones our benchmarks chose. `attn` is the
+    model's attention implementation (`model.config._attn_implementation`): padding_free='auto' depends on it."""
     from trl import SFTConfig
 
     report_to = [] if p["report_to"] == "none" else [p["report_to"]]
@@ -79,18 +80,25 @@ def sft_args(out_dir: Path, p: dict[str, Any], device: str) -> Any:
     # each conversation (block-diagonal mask under sdpa, varlen kernels under flash attention) and no step is spent
     # on padding tokens. encode_dataset already rejected rows over max_length, so TRL need not enforce it.
     args = trainer_args(out_dir, p, device)
-    free = padding_free(p.get("padding_free", "off"), device)
+    free = padding_free(p.get("padding_free", "off"), device, attn)
     if free:
         args["max_length"] = None
     return SFTConfig(**args, report_to=report_to, use_liger_kernel=liger_available() and p["liger"],
-                     padding_free=free)  # fmt: skip
+                     padding_free=free, activation_offloading=bool(p.get("activation_offloading", False)),
+                     loss_type=p.get("loss_type", "nll"))  # fmt: skip
 
 
-def padding_free(setting: str | bool, device: str) -> bool:
-    """'on' / 'off', or 'auto': on for CUDA (where the benchmark measured the gain), off on the CPU."""
+# attention kernels that run packed rows as separate sequences (cu_seqlens), so padding-free costs nothing extra
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+
+def padding_free(setting: str | bool, device: str, attn: str | None = None) -> bool:
+    """'on' / 'off', or 'auto': on only on CUDA with a varlen attention kernel. Under sdpa a padding-free row gets a
+    dense block-diagonal mask whose cost grows with the square of the packed length: on an H100 it lost to padded
+    batches (benchmarks/results/speed_h100.json), so 'auto' leaves it off there."""
     if isinstance(setting, bool):
         return setting
-    return setting == "on" or (setting == "auto" and device == "cuda")
+    return setting == "on" or (setting == "auto" and device == "cuda" and attn in VARLEN_ATTENTION)
 
 
 def trainer_args(out_dir: Path, p: dict[str, Any], device: str) -> dict[str, Any]:
