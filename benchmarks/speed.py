@@ -50,9 +50,10 @@ VARIANTS = {
     "ftlab_padded": (None, {"padding_free": "off"}),
     "ftlab_free": (None, {"padding_free": "on"}),  # padding-free rows under sdpa (dense block-diagonal mask)
     "ftlab_flex_free": ("flex_attention", {"padding_free": "on"}),  # padding-free with a block-sparse mask
-    "ftlab_offload": (None, {"activation_offloading": True}),  # checkpointed activations kept in CPU memory
+    "ftlab_no_offload": (None, {"activation_offloading": "off"}),
+    "ftlab_offload": (None, {"activation_offloading": "on"}),  # checkpointed activations kept in CPU memory
     "ftlab_chunked": (None, {"loss_type": "chunked_nll"}),  # the loss without the full logits tensor
-    "ftlab_offload_chunked": (None, {"activation_offloading": True, "loss_type": "chunked_nll"}),
+    "ftlab_offload_chunked": (None, {"activation_offloading": "on", "loss_type": "chunked_nll"}),
 }
 RUNS = [("recipe_b", "fixed"), ("ftlab", "fixed"), ("recipe_b", "mix"), ("ftlab", "mix")]
 
@@ -130,7 +131,7 @@ def run_one(folder: Path, recipe: str, workload: str, batch: int, seq: int, step
     p = {"seed": 0, "epochs": 1.0, "max_steps": steps, "batch_size": batch, "grad_accum": 1, "learning_rate": 2e-4,
          "warmup_steps": 2, "optim": "adamw_bnb_8bit", "gradient_checkpointing": True, "eval_steps": 0,
          "save_steps": 100_000, "logging_steps": 1, "report_to": "none", "max_length": seq, "liger": True,
-         "padding_free": "auto", **overrides}  # fmt: skip
+         "padding_free": "auto", "activation_offloading": "auto", **overrides}  # fmt: skip
     lora = train.lora_config(rank, 2 * rank, 0.0, "all-linear")
     out_dir = Path(tempfile.mkdtemp())
     torch.cuda.reset_peak_memory_stats()
@@ -252,16 +253,18 @@ def main() -> None:
     print(f"built {a.shape} in {results['build_seconds']} s", flush=True)
     try:
         todo = [tuple(x.split(":")) for x in a.only] if a.only else RUNS
-        for recipe, workload in todo:
-            part = root / f"{recipe}-{workload}.json"
+        for recipe, workload, *dt in todo:  # recipe:workload[:float16] overrides --dtype for one run
+            dtype = dt[0] if dt else a.dtype
+            part = root / f"{recipe}-{workload}-{len(results['runs'])}.json"
             t = time.time()
             proc = subprocess.run([sys.executable, __file__, "--out", a.out, "--model", str(folder), "--recipe", recipe,
                                    "--workload", workload, "--batch", str(a.batch), "--seq", str(a.seq), "--steps",
-                                   str(a.steps), "--warmup", str(a.warmup), "--rank", str(a.rank), "--dtype", a.dtype,
+                                   str(a.steps), "--warmup", str(a.warmup), "--rank", str(a.rank), "--dtype", dtype,
                                    "--part", str(part)],
                                   capture_output=True, text=True)  # fmt: skip
             r = json.loads(part.read_text()) if part.exists() else {"recipe": recipe, "workload": workload,
                                                                      "error": proc.stderr[-1500:]}  # fmt: skip
+            r["compute_dtype"] = dtype
             r["wall_s"] = round(time.time() - t, 1)
             results["runs"].append(r)
             print(json.dumps({k: v for k, v in r.items() if k != "losses"})[:700], flush=True)

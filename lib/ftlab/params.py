@@ -151,7 +151,7 @@ SPECS: dict[str, dict[str, Param]] = {
         **TRAINING,
         "liger": Param(bool),
         "padding_free": Param(str, choices=("auto", "on", "off")),
-        "activation_offloading": Param(bool),
+        "activation_offloading": Param(str, choices=("auto", "on", "off")),
         "report_to": Param(str, choices=("none", "tensorboard", "mlflow")),
         **ECONOMICS,
     },
