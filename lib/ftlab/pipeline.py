@@ -141,8 +141,12 @@ def to_html(executed: Path) -> Path | None:
     if not executed.exists():
         return None
     import nbformat
-    from nbconvert import HTMLExporter
 
+    try:
+        from nbconvert import HTMLExporter
+    except ImportError:  # an environment without nbconvert still runs the series; only the HTML copy is missing
+        print(f"no HTML copy of {executed.name}: nbconvert is not installed (pip install nbconvert, in requirements.lock)")
+        return None
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
     out = executed.with_suffix(".html")
     out.write_text(body, encoding="utf-8")
