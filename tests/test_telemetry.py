@@ -83,3 +83,15 @@ def test_report_compute_section_sums_the_training_stages(outputs):
     # total energy 126.5 Wh; cost 0.0380 (energy) and 1.5 (1 h of cloud GPU at 2.5/h)
     assert "126.5" in page and ">1.5<" in page and page.count("<tr>") == 4
     assert "No training stage" in report.compute_table([])
+
+
+def test_dashboard_line_shows_the_gpu_sample_that_joins_each_metrics_record():
+    from ftlab import widgets
+
+    s = telemetry.Sampler()
+    s.add({"t": 0, "gpu_temp_c": 71.4, "gpu_power_w": 305.2, "gpu_power_limit_w": 700.0, "gpu_sm_clock_mhz": 1980,
+           "gpu_util_pct": 97, "gpu_throttle_reasons": 0})  # fmt: skip
+    rec = {"step": 3, "loss": 1.5, **s.latest(), "eta_s": 12}
+    line = widgets.TrainingDashboard("SFT", 10).line(rec)  # headless under pytest: no widgets are built
+    assert "71 °C" in line and "305 W of 700 W" in line and "1980 MHz" in line and "util 97%" in line
+    assert line.endswith("eta 12 s")

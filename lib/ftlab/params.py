@@ -202,6 +202,7 @@ SPECS: dict[str, dict[str, Param]] = {
         "lm_eval_include_path": Param(str),
         "judge_url": Param(str),
         "judge_model": Param(str),
+        "playground_prompt": Param(str),
         "seed": Param(int, lo=0),
     },
     "06_compare_runs": {

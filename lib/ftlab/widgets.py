@@ -74,9 +74,11 @@ class TrainingDashboard:
         for k, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval_loss {:.4f}"), ("grad_norm", "grad {:.3f}"),
                        ("learning_rate", "lr {:.2e}"),
                        ("rewards/margins", "margin {:.3f}"), ("rewards/accuracies", "reward acc {:.2f}"), ("tokens_per_s", "{:.0f} tok/s"), ("vram_alloc_gib", "vram {:.2f} GiB"),
-                       ("ram_rss_gib", "ram {:.2f} GiB"), ("eta_s", "eta {:.0f} s")):  # fmt: skip
+                       ("ram_rss_gib", "ram {:.2f} GiB"), ("gpu_temp_c", "{:.0f} °C"), ("gpu_power_w", "{:.0f} W"),
+                       ("gpu_sm_clock_mhz", "{:.0f} MHz"), ("gpu_util_pct", "util {:.0f}%"), ("eta_s", "eta {:.0f} s")):  # fmt: skip
             if k in r:
-                parts.append(fmt.format(r[k]))
+                limit = r.get("gpu_power_limit_w") if k == "gpu_power_w" else None
+                parts.append(fmt.format(r[k]) + (f" of {limit:.0f} W" if limit else ""))
         return " | ".join(parts)
 
     def __call__(self, r: dict[str, Any]) -> None:
@@ -98,3 +100,70 @@ class TrainingDashboard:
                 fig = (self.plot_fn or training_curves)(self.records, title=self.title)
                 plt.show(fig)
                 plt.close(fig)
+
+
+def chat_playground(contenders: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 96) -> Any:
+    """The same prompt to every contender (base and tuned) side by side, tokens streaming in as they are generated.
+    Headless there is no one to type a prompt: a note says so (the side-by-side table is the static form)."""
+    names = list(contenders.names)
+    if is_headless():
+        print("chat playground: interactive in JupyterLab; the side-by-side answers above are its static form")
+        return None
+    import html
+
+    import ipywidgets as w
+    from IPython.display import display
+
+    box_in = w.Textarea(value=prompt, description="prompt", layout=w.Layout(width="100%", height="4em"))
+    go = w.Button(description="Ask every model", tooltip="send the prompt to base and tuned models", icon="play")
+    panes = {n: w.HTML(value="", description=n, layout=w.Layout(width=f"{100 // max(1, len(names))}%"))
+             for n in names}  # fmt: skip
+    status = w.HTML(value="")
+
+    def ask(_: Any = None) -> None:
+        go.disabled = True
+        status.value = "generating…"
+
+        def update(name: str, text: str) -> None:
+            panes[name].value = f"<div class='ftlab-answer' style='white-space:pre-wrap'>{html.escape(text)}</div>"
+
+        for name in names:
+            update(name, "")
+        for _name, _text in answers(contenders, tokenizer, box_in.value, max_new_tokens, names, update):
+            pass
+        status.value = f"done: {len(names)} models answered “{html.escape(box_in.value[:60])}”"
+        go.disabled = False
+
+    go.on_click(ask)
+    ui = w.VBox([box_in, w.HBox([go, status]), w.HBox(list(panes.values()))])
+    ui.add_class("ftlab-playground")
+    display(ui)
+    ask()
+    return ui
+
+
+def answers(contenders: Any, tokenizer: Any, prompt: str, max_new_tokens: int, names: list[str], on_token: Any):
+    """Greedy answer of each contender; `on_token(name, text_so_far)` is called as tokens stream in."""
+    import threading
+
+    import torch
+    from transformers import TextIteratorStreamer
+
+    enc = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)  # fmt: skip
+    for name in names:
+        with contenders.use(name):
+            model = contenders.model
+            inputs = {k: v.to(model.device) for k, v in enc.items()}
+            streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            kw = dict(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
+                      pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+            t = threading.Thread(target=lambda: torch.no_grad()(model.generate)(**kw), daemon=True)
+            t.start()
+            text = ""
+            for piece in streamer:
+                text += piece
+                if on_token:
+                    on_token(name, text)
+            t.join()
+        yield name, text.strip()
