@@ -10,7 +10,7 @@ export DO_NOT_TRACK := 1
 # llama-cpp-python (GGUF quantize + verify) builds from source: a portable CPU build, ~8 minutes once, then cached by pip
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: run test test-fast setup lock lab clean-venv canary
+.PHONY: run test test-fast setup lock lab clean-venv canary browser
 
 # The environment: created from requirements.lock when missing or when the lock changed; a no-op otherwise.
 $(STAMP): requirements.lock pyproject.toml
@@ -30,8 +30,20 @@ setup: $(STAMP)
 run: setup
 	@$(PY) -m ftlab run -f params/default.yaml $(ARGS)
 
+# Debian's chromium for the JupyterLab browser tests (tests/test_browser.py), installed with apt when missing and
+# possible; otherwise those tests are skipped and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || { sudo -n true 2>/dev/null && echo "sudo -n"; } || echo none ); \
+	  if [ "$$SUDO" = none ] || ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "no chromium and no way to install it (apt-get as root): the browser tests will be skipped"; \
+	  else echo "installing Debian's chromium for the browser tests (once)"; \
+	    { DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && \
+	      DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }; } > /tmp/ftlab-apt.log 2>&1 || \
+	      echo "chromium did not install (see /tmp/ftlab-apt.log): the browser tests will be skipped"; fi; }
+
 # The whole test suite (CI runs this through .ci/run).
-test: setup
+test: setup browser
 	@$(PY) -m ftlab setup --tiny
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest $(ARGS)
 
