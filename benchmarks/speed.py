@@ -53,6 +53,7 @@ VARIANTS = {
     "ftlab_no_offload": (None, {"activation_offloading": "off"}),
     "ftlab_offload": (None, {"activation_offloading": "on"}),  # checkpointed activations kept in CPU memory
     "ftlab_chunked": (None, {"loss_type": "chunked_nll"}),  # the loss without the full logits tensor
+    "ftlab_nockpt": (None, {"activation_offloading": "off", "gradient_checkpointing": False}),  # every activation kept
     "ftlab_offload_chunked": (None, {"activation_offloading": "on", "loss_type": "chunked_nll"}),
 }
 RUNS = [("recipe_b", "fixed"), ("ftlab", "fixed"), ("recipe_b", "mix"), ("ftlab", "mix")]
@@ -177,6 +178,14 @@ def run_one(folder: Path, recipe: str, workload: str, batch: int, seq: int, step
            "mfu_6n": round(6 * n_logical * tok_s / (peak * 1e12), 4) if peak else None,
            "losses": losses, "liger": bool(trainer.args.use_liger_kernel), "padding_free": bool(trainer.args.padding_free),
            "attn_implementation": trainer.model.config._attn_implementation, "overrides": overrides}  # fmt: skip
+    # the memory planner's estimate for this configuration: its allocated part (no CUDA context, no +10% margin)
+    # against torch's peak allocated, and its total against the peak reserved + context
+    plan = memory.estimate(shape, quantization="4bit", batch_size=batch, seq_len=max(lengths), lora_r=rank,
+                           gradient_checkpointing=p["gradient_checkpointing"], optim=p["optim"], cuda=True)  # fmt: skip
+    alloc = (plan.total / 1.10 - plan.context) / 2**30
+    out["planner"] = {"estimate_gib": plan.gib(), "allocated_part_gib": round(alloc, 3),
+                      "allocated_part_over_measured": round(alloc / out["peak_allocated_gib"], 3),
+                      "offloading": bool(trainer.args.activation_offloading)}  # fmt: skip
     shutil.rmtree(out_dir, ignore_errors=True)
     return out
 

@@ -364,6 +364,50 @@ class DiskWatch(TrainerCallback):
             self.live._warn(msg)
 
 
+def forecast_and_disk(trainer: Any, pre: dict[str, Any], steps: int, forecast_rows: int, trainable_params: int,
+                      optim: str, folder: Path) -> tuple[dict[str, Any], int, str]:  # fmt: skip
+    """Before the long run: the wall-time forecast from a few timed batches (the preflight step when
+    `forecast_rows` is 0) and the disk check for the checkpoints. Returns (forecast, bytes needed, disk message);
+    stops when the disk cannot hold the checkpoints."""
+    from ftlab import telemetry
+
+    step_s = seconds_per_step(trainer, forecast_rows) if forecast_rows else pre["seconds"]
+    fc = telemetry.forecast(step_s, steps)
+    print(f"forecast: {telemetry.human(fc['forecast_s'])} for {steps} steps at {step_s:.2f} s/step"
+          + (f"; {fc['advice']}" if fc["advice"] else ""))  # fmt: skip
+    need = telemetry.checkpoint_bytes(trainable_params, optim)
+    ok, msg = telemetry.disk_check(folder, need)
+    print(msg)
+    if not ok:
+        raise TrainingStopped(msg)
+    return fc, need, msg
+
+
+def train_watched(trainer: Any, live: LiveMetrics, need_bytes: int, resume: str | None) -> Any:
+    """`trainer.train` with the GPU sampler running (its samples join every metrics line; on a CPU one note) and
+    the disk checked after every checkpoint."""
+    from ftlab import telemetry
+
+    live.sampler = telemetry.Sampler().start()
+    trainer.add_callback(DiskWatch(live, need_bytes))
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        live.sampler.stop()
+    print(live.sampler.note or f"{len(live.sampler.samples)} GPU samples, {live.sampler.energy_wh():.1f} Wh")
+    return result
+
+
+def telemetry_summary(live: LiveMetrics, seconds: float, p: dict[str, Any]) -> dict[str, Any]:
+    """The summary.json entries for what the hardware did and what the run cost."""
+    from ftlab import telemetry
+
+    s = live.sampler
+    return {"telemetry": {"note": s.note, "samples": len(s.samples), "warnings": s.warnings},
+            "economics": telemetry.economics(s.energy_wh() or None, seconds, p["device_power_w"], p["price_per_kwh"],
+                                             p["price_per_gpu_hour"])}  # fmt: skip
+
+
 def save_adapter(trainer: Any, tokenizer: Any, folder: Path) -> Path:
     """Adapter (safetensors + config) and the tokenizer with its chat template, written to a temp dir then moved."""
     folder = Path(folder)

@@ -158,7 +158,7 @@ def answers(contenders: Any, tokenizer: Any, prompt: str, max_new_tokens: int, n
             streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
             kw = dict(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
                       pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-            t = threading.Thread(target=lambda: torch.no_grad()(model.generate)(**kw), daemon=True)
+            t = threading.Thread(target=torch.no_grad()(model.generate), kwargs=kw, daemon=True)
             t.start()
             text = ""
             for piece in streamer:
