@@ -63,3 +63,12 @@ def test_widget_controls_have_descriptions(monkeypatch):
     assert {type(x).__name__ for x in made} == {"IntSlider", "Textarea", "Button"}
     for x in made:
         assert x.description or x.tooltip, type(x).__name__
+
+
+def test_a_failing_model_ends_the_stream_with_a_clear_error_instead_of_hanging():
+    import pytest
+
+    tok = models.load_tokenizer("tiny-random")
+    c = scoring.Contenders(models.load_model("tiny-random"), {})
+    with pytest.raises(RuntimeError, match="base could not answer"):
+        list(widgets.answers(c, tok, "hi", 0, ["base"], None))  # max_new_tokens=0 is refused by generate()

@@ -129,10 +129,14 @@ def chat_playground(contenders: Any, tokenizer: Any, prompt: str, max_new_tokens
 
         for name in names:
             update(name, "")
-        for _name, _text in answers(contenders, tokenizer, box_in.value, max_new_tokens, names, update):
-            pass
-        status.value = f"done: {len(names)} models answered “{html.escape(box_in.value[:60])}”"
-        go.disabled = False
+        try:
+            for _name, _text in answers(contenders, tokenizer, box_in.value, max_new_tokens, names, update):
+                pass
+            status.value = f"done: {len(names)} models answered “{html.escape(box_in.value[:60])}”"
+        except Exception as e:  # noqa: BLE001 - shown in the widget; the notebook keeps working
+            status.value = f"<b>error</b>: {html.escape(f'{type(e).__name__}: {e}')}"
+        finally:
+            go.disabled = False
 
     go.on_click(ask)
     ui = w.VBox([box_in, w.HBox([go, status]), w.HBox(list(panes.values()))])
@@ -158,7 +162,17 @@ def answers(contenders: Any, tokenizer: Any, prompt: str, max_new_tokens: int, n
             streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
             kw = dict(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
                       pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-            t = threading.Thread(target=torch.no_grad()(model.generate), kwargs=kw, daemon=True)
+            failed: list[BaseException] = []
+
+            def run(kw=kw, model=model, streamer=streamer, failed=failed) -> None:
+                try:
+                    with torch.no_grad():
+                        model.generate(**kw)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below
+                    failed.append(e)
+                    streamer.end()  # unblock the reader
+
+            t = threading.Thread(target=run, daemon=True)
             t.start()
             text = ""
             for piece in streamer:
@@ -166,4 +180,6 @@ def answers(contenders: Any, tokenizer: Any, prompt: str, max_new_tokens: int, n
                 if on_token:
                     on_token(name, text)
             t.join()
+            if failed:
+                raise RuntimeError(f"{name} could not answer: {failed[0]}") from failed[0]
         yield name, text.strip()
