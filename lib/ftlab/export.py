@@ -557,14 +557,9 @@ def judge(
 
 def compute_record(run_name: str, manifest: dict[str, Any]) -> dict[str, Any]:
     """Device (GPU name and driver when there is one) and the training stages' energy and cost, for the card."""
-    from ftlab.paths import stage_dir
+    from ftlab.report import compute_rows
 
-    eco = {}
-    for st in ("02_train_sft", "03_train_dpo"):
-        p = stage_dir(run_name, st) / "summary.json"
-        if p.exists() and "economics" in json.loads(p.read_text()):
-            eco[st] = json.loads(p.read_text())["economics"]
-    return {"device": manifest.get("device"), "economics": eco}
+    return {"device": manifest.get("device"), "economics": {r["stage"]: r for r in compute_rows(run_name)}}
 
 
 # ---- merge verification ------------------------------------------------------------------------------------------

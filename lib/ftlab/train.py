@@ -88,11 +88,9 @@ def sft_args(out_dir: Path, p: dict[str, Any], device: str, attn: str | None = N
                      loss_type=p.get("loss_type", "nll"))  # fmt: skip
 
 
-def offload_activations(setting: str | bool, device: str) -> bool:
+def offload_activations(setting: str, device: str) -> bool:
     """'on' / 'off', or 'auto': on CUDA (an 8B QLoRA step on an H100 kept 1.8 GiB less at about 1% of the speed,
     benchmarks/results/speed_h100.json); a CPU has nothing to offload to."""
-    if isinstance(setting, bool):
-        return setting
     return device == "cuda" and setting in ("on", "auto")
 
 
@@ -100,12 +98,10 @@ def offload_activations(setting: str | bool, device: str) -> bool:
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 
-def padding_free(setting: str | bool, device: str, attn: str | None = None) -> bool:
+def padding_free(setting: str, device: str, attn: str | None = None) -> bool:
     """'on' / 'off', or 'auto': on only on CUDA with a varlen attention kernel. Under sdpa a padding-free row gets a
     dense block-diagonal mask whose cost grows with the square of the packed length: on an H100 it lost to padded
-    batches (benchmarks/results/speed_h100.json), so 'auto' leaves it off there."""
-    if isinstance(setting, bool):
-        return setting
+    batches (benchmarks/results/speed_h100_padding_free_sdpa.json), so 'auto' leaves it off there."""
     return setting == "on" or (setting == "auto" and device == "cuda" and attn in VARLEN_ATTENTION)
 
 
