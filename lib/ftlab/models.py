@@ -223,9 +223,11 @@ def load_model(name: str, quantization: str = "none", device: str | None = None,
     kwargs: dict[str, Any] = {"dtype": dtype, **safe_kwargs()}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if device == "cuda":  # this process's GPU: under `accelerate launch` each process trains on its own one
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     if q == "4bit":
         kwargs["quantization_config"] = bnb_config(dtype)
-        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+        kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(resolve_model(name), **kwargs)
     if q != "4bit":
         model.to(device)

@@ -77,6 +77,27 @@ def device_summary() -> dict[str, Any]:
     return {"type": "cpu", "name": platform.processor() or platform.machine(), **common}
 
 
+def process_rank() -> tuple[int, int, int]:
+    """(rank, local rank, world size) of this process, from the environment `accelerate launch` and `torchrun` set;
+    (0, 0, 1) in a notebook or any single-process run."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the stage's files (params, manifest, metrics, summary); always True alone."""
+    return process_rank()[0] == 0
+
+
+def wait_for_everyone() -> None:
+    """A barrier across the launched processes once torch.distributed is up (the Trainer's arguments start it);
+    a no-op in a single process."""
+    import torch.distributed as dist
+
+    if process_rank()[2] > 1 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -97,6 +118,8 @@ def load_manifest(run_name: str) -> dict[str, Any]:
 
 
 def save_manifest(run_name: str, manifest: dict[str, Any]) -> None:
+    if not is_main_process():  # under `accelerate launch` only the main process writes the run's files
+        return
     manifest["updated"] = now()
     atomic_write_json(manifest_path(run_name), manifest)
 
@@ -122,8 +145,8 @@ class Stage:
         return self.dir.joinpath(*parts)
 
     def write_json(self, name: str, obj: Any) -> Path:
-        """Write a JSON file into this stage's folder atomically."""
-        return atomic_write_json(self.path(name), obj)
+        """Write a JSON file into this stage's folder atomically (the main process's job when several train)."""
+        return atomic_write_json(self.path(name), obj) if is_main_process() else self.path(name)
 
     def input(self, stage: str, *parts: str) -> Path:
         """A file of an earlier stage of this run; a clear error when that stage has not produced it."""
@@ -154,7 +177,7 @@ class Stage:
     def finish(self, summary: dict[str, Any]) -> Path:
         summary = {"stage": self.name, "run_name": self.run_name, "seconds": round(time.time() - self.started, 2),
                    **summary}  # fmt: skip
-        out = atomic_write_json(self.path("summary.json"), summary)
+        out = self.write_json("summary.json", summary)
         m = load_manifest(self.run_name)
         entry = m["stages"].setdefault(self.name, {})
         entry.update(status="complete", finished=now(), seconds=summary["seconds"])

@@ -16,6 +16,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ftlab import runs
 from ftlab.audit import encode
 
 CHECKPOINT_DONE = "CHECKPOINT_COMPLETE"
@@ -138,7 +139,7 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     ):
         if (d / CHECKPOINT_DONE).exists():
             best = d
-        else:
+        elif runs.is_main_process():  # several processes: the main one moves it, the others just skip it
             aside = folder / f"incomplete-{d.name}-{int(time.time())}"
             d.rename(aside)
             print(f"checkpoint {d.name} was not completely written (interrupted save): moved to {aside.name}")
@@ -149,12 +150,14 @@ def guard_stale_checkpoints(folder: Path, params: dict[str, Any]) -> None:
     """Checkpoints of a run with different parameters must not be resumed: move them aside."""
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / "params.json"
-    if marker.exists() and json.loads(marker.read_text()) != params:
-        aside = folder.with_name(f"{folder.name}-stale-{int(time.time())}")
-        folder.rename(aside)
-        print(f"parameters changed since the checkpoints were written: old checkpoints moved to {aside.name}")
-        folder.mkdir(parents=True)
-    marker.write_text(json.dumps(params, indent=1, sort_keys=True))
+    if runs.is_main_process():
+        if marker.exists() and json.loads(marker.read_text()) != params:
+            aside = folder.with_name(f"{folder.name}-stale-{int(time.time())}")
+            folder.rename(aside)
+            print(f"parameters changed since the checkpoints were written: old checkpoints moved to {aside.name}")
+            folder.mkdir(parents=True)
+        marker.write_text(json.dumps(params, indent=1, sort_keys=True))
+    runs.wait_for_everyone()
 
 
 class CheckpointComplete(TrainerCallback):
@@ -162,7 +165,7 @@ class CheckpointComplete(TrainerCallback):
 
     def on_save(self, args, state, control, **kw):
         d = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if d.is_dir():
+        if d.is_dir() and state.is_world_process_zero:
             (d / CHECKPOINT_DONE).write_text(str(state.global_step))
 
 
@@ -211,6 +214,7 @@ class LiveMetrics(TrainerCallback):
         self.warnings: list[str] = []
         self.stopped_reason: str | None = None
         self.sampler: Any = None  # a telemetry.Sampler: its latest GPU sample joins every record
+        self.train_peak: dict[str, float] = {}  # CUDA peak of the training loop alone (train_watched fills it)
         self._t = self._tok = None
         self._t0, self._step0 = time.time(), 0
 
@@ -247,7 +251,9 @@ class LiveMetrics(TrainerCallback):
             for w in self.sampler.warnings:
                 if w not in self.warnings:
                     self._warn(w)
-        self._guards(rec, control)
+        self._guards(rec, control)  # every process: they all see the same gathered loss and stop together
+        if not state.is_world_process_zero:  # several processes train: the main one writes and shows the records
+            return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
         if self.on_record:
@@ -384,12 +390,19 @@ def train_watched(trainer: Any, live: LiveMetrics, need_bytes: int, resume: str 
     the disk checked after every checkpoint."""
     from ftlab import telemetry
 
+    import torch
+
     live.sampler = telemetry.Sampler().start()
     trainer.add_callback(DiskWatch(live, need_bytes))
+    if torch.cuda.is_available():  # the training loop's own peak, apart from loading and the preflight
+        torch.cuda.reset_peak_memory_stats()
     try:
         result = trainer.train(resume_from_checkpoint=resume)
     finally:
         live.sampler.stop()
+    if torch.cuda.is_available():
+        live.train_peak = {"allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+                           "reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}  # fmt: skip
     print(live.sampler.note or f"{len(live.sampler.samples)} GPU samples, {live.sampler.energy_wh():.1f} Wh")
     return result
 
@@ -408,12 +421,20 @@ def save_adapter(trainer: Any, tokenizer: Any, folder: Path) -> Path:
     """Adapter (safetensors + config) and the tokenizer with its chat template, written to a temp dir then moved."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp, safe_serialization=True, selected_adapters=["default"])  # not DPO's 'ref'
-    tokenizer.save_pretrained(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    main = runs.is_main_process()
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if runs.process_rank()[2] > 1:  # every process takes part: under FSDP the adapter is gathered from the shards
+        runs.wait_for_everyone()
+        trainer.save_model(str(tmp))  # the main process writes
+    else:
+        trainer.model.save_pretrained(tmp, safe_serialization=True, selected_adapters=["default"])  # not DPO's 'ref'
+    if main:
+        tokenizer.save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    runs.wait_for_everyone()
     return folder
 
 
@@ -444,6 +465,8 @@ def check_same_model(stats: dict[str, Any], base_model: str, tokenizer: Any) -> 
 def truncate_metrics(path: Path, step: int | None) -> None:
     """On resume keep only the records up to the checkpoint's step; on a fresh start remove the old file."""
     path = Path(path)
+    if not runs.is_main_process():
+        return
     if step is None:
         path.unlink(missing_ok=True)
         return
@@ -454,7 +477,7 @@ def truncate_metrics(path: Path, step: int | None) -> None:
 def total_steps(n_rows: int, p: dict[str, Any]) -> int:
     if p["max_steps"] > 0:
         return p["max_steps"]
-    per_epoch = math.ceil(n_rows / p["batch_size"] / p["grad_accum"])
+    per_epoch = math.ceil(n_rows / p["batch_size"] / p["grad_accum"] / runs.process_rank()[2])  # / processes
     return max(1, math.ceil(per_epoch * p["epochs"]))
 
 
