@@ -28,7 +28,7 @@ from typing import Any
 
 from ftlab import params as P
 from ftlab import pipeline, runs
-from ftlab.paths import atomic_write_json, notebooks_dir, stage_dir
+from ftlab.paths import atomic_write_json, stage_dir
 
 MAIN_ONLY_TAG = "main-process"
 # Stages whose notebooks were built and tested for several processes. DPO (03) keeps a reference adapter and
@@ -39,7 +39,9 @@ MULTI_PROCESS_STAGES = ("02_train_sft",)
 def code_cells(notebook: Path) -> list[tuple[str, list[str]]]:
     """The notebook's code cells as (source, tags)."""
     nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
-    return [("".join(c["source"]), c.get("metadata", {}).get("tags", [])) for c in nb["cells"] if c["cell_type"] == "code"]
+    return [
+        ("".join(c["source"]), c.get("metadata", {}).get("tags", [])) for c in nb["cells"] if c["cell_type"] == "code"
+    ]
 
 
 def injected_source(values: dict[str, Any]) -> str:
@@ -102,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ftlab.launch", description=__doc__.split("\n\n")[0])
     ap.add_argument("stage", help="the notebook, e.g. 02_train_sft or 02")
     ap.add_argument("-f", help="parameters YAML file (params/*.yaml)")
-    ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="override one parameter")
+    ap.add_argument(
+        "-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="override one parameter"
+    )
     a = ap.parse_args(argv)
     rank, _, world = runs.process_rank()
     try:

@@ -388,9 +388,9 @@ def forecast_and_disk(trainer: Any, pre: dict[str, Any], steps: int, forecast_ro
 def train_watched(trainer: Any, live: LiveMetrics, need_bytes: int, resume: str | None) -> Any:
     """`trainer.train` with the GPU sampler running (its samples join every metrics line; on a CPU one note) and
     the disk checked after every checkpoint."""
-    from ftlab import telemetry
-
     import torch
+
+    from ftlab import telemetry
 
     live.sampler = telemetry.Sampler().start()
     trainer.add_callback(DiskWatch(live, need_bytes))
