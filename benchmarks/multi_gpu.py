@@ -1,0 +1,155 @@
+"""Stage 02 on several GPUs of one machine: one process vs DDP vs FSDP-QLoRA, through `python -m ftlab.launch`.
+
+    PYTHONPATH=lib python benchmarks/multi_gpu.py --shape llama-1b-shape --out benchmarks/results/multi_gpu.json
+
+Builds a random-weight Llama of the chosen shape (the SmolLM2 tokenizer of the cached `tiny-random` model; no
+download), writes multi-turn conversations of the bundled pydoc_qa data packed to about `--seq` tokens, runs stage 01
+once on them, then stage 02 (QLoRA NF4, LoRA all-linear) three times with the same parameters:
+  1. one process:          python -m ftlab.launch 02_train_sft ...
+  2. DDP on N GPUs:        accelerate launch --config_file lib/ftlab/accelerate/ddp.yaml --num_processes N -m ftlab.launch ...
+  3. FSDP-QLoRA on N GPUs: accelerate launch --config_file lib/ftlab/accelerate/fsdp_qlora.yaml ...
+The per-device batch is the same, so N processes train N times the rows per step. Reports each run's tokens/s
+(non-padding tokens over the whole training loop, and the median of the logged intervals after the first), the
+per-GPU training peak memory of every rank, the losses, and the ratios against one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from sft_memory import build, long_rows
+
+from ftlab import models, runs
+from ftlab.paths import repo_root, stage_dir
+
+
+def sh(cmd: list[str], log: Path, env: dict[str, str]) -> tuple[int, float]:
+    t = time.time()
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, cwd=repo_root(), env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    return rc, round(time.time() - t, 1)
+
+
+def steady_tokens_per_s(run: str) -> float | None:
+    metrics = [json.loads(x) for x in (stage_dir(run, "02_train_sft") / "metrics.jsonl").read_text().splitlines()]
+    rates = [m["tokens_per_s"] for m in metrics if "tokens_per_s" in m][1:]  # the first interval holds the warm-up
+    return round(statistics.median(rates), 1) if rates else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--shape", default="llama-1b-shape")
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--gpus", type=int, default=torch.cuda.device_count())
+    ap.add_argument("--only", nargs="*", default=["single", "ddp", "fsdp"])
+    a = ap.parse_args()
+    work = Path(os.environ.get("FTLAB_BENCH_DIR", "/tmp/ftlab-multi-gpu"))
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "logs").mkdir(parents=True)
+    tok = models.load_tokenizer("tiny-random")
+    base = build(a.shape, work / "base", tok)
+    rows = long_rows(tok, a.seq, 64 * a.batch * max(1, a.gpus))
+    with open(work / "long.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    env = {**os.environ, "FTLAB_OUTPUTS": str(work / "outputs")}
+    common = ["-p", "base_model", str(base), "-p", "max_length", str(a.seq + 64)]
+    rc, s01 = sh([sys.executable, "-m", "ftlab", "run", "01", "-p", "run_name", "prep", "-p", "data_path",
+                  str(work / "long.jsonl"), "-p", "prefs_path", "", "-p", "eval_fraction", "0.05", *common],
+                 work / "logs" / "01.log", env)  # fmt: skip
+    assert rc == 0, (work / "logs" / "01.log").read_text()[-3000:]
+    train_p = [*common, "-p", "quantization", "4bit", "-p", "batch_size", str(a.batch), "-p", "max_steps", str(a.steps),
+               "-p", "lora_r", str(a.rank), "-p", "lora_alpha", str(2 * a.rank), "-p", "eval_steps", "0",
+               "-p", "save_steps", str(10 * a.steps), "-p", "logging_steps", "5", "-p", "forecast_rows", "0",
+               "-p", "learning_rate", "0.0005"]  # fmt: skip
+    cfg = repo_root() / "lib" / "ftlab" / "accelerate"
+    launchers = {
+        "single": [sys.executable, "-m", "ftlab.launch"],
+        "ddp": [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg / "ddp.yaml"),
+                "--num_processes", str(a.gpus), "-m", "ftlab.launch"],
+        "fsdp": [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg / "fsdp_qlora.yaml"),
+                 "--num_processes", str(a.gpus), "-m", "ftlab.launch"],
+    }  # fmt: skip
+    results: dict[str, dict] = {}
+    for name in a.only:
+        run = f"bench-{name}"
+        shutil.copytree(work / "outputs" / "prep", work / "outputs" / run)
+        m = json.loads((work / "outputs" / run / "manifest.json").read_text())
+        (work / "outputs" / run / "manifest.json").write_text(json.dumps({**m, "run_name": run}))
+        cmd = [*launchers[name], "02_train_sft", "-p", "run_name", run, *train_p]
+        rc, wall = sh(cmd, work / "logs" / f"{name}.log", {**env, "FTLAB_OUTPUTS": str(work / "outputs")})
+        rec: dict = {"command": " ".join(cmd[1:] if cmd[0] == sys.executable else cmd), "rc": rc, "wall_s": wall}
+        if rc != 0:
+            rec["log_tail"] = (work / "logs" / f"{name}.log").read_text()[-4000:]
+            results[name] = rec
+            print(name, "FAILED", rec["log_tail"][-1500:], flush=True)
+            continue
+        os.environ["FTLAB_OUTPUTS"] = str(work / "outputs")
+        info = json.loads((stage_dir(run, "02_train_sft") / "launch" / "launch.json").read_text())
+        summary = json.loads((stage_dir(run, "02_train_sft") / "summary.json").read_text())
+        rec.update(
+            world_size=info["world_size"], distributed_type=info["distributed_type"],
+            tokens_per_s=info["tokens_per_s"], steady_tokens_per_s=steady_tokens_per_s(run),
+            train_seconds=info["train_seconds"], train_tokens=info["train_tokens"], steps=info["steps"],
+            first_loss=summary["first_loss"], last_loss=summary["last_loss"],
+            eval_loss_before=summary["eval_loss_before"], eval_loss_after=summary["eval_loss_after"],
+            per_gpu_train_peak=[r.get("train_peak") for r in info["ranks"]],
+            per_gpu_process_peak_allocated_gib=[r.get("process_peak_allocated_gib") for r in info["ranks"]],
+            planner_estimate_gib=summary["memory"]["estimate_gib"]["total"],
+        )  # fmt: skip
+        results[name] = rec
+        print(name, {k: rec[k] for k in ("tokens_per_s", "steady_tokens_per_s", "per_gpu_train_peak")}, flush=True)
+    one = results.get("single", {})
+    ratios = {}
+    for name in ("ddp", "fsdp"):
+        r = results.get(name, {})
+        if one.get("tokens_per_s") and r.get("tokens_per_s"):
+            ratios[name] = {
+                "tokens_per_s_vs_one_gpu": round(r["tokens_per_s"] / one["tokens_per_s"], 3),
+                "steady_tokens_per_s_vs_one_gpu": round(r["steady_tokens_per_s"] / one["steady_tokens_per_s"], 3),
+                "per_gpu_peak_allocated_vs_one_gpu": round(
+                    max(p["allocated_gib"] for p in r["per_gpu_train_peak"])
+                    / one["per_gpu_train_peak"][0]["allocated_gib"], 3),
+            }  # fmt: skip
+    out = {
+        "what": __doc__.split("\n\n")[0],
+        "command": "PYTHONPATH=lib python benchmarks/multi_gpu.py " + " ".join(sys.argv[1:]),
+        "date": runs.now(),
+        "host": platform.node(),
+        "device": {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count()},
+        "versions": runs.package_versions(
+            ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "liger_kernel")
+        ),  # fmt: skip
+        "config": {
+            "shape": a.shape,
+            "seq": a.seq,
+            "per_device_batch": a.batch,
+            "steps": a.steps,
+            "lora_r": a.rank,
+            "gpus": a.gpus,
+            "quantization": "4bit nf4 double-quant, quant_storage bf16",
+        },  # fmt: skip
+        "stage01_seconds": s01,
+        "runs": results,
+        "ratios": ratios,
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(ratios, indent=1))
+
+
+if __name__ == "__main__":
+    main()
