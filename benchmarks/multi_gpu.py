@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 import torch
-from sft_memory import build, long_rows
+from sft_memory import build
 
-from ftlab import models, runs
+from ftlab import data, models, runs
 from ftlab.paths import repo_root, stage_dir
 
 
@@ -38,6 +38,28 @@ def sh(cmd: list[str], log: Path, env: dict[str, str]) -> tuple[int, float]:
     with open(log, "w") as f:
         rc = subprocess.run(cmd, cwd=repo_root(), env=env, stdout=f, stderr=subprocess.STDOUT).returncode
     return rc, round(time.time() - t, 1)
+
+
+def mixed_rows(tokenizer, target: int, n: int, seed: int = 0) -> list[dict]:
+    """`n` distinct multi-turn conversations of about `target` tokens: bundled Q/A pairs drawn at random (stage 01
+    rejects duplicate rows, so repeating the data in order would not do)."""
+    import random
+
+    rows, _, _ = data.load(data.resolve_data_path("data/pydoc_qa/sft.jsonl"))
+    pairs = [r.data["messages"] for r in rows]
+    cost = [
+        len(tokenizer(tokenizer.apply_chat_template(m, tokenize=False)).input_ids) - 20 for m in pairs
+    ]  # minus the system prompt
+    rng, out = random.Random(seed), []
+    for _ in range(n):
+        msgs, total = [], 40
+        for i in rng.sample(range(len(pairs)), len(pairs)):
+            if total + cost[i] > target:
+                break
+            msgs += pairs[i]
+            total += cost[i]
+        out.append({"messages": msgs})
+    return out
 
 
 def steady_tokens_per_s(run: str) -> float | None:
@@ -62,7 +84,7 @@ def main() -> None:
     (work / "logs").mkdir(parents=True)
     tok = models.load_tokenizer("tiny-random")
     base = build(a.shape, work / "base", tok)
-    rows = long_rows(tok, a.seq, 64 * a.batch * max(1, a.gpus))
+    rows = mixed_rows(tok, a.seq, 64 * a.batch * max(1, a.gpus))
     with open(work / "long.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     env = {**os.environ, "FTLAB_OUTPUTS": str(work / "outputs")}
@@ -90,7 +112,9 @@ def main() -> None:
         m = json.loads((work / "outputs" / run / "manifest.json").read_text())
         (work / "outputs" / run / "manifest.json").write_text(json.dumps({**m, "run_name": run}))
         cmd = [*launchers[name], "02_train_sft", "-p", "run_name", run, *train_p]
-        rc, wall = sh(cmd, work / "logs" / f"{name}.log", {**env, "FTLAB_OUTPUTS": str(work / "outputs")})
+        # one process sees one GPU (with several visible the Trainer would fall back to nn.DataParallel)
+        one_gpu = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]}
+        rc, wall = sh(cmd, work / "logs" / f"{name}.log", {**env, **(one_gpu if name == "single" else {})})
         rec: dict = {"command": " ".join(cmd[1:] if cmd[0] == sys.executable else cmd), "rc": rc, "wall_s": wall}
         if rc != 0:
             rec["log_tail"] = (work / "logs" / f"{name}.log").read_text()[-4000:]

@@ -490,6 +490,16 @@ def quiet(trainer: Any) -> Any:
     return trainer
 
 
+def evaluate_before_training(trainer: Any) -> float:
+    """Eval loss before training: the number to beat. Under FSDP this first evaluation wraps (shards) the model;
+    transformers' train() would then look for the wrapped model in `model_wrapped`, find none and start without
+    an optimizer, so it is pointed at the wrapped one."""
+    loss = trainer.evaluate()["eval_loss"]
+    if getattr(trainer, "is_fsdp_enabled", False) and trainer.model_wrapped is not trainer.model:
+        trainer.model_wrapped = trainer.model
+    return loss
+
+
 def final_eval(trainer: Any, live: LiveMetrics) -> dict[str, float]:
     """Eval metrics after training: reuse the Trainer's eval at the last step when it ran one, else run it."""
     recs = [r for r in read_metrics(live.path) if "eval_loss" in r]
