@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--gpus", type=int, default=torch.cuda.device_count())
     ap.add_argument("--only", nargs="*", default=["single", "ddp", "fsdp"])
+    ap.add_argument("--warmup", type=int, default=3, help="steps of an unreported one-process run first (Triton "
+                    "kernels compile and the page cache fills once, not inside the first measured run)")  # fmt: skip
     a = ap.parse_args()
     work = Path(os.environ.get("FTLAB_BENCH_DIR", "/tmp/ftlab-multi-gpu"))
     shutil.rmtree(work, ignore_errors=True)
@@ -106,15 +108,20 @@ def main() -> None:
                  "--num_processes", str(a.gpus), "-m", "ftlab.launch"],
     }  # fmt: skip
     results: dict[str, dict] = {}
-    for name in a.only:
+    for name in (["warmup"] if a.warmup else []) + a.only:
         run = f"bench-{name}"
         shutil.copytree(work / "outputs" / "prep", work / "outputs" / run)
         m = json.loads((work / "outputs" / run / "manifest.json").read_text())
         (work / "outputs" / run / "manifest.json").write_text(json.dumps({**m, "run_name": run}))
-        cmd = [*launchers[name], "02_train_sft", "-p", "run_name", run, *train_p]
+        cmd = [*launchers[name.replace("warmup", "single")], "02_train_sft", "-p", "run_name", run, *train_p]
+        if name == "warmup":
+            cmd += ["-p", "max_steps", str(a.warmup)]
         # one process sees one GPU (with several visible the Trainer would fall back to nn.DataParallel)
         one_gpu = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]}
-        rc, wall = sh(cmd, work / "logs" / f"{name}.log", {**env, **(one_gpu if name == "single" else {})})
+        rc, wall = sh(cmd, work / "logs" / f"{name}.log", {**env, **(one_gpu if name in ("single", "warmup") else {})})
+        if name == "warmup":
+            print(f"warm-up run: rc {rc}, {wall} s", flush=True)
+            continue
         rec: dict = {"command": " ".join(cmd[1:] if cmd[0] == sys.executable else cmd), "rc": rc, "wall_s": wall}
         if rc != 0:
             rec["log_tail"] = (work / "logs" / f"{name}.log").read_text()[-4000:]
