@@ -181,7 +181,8 @@ def run_one(folder: Path, recipe: str, workload: str, batch: int, seq: int, step
     # the memory planner's estimate for this configuration: its allocated part (no CUDA context, no +10% margin)
     # against torch's peak allocated, and its total against the peak reserved + context
     plan = memory.estimate(shape, quantization="4bit", batch_size=batch, seq_len=max(lengths), lora_r=rank,
-                           gradient_checkpointing=p["gradient_checkpointing"], optim=p["optim"], cuda=True)  # fmt: skip
+                           gradient_checkpointing=p["gradient_checkpointing"], optim=p["optim"], cuda=True,
+                           liger=bool(trainer.args.use_liger_kernel), fp16_compute=dtype == "float16")  # fmt: skip
     alloc = (plan.total / 1.10 - plan.context) / 2**30
     out["planner"] = {"estimate_gib": plan.gib(), "allocated_part_gib": round(alloc, 3),
                       "allocated_part_over_measured": round(alloc / out["peak_allocated_gib"], 3),

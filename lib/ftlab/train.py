@@ -165,7 +165,7 @@ class CheckpointComplete(TrainerCallback):
 
     def on_save(self, args, state, control, **kw):
         d = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if d.is_dir() and state.is_world_process_zero:
+        if d.is_dir() and getattr(state, "is_world_process_zero", True):
             (d / CHECKPOINT_DONE).write_text(str(state.global_step))
 
 
@@ -252,7 +252,7 @@ class LiveMetrics(TrainerCallback):
                 if w not in self.warnings:
                     self._warn(w)
         self._guards(rec, control)  # every process: they all see the same gathered loss and stop together
-        if not state.is_world_process_zero:  # several processes train: the main one writes and shows the records
+        if not getattr(state, "is_world_process_zero", True):  # several processes train: the main one writes and shows the records
             return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
