@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = runs.read_json(stage_dir(values["run_name"], nb.stem) / "summary.json")
         ranks = [runs.read_json(out / f"rank{r}.json") for r in range(world)]
         atomic_write_json(out / "launch.json", {
-            "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "stage": nb.stem, "world_size": world,
+            "command": ["python", "-m", "ftlab.launch", *sys.argv[1:]], "stage": nb.stem, "world_size": world,
             "distributed_type": distributed_type(), "tokens_per_s": summary.get("tokens_per_s"),
             "train_seconds": summary.get("train_seconds"), "train_tokens": summary.get("train_tokens"),
             "steps": summary.get("steps"), "ranks": ranks,
