@@ -78,6 +78,7 @@ def test_two_processes_under_accelerate_launch(tiny_run, tiny_sft_run, outputs):
     assert (st / "checkpoints" / f"checkpoint-{TINY_SFT['max_steps']}" / "CHECKPOINT_COMPLETE").exists()
     got, one_adapter = _adapter(run), _adapter(tiny_sft_run)
     assert got.keys() == one_adapter.keys()  # a whole adapter, trained on other rows than one process saw
+    assert not (st / "adapter" / "training_args.bin").exists()  # no pickle beside the safetensors
     assert max((got[k] - one_adapter[k]).abs().max().item() for k in got) > 1e-4
     assert "eval loss after training" in (st / "launch" / "rank1.log").read_text()  # rank 1 ran, quietly
     m = json.loads((run / "manifest.json").read_text())

@@ -427,6 +427,8 @@ def save_adapter(trainer: Any, tokenizer: Any, folder: Path) -> Path:
     if runs.process_rank()[2] > 1:  # every process takes part: under FSDP the adapter is gathered from the shards
         runs.wait_for_everyone()
         trainer.save_model(str(tmp))  # the main process writes
+        if main:
+            (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle the adapter folder does not need
     else:
         trainer.model.save_pretrained(tmp, safe_serialization=True, selected_adapters=["default"])  # not DPO's 'ref'
     if main:
