@@ -40,13 +40,19 @@ def main() -> None:
     out = {
         "what": __doc__.split("\n\n")[0],
         "command": ".venv/bin/python benchmarks/cpu_series.py " + " ".join(sys.argv[1:]),
-        "date": runs.now(), "cpus": os.cpu_count(), "platform": platform.platform(),
+        "date": runs.now(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
         "versions": runs.package_versions(("torch", "transformers", "peft", "trl", "papermill", "llama_cpp_python")),
-        "stage_seconds": stages, "series_seconds": total, "budget_seconds": BUDGET_S,
+        "stage_seconds": stages,
+        "series_seconds": total,
+        "budget_seconds": BUDGET_S,
         "within_budget": total <= BUDGET_S,
-        "quality": {"sft_eval_loss": [sft["eval_loss_before"], sft["eval_loss_after"]],
-                    "nll_base_vs_final": [ev["models"]["base"]["nll"], ev["models"][ev["final"]]["nll"]]},
-    }  # fmt: skip
+        "quality": {
+            "sft_eval_loss": [sft["eval_loss_before"], sft["eval_loss_after"]],
+            "nll_base_vs_final": [ev["models"]["base"]["nll"], ev["models"][ev["final"]]["nll"]],
+        },
+    }
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: out[k] for k in ("stage_seconds", "series_seconds", "within_budget")}, indent=1))
 

@@ -78,8 +78,13 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--gpus", type=int, default=torch.cuda.device_count())
     ap.add_argument("--only", nargs="*", default=["single", "ddp", "fsdp"])
-    ap.add_argument("--warmup", type=int, default=3, help="steps of an unreported one-process run first (Triton "
-                    "kernels compile and the page cache fills once, not inside the first measured run)")  # fmt: skip
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="steps of an unreported one-process run first (Triton "
+        "kernels compile and the page cache fills once, not inside the first measured run)",
+    )
     a = ap.parse_args()
     work = Path(os.environ.get("FTLAB_BENCH_DIR", "/tmp/ftlab-multi-gpu"))
     shutil.rmtree(work, ignore_errors=True)
@@ -91,22 +96,90 @@ def main() -> None:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     env = {**os.environ, "FTLAB_OUTPUTS": str(work / "outputs")}
     common = ["-p", "base_model", str(base), "-p", "max_length", str(a.seq + 64)]
-    rc, s01 = sh([sys.executable, "-m", "ftlab", "run", "01", "-p", "run_name", "prep", "-p", "data_path",
-                  str(work / "long.jsonl"), "-p", "prefs_path", "", "-p", "eval_fraction", "0.05", *common],
-                 work / "logs" / "01.log", env)  # fmt: skip
+    rc, s01 = sh(
+        [
+            sys.executable,
+            "-m",
+            "ftlab",
+            "run",
+            "01",
+            "-p",
+            "run_name",
+            "prep",
+            "-p",
+            "data_path",
+            str(work / "long.jsonl"),
+            "-p",
+            "prefs_path",
+            "",
+            "-p",
+            "eval_fraction",
+            "0.05",
+            *common,
+        ],
+        work / "logs" / "01.log",
+        env,
+    )
     assert rc == 0, (work / "logs" / "01.log").read_text()[-3000:]
-    train_p = [*common, "-p", "quantization", "4bit", "-p", "batch_size", str(a.batch), "-p", "max_steps", str(a.steps),
-               "-p", "lora_r", str(a.rank), "-p", "lora_alpha", str(2 * a.rank), "-p", "eval_steps", "0",
-               "-p", "save_steps", str(10 * a.steps), "-p", "logging_steps", "5", "-p", "forecast_rows", "0",
-               "-p", "learning_rate", "0.0005"]  # fmt: skip
+    train_p = [
+        *common,
+        "-p",
+        "quantization",
+        "4bit",
+        "-p",
+        "batch_size",
+        str(a.batch),
+        "-p",
+        "max_steps",
+        str(a.steps),
+        "-p",
+        "lora_r",
+        str(a.rank),
+        "-p",
+        "lora_alpha",
+        str(2 * a.rank),
+        "-p",
+        "eval_steps",
+        "0",
+        "-p",
+        "save_steps",
+        str(10 * a.steps),
+        "-p",
+        "logging_steps",
+        "5",
+        "-p",
+        "forecast_rows",
+        "0",
+        "-p",
+        "learning_rate",
+        "0.0005",
+    ]
     cfg = repo_root() / "lib" / "ftlab" / "accelerate"
     launchers = {
         "single": [sys.executable, "-m", "ftlab.launch"],
-        "ddp": [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg / "ddp.yaml"),
-                "--num_processes", str(a.gpus), "-m", "ftlab.launch"],
-        "fsdp": [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg / "fsdp_qlora.yaml"),
-                 "--num_processes", str(a.gpus), "-m", "ftlab.launch"],
-    }  # fmt: skip
+        "ddp": [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(cfg / "ddp.yaml"),
+            "--num_processes",
+            str(a.gpus),
+            "-m",
+            "ftlab.launch",
+        ],
+        "fsdp": [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(cfg / "fsdp_qlora.yaml"),
+            "--num_processes",
+            str(a.gpus),
+            "-m",
+            "ftlab.launch",
+        ],
+    }
     results: dict[str, dict] = {}
     for name in (["warmup"] if a.warmup else []) + a.only:
         run = f"bench-{name}"
@@ -132,15 +205,21 @@ def main() -> None:
         info = json.loads((stage_dir(run, "02_train_sft") / "launch" / "launch.json").read_text())
         summary = json.loads((stage_dir(run, "02_train_sft") / "summary.json").read_text())
         rec.update(
-            world_size=info["world_size"], distributed_type=info["distributed_type"],
-            tokens_per_s=info["tokens_per_s"], steady_tokens_per_s=steady_tokens_per_s(run),
-            train_seconds=info["train_seconds"], train_tokens=info["train_tokens"], steps=info["steps"],
-            first_loss=summary["first_loss"], last_loss=summary["last_loss"],
-            eval_loss_before=summary["eval_loss_before"], eval_loss_after=summary["eval_loss_after"],
+            world_size=info["world_size"],
+            distributed_type=info["distributed_type"],
+            tokens_per_s=info["tokens_per_s"],
+            steady_tokens_per_s=steady_tokens_per_s(run),
+            train_seconds=info["train_seconds"],
+            train_tokens=info["train_tokens"],
+            steps=info["steps"],
+            first_loss=summary["first_loss"],
+            last_loss=summary["last_loss"],
+            eval_loss_before=summary["eval_loss_before"],
+            eval_loss_after=summary["eval_loss_after"],
             per_gpu_train_peak=[r.get("train_peak") for r in info["ranks"]],
             per_gpu_process_peak_allocated_gib=[r.get("process_peak_allocated_gib") for r in info["ranks"]],
             planner_estimate_gib=summary["memory"]["estimate_gib"]["total"],
-        )  # fmt: skip
+        )
         results[name] = rec
         print(name, {k: rec[k] for k in ("tokens_per_s", "steady_tokens_per_s", "per_gpu_train_peak")}, flush=True)
     one = results.get("single", {})
@@ -153,8 +232,10 @@ def main() -> None:
                 "steady_tokens_per_s_vs_one_gpu": round(r["steady_tokens_per_s"] / one["steady_tokens_per_s"], 3),
                 "per_gpu_peak_allocated_vs_one_gpu": round(
                     max(p["allocated_gib"] for p in r["per_gpu_train_peak"])
-                    / one["per_gpu_train_peak"][0]["allocated_gib"], 3),
-            }  # fmt: skip
+                    / one["per_gpu_train_peak"][0]["allocated_gib"],
+                    3,
+                ),
+            }
     out = {
         "what": __doc__.split("\n\n")[0],
         "command": "PYTHONPATH=lib python benchmarks/multi_gpu.py " + " ".join(sys.argv[1:]),
@@ -163,7 +244,7 @@ def main() -> None:
         "device": {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count()},
         "versions": runs.package_versions(
             ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "liger_kernel")
-        ),  # fmt: skip
+        ),
         "config": {
             "shape": a.shape,
             "seq": a.seq,
@@ -172,7 +253,7 @@ def main() -> None:
             "lora_r": a.rank,
             "gpus": a.gpus,
             "quantization": "4bit nf4 double-quant, quant_storage bf16",
-        },  # fmt: skip
+        },
         "stage01_seconds": s01,
         "runs": results,
         "ratios": ratios,

@@ -36,15 +36,32 @@ def check() -> list[dict]:
                 continue
             seq = max(lengths_for(r["workload"], tok, d["seq_len"], d["batch_size"] * d["steps"], seed=0))
             plan = memory.estimate(
-                shape, quantization="4bit", batch_size=d["batch_size"], seq_len=seq, lora_r=d["lora_r"],
-                gradient_checkpointing=r["overrides"].get("gradient_checkpointing", True), cuda=True,
-                liger=r["liger"], fp16_compute=r["compute_dtype"] == "float16",
-            )  # fmt: skip
+                shape,
+                quantization="4bit",
+                batch_size=d["batch_size"],
+                seq_len=seq,
+                lora_r=d["lora_r"],
+                gradient_checkpointing=r["overrides"].get("gradient_checkpointing", True),
+                cuda=True,
+                liger=r["liger"],
+                fp16_compute=r["compute_dtype"] == "float16",
+            )
             alloc = (plan.total / 1.10 - plan.context) / memory.GIB
-            out.append({"file": f.name, "shape": d["shape"], "workload": r["workload"], "batch": d["batch_size"],
-                        "seq": seq, "lora_r": d["lora_r"], "checkpointing": r["overrides"].get("gradient_checkpointing", True),
-                        "compute_dtype": r["compute_dtype"], "measured_gib": r["peak_allocated_gib"],
-                        "estimate_gib": round(alloc, 3), "ratio": round(alloc / r["peak_allocated_gib"], 3)})  # fmt: skip
+            out.append(
+                {
+                    "file": f.name,
+                    "shape": d["shape"],
+                    "workload": r["workload"],
+                    "batch": d["batch_size"],
+                    "seq": seq,
+                    "lora_r": d["lora_r"],
+                    "checkpointing": r["overrides"].get("gradient_checkpointing", True),
+                    "compute_dtype": r["compute_dtype"],
+                    "measured_gib": r["peak_allocated_gib"],
+                    "estimate_gib": round(alloc, 3),
+                    "ratio": round(alloc / r["peak_allocated_gib"], 3),
+                }
+            )
     return out
 
 
@@ -54,14 +71,21 @@ def main() -> None:
     a = ap.parse_args()
     rows = check()
     within = sum(abs(r["ratio"] - 1) <= 0.10 for r in rows)
-    res = {"what": __doc__.split("\n\n")[0], "command": ".venv/bin/python benchmarks/planner_check.py " + " ".join(sys.argv[1:]),
-           "configs": len(rows), "within_10pct": within, "ratio_range": [min(r["ratio"] for r in rows), max(r["ratio"] for r in rows)],
-           "runs": rows}  # fmt: skip
+    res = {
+        "what": __doc__.split("\n\n")[0],
+        "command": ".venv/bin/python benchmarks/planner_check.py " + " ".join(sys.argv[1:]),
+        "configs": len(rows),
+        "within_10pct": within,
+        "ratio_range": [min(r["ratio"] for r in rows), max(r["ratio"] for r in rows)],
+        "runs": rows,
+    }
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     for r in rows:
-        print(f"{r['shape']:<20}{r['workload']:<6}{r['compute_dtype']:<9} ckpt={r['checkpointing']!s:<5} "
-              f"measured {r['measured_gib']:6.3f}  estimate {r['estimate_gib']:6.3f}  x{r['ratio']}")  # fmt: skip
+        print(
+            f"{r['shape']:<20}{r['workload']:<6}{r['compute_dtype']:<9} ckpt={r['checkpointing']!s:<5} "
+            f"measured {r['measured_gib']:6.3f}  estimate {r['estimate_gib']:6.3f}  x{r['ratio']}"
+        )
     print(f"{within} of {len(rows)} within +-10%")
 
 

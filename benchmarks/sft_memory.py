@@ -4,7 +4,7 @@
 
 Builds random-weight Llama models of three shapes (SmolLM2-135M, a 1B and an 8B shape, all with the SmolLM2
 tokenizer of the cached `tiny-random` model), saves each and loads it back through `ftlab.models.load_model` (the
-real `from_pretrained` path, NF4 4-bit or bf16), then runs the exact trainer stage 02 builds (`ftlab.train.sft_args`,
+real `from_pretrained` path, NF4 4-bit or bf16), then runs the exact trainer stage 02 builds (`ftlab.train.method_args`,
 TRL SFTTrainer, LoRA all-linear r16, 8-bit AdamW, gradient checkpointing) on multi-turn rows from the bundled
 pydoc_qa data packed to the target length. Reports per config: preflight peak, training peak
 (torch.cuda.max_memory_allocated), the planner's estimate, their ratio, and non-padding tokens/s.
@@ -24,16 +24,34 @@ from pathlib import Path
 
 import torch
 
-from ftlab import data, memory, models, train
+from ftlab import data, memory, models, stages, train
 
 SHAPES = {
-    "smollm2-135m-shape": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                               num_key_value_heads=3, tie_word_embeddings=True),
-    "llama-1b-shape": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                           num_key_value_heads=8, tie_word_embeddings=True),
-    "llama-8b-shape": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                           num_key_value_heads=8, tie_word_embeddings=False),
-}  # fmt: skip
+    "smollm2-135m-shape": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        tie_word_embeddings=True,
+    ),
+    "llama-1b-shape": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    ),
+    "llama-8b-shape": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    ),
+}
 CONFIGS = [  # (shape, quantization, batch, seq)
     ("smollm2-135m-shape", "4bit", 8, 1024),
     ("llama-1b-shape", "4bit", 4, 2048),
@@ -65,8 +83,14 @@ def long_rows(tokenizer, target: int, n: int) -> list[dict]:
 def build(shape: str, folder: Path, tokenizer) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])  # fmt: skip
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **SHAPES[shape],
+    )
     with torch.device("cuda"):
         torch.manual_seed(0)
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)
@@ -80,9 +104,23 @@ def build(shape: str, folder: Path, tokenizer) -> Path:
 def run_one(folder: Path, tokenizer, quant: str, batch: int, seq: int, steps: int) -> dict:
     from trl import SFTTrainer
 
-    p = {"seed": 0, "epochs": 1.0, "max_steps": steps, "batch_size": batch, "grad_accum": 1, "learning_rate": 2e-4,
-         "warmup_steps": 2, "optim": "adamw_bnb_8bit", "gradient_checkpointing": True, "eval_steps": 0,
-         "save_steps": 10_000, "logging_steps": 1, "report_to": "none", "max_length": seq, "liger": False}  # fmt: skip
+    p = {
+        "seed": 0,
+        "epochs": 1.0,
+        "max_steps": steps,
+        "batch_size": batch,
+        "grad_accum": 1,
+        "learning_rate": 2e-4,
+        "warmup_steps": 2,
+        "optim": "adamw_bnb_8bit",
+        "gradient_checkpointing": True,
+        "eval_steps": 0,
+        "save_steps": 10_000,
+        "logging_steps": 1,
+        "report_to": "none",
+        "max_length": seq,
+        "liger": False,
+    }
     t0 = time.time()
     rows = long_rows(tokenizer, seq, batch * (steps + 1))
     print(f"  {len(rows)} rows built in {time.time() - t0:.1f} s", flush=True)
@@ -95,9 +133,16 @@ def run_one(folder: Path, tokenizer, quant: str, batch: int, seq: int, steps: in
     weights_gib = torch.cuda.memory_allocated() / memory.GIB
     out_dir = Path(tempfile.mkdtemp())
     live = train.LiveMetrics(out_dir / "metrics.jsonl", log=print)
-    trainer = train.quiet(SFTTrainer(model=model, args=train.sft_args(out_dir, p, "cuda"), train_dataset=ds,
-                                     processing_class=tokenizer, peft_config=train.lora_config(16, 32, 0.0, "all-linear"),
-                                     callbacks=[live]))  # fmt: skip
+    trainer = train.quiet(
+        SFTTrainer(
+            model=model,
+            args=train.method_args(stages.method("sft"), out_dir, p, "cuda"),
+            train_dataset=ds,
+            processing_class=tokenizer,
+            peft_config=train.lora_config(16, 32, 0.0, "all-linear"),
+            callbacks=[live],
+        )
+    )
     print(f"  trainer ready, weights {weights_gib:.2f} GiB", flush=True)
     pre = train.preflight(trainer, "")
     print(f"  preflight {pre}", flush=True)
@@ -110,13 +155,24 @@ def run_one(folder: Path, tokenizer, quant: str, batch: int, seq: int, steps: in
     peak = max(train_peak, pre_peak)
     metrics = train.read_metrics(live.path)
     steady = [m["tokens_per_s"] for m in metrics if "tokens_per_s" in m][2:]  # skip warm-up steps
-    out = {"quantization": quant, "batch_size": batch, "seq_len_max": max(lengths), "tokens_per_batch": sum(lengths[:batch]),
-           "weights_loaded_gib": round(weights_gib, 3), "preflight_peak_gib": round(pre_peak, 3),
-           "train_peak_gib": round(train_peak, 3), "peak_allocated_gib": round(peak, 3), "estimate_gib": plan.gib(),
-           "estimate_over_measured": round(plan.total / memory.GIB / peak, 3),
-           "tokens_per_s_steady_median": sorted(steady)[len(steady) // 2] if steady else None,
-           "train_seconds": round(secs, 1), "steps": res.global_step, "preflight": pre,
-           "first_loss": metrics[0].get("loss"), "last_loss": metrics[-1].get("loss")}  # fmt: skip
+    out = {
+        "quantization": quant,
+        "batch_size": batch,
+        "seq_len_max": max(lengths),
+        "tokens_per_batch": sum(lengths[:batch]),
+        "weights_loaded_gib": round(weights_gib, 3),
+        "preflight_peak_gib": round(pre_peak, 3),
+        "train_peak_gib": round(train_peak, 3),
+        "peak_allocated_gib": round(peak, 3),
+        "estimate_gib": plan.gib(),
+        "estimate_over_measured": round(plan.total / memory.GIB / peak, 3),
+        "tokens_per_s_steady_median": sorted(steady)[len(steady) // 2] if steady else None,
+        "train_seconds": round(secs, 1),
+        "steps": res.global_step,
+        "preflight": pre,
+        "first_loss": metrics[0].get("loss"),
+        "last_loss": metrics[-1].get("loss"),
+    }
     del trainer, model
     torch.cuda.empty_cache()
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -138,11 +194,20 @@ def main() -> None:
     import transformers
     import trl
 
-    results = {"command": "PYTHONPATH=lib python benchmarks/sft_memory.py --out " + a.out,
-               "device": torch.cuda.get_device_name(0), "gpu_total_gib": round(torch.cuda.get_device_properties(0).total_memory / memory.GIB, 1),
-               "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-                            "trl": trl.__version__, "bitsandbytes": bitsandbytes.__version__, "python": platform.python_version()},
-               "runs": []}  # fmt: skip
+    results = {
+        "command": "PYTHONPATH=lib python benchmarks/sft_memory.py --out " + a.out,
+        "device": torch.cuda.get_device_name(0),
+        "gpu_total_gib": round(torch.cuda.get_device_properties(0).total_memory / memory.GIB, 1),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "trl": trl.__version__,
+            "bitsandbytes": bitsandbytes.__version__,
+            "python": platform.python_version(),
+        },
+        "runs": [],
+    }
     # one process per config: a Trainer keeps references to its model, so memory left by one config would inflate
     # the next one's numbers
     for i, (shape, quant, batch, seq) in enumerate(CONFIGS):
@@ -151,8 +216,22 @@ def main() -> None:
         print(f"config {i}: {shape} {quant} batch {batch} seq {seq}", flush=True)
         t = time.time()
         part = Path(tempfile.mkdtemp()) / "r.json"
-        proc = subprocess.run([sys.executable, __file__, "--out", a.out, "--steps", str(a.steps), "--worker", str(i),
-                               "--part", str(part)], capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--out",
+                a.out,
+                "--steps",
+                str(a.steps),
+                "--worker",
+                str(i),
+                "--part",
+                str(part),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if part.exists():
             r = json.loads(part.read_text())
         else:

@@ -6,7 +6,7 @@ Recipe B is what the tutorials do: load the base in 4-bit NF4 (double quantizati
 `peft.prepare_model_for_kbit_training` (which upcasts embeddings, norms and lm_head to fp32), wrap it with
 `get_peft_model` (LoRA r16 on all linear layers), and train with TRL's SFTTrainer on padded batches.
 Ours is exactly what stage 02 builds: `ftlab.models.load_model(.., "4bit")` (non-linear weights stay bf16), TRL's
-SFTTrainer with `ftlab.train.sft_args` (Liger kernels, padding-free batches, non-reentrant checkpointing) and the
+SFTTrainer with `ftlab.train.method_args` (Liger kernels, padding-free batches, non-reentrant checkpointing) and the
 LoRA config of `ftlab.train.lora_config`. Both use 8-bit AdamW (non-paged), gradient checkpointing, sdpa.
 
 Two workloads on a random-weight model of the chosen shape (no download): `fixed` (every row exactly --seq tokens)
@@ -37,10 +37,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sft_memory import SHAPES, build  # noqa: E402  (same random-weight shapes as the memory benchmark)
 
 # Qwen3-14B's decoder shape (its 151,936-token vocabulary is replaced by the bundled tokenizer's 49,152)
-SHAPES["qwen3-14b-shape"] = dict(hidden_size=5120, intermediate_size=17408, num_hidden_layers=40,
-                                 num_attention_heads=40, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False)
+SHAPES["qwen3-14b-shape"] = dict(
+    hidden_size=5120,
+    intermediate_size=17408,
+    num_hidden_layers=40,
+    num_attention_heads=40,
+    num_key_value_heads=8,
+    head_dim=128,
+    tie_word_embeddings=False,
+)
 
-from ftlab import data, memory, models, train  # noqa: E402
+from ftlab import data, memory, models, stages, train  # noqa: E402
 from ftlab.paths import repo_root  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}  # dense
@@ -120,8 +127,17 @@ class StepClock:
         return _CB()
 
 
-def run_one(folder: Path, recipe: str, workload: str, batch: int, seq: int, steps: int, warmup: int, rank: int = 16,
-            dtype: str = "bfloat16") -> dict:  # fmt: skip
+def run_one(
+    folder: Path,
+    recipe: str,
+    workload: str,
+    batch: int,
+    seq: int,
+    steps: int,
+    warmup: int,
+    rank: int = 16,
+    dtype: str = "bfloat16",
+) -> dict:
     import peft
     from trl import SFTTrainer
 
@@ -129,30 +145,50 @@ def run_one(folder: Path, recipe: str, workload: str, batch: int, seq: int, step
     lengths = lengths_for(workload, tok, seq, batch * steps, seed=0)
     ds = dataset(tok, lengths)
     attn, overrides = VARIANTS.get(recipe, (None, {}))
-    p = {"seed": 0, "epochs": 1.0, "max_steps": steps, "batch_size": batch, "grad_accum": 1, "learning_rate": 2e-4,
-         "warmup_steps": 2, "optim": "adamw_bnb_8bit", "gradient_checkpointing": True, "eval_steps": 0,
-         "save_steps": 100_000, "logging_steps": 1, "report_to": "none", "max_length": seq, "liger": True,
-         "padding_free": "auto", "activation_offloading": "auto", **overrides}  # fmt: skip
+    p = {
+        "seed": 0,
+        "epochs": 1.0,
+        "max_steps": steps,
+        "batch_size": batch,
+        "grad_accum": 1,
+        "learning_rate": 2e-4,
+        "warmup_steps": 2,
+        "optim": "adamw_bnb_8bit",
+        "gradient_checkpointing": True,
+        "eval_steps": 0,
+        "save_steps": 100_000,
+        "logging_steps": 1,
+        "report_to": "none",
+        "max_length": seq,
+        "liger": True,
+        "padding_free": "auto",
+        "activation_offloading": "auto",
+        **overrides,
+    }
     lora = train.lora_config(rank, 2 * rank, 0.0, "all-linear")
     out_dir = Path(tempfile.mkdtemp())
     torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     if recipe == "recipe_b":
-        model = models.load_model(str(folder), quantization="4bit", dtype=getattr(torch, dtype))  # same NF4 + double-quant config as ours
+        model = models.load_model(
+            str(folder), quantization="4bit", dtype=getattr(torch, dtype)
+        )  # same NF4 + double-quant config as ours
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
         torch.manual_seed(0)
         model = peft.get_peft_model(model, lora)
-        args = train.sft_args(out_dir, {**p, "liger": False, "padding_free": "off"}, "cuda", None)
+        args = train.method_args(
+            stages.method("sft"), out_dir, {**p, "liger": False, "padding_free": "off"}, "cuda", None
+        )
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     else:
-        model = models.load_model(str(folder), quantization="4bit", dtype=getattr(torch, dtype),
-                                  attn_implementation=attn)  # fmt: skip
+        model = models.load_model(
+            str(folder), quantization="4bit", dtype=getattr(torch, dtype), attn_implementation=attn
+        )
         torch.manual_seed(0)
-        args = train.sft_args(out_dir, p, "cuda", model.config._attn_implementation)
+        args = train.method_args(stages.method("sft"), out_dir, p, "cuda", model.config._attn_implementation)
         if dtype == "float16":  # what a V100 (no bf16) runs: fp16 compute with loss scaling
             args.bf16, args.fp16 = False, True
-        trainer = SFTTrainer(model=model, args=args, train_dataset=ds,
-                             processing_class=tok, peft_config=lora)  # fmt: skip
+        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora)
     load_s = time.time() - t0
     train.quiet(trainer)
     clock = StepClock(trainer.model)
@@ -167,26 +203,52 @@ def run_one(folder: Path, recipe: str, workload: str, batch: int, seq: int, step
     n_logical = shape.linear_params() + shape.vocab * shape.hidden
     name = torch.cuda.get_device_name(0)
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-    out = {"recipe": recipe, "workload": workload, "batch_size": batch, "seq_len": seq, "steps": res.global_step,
-           "steady_steps": len(steady), "useful_tokens_per_step_mean": round(sum(s["tokens"] for s in steady) / max(1, len(steady)), 1),
-           "padded_tokens_per_step_mean": round(sum(lengths) / steps if trainer.args.padding_free else _padded(lengths, batch), 1),
-           "seconds_per_step": round(secs / max(1, len(steady)), 4), "tokens_per_s": round(tok_s, 1),
-           "first_step_seconds": round(clock.steps[0]["seconds"], 2), "load_seconds": round(load_s, 1),
-           "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
-           "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3),
-           "non_embedding_params": n_logical,
-           "mfu_6n": round(6 * n_logical * tok_s / (peak * 1e12), 4) if peak else None,
-           "losses": losses, "liger": bool(trainer.args.use_liger_kernel), "padding_free": bool(trainer.args.padding_free),
-           "attn_implementation": trainer.model.config._attn_implementation, "overrides": overrides}  # fmt: skip
+    out = {
+        "recipe": recipe,
+        "workload": workload,
+        "batch_size": batch,
+        "seq_len": seq,
+        "steps": res.global_step,
+        "steady_steps": len(steady),
+        "useful_tokens_per_step_mean": round(sum(s["tokens"] for s in steady) / max(1, len(steady)), 1),
+        "padded_tokens_per_step_mean": round(
+            sum(lengths) / steps if trainer.args.padding_free else _padded(lengths, batch), 1
+        ),
+        "seconds_per_step": round(secs / max(1, len(steady)), 4),
+        "tokens_per_s": round(tok_s, 1),
+        "first_step_seconds": round(clock.steps[0]["seconds"], 2),
+        "load_seconds": round(load_s, 1),
+        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3),
+        "non_embedding_params": n_logical,
+        "mfu_6n": round(6 * n_logical * tok_s / (peak * 1e12), 4) if peak else None,
+        "losses": losses,
+        "liger": bool(trainer.args.use_liger_kernel),
+        "padding_free": bool(trainer.args.padding_free),
+        "attn_implementation": trainer.model.config._attn_implementation,
+        "overrides": overrides,
+    }
     # the memory planner's estimate for this configuration: its allocated part (no CUDA context, no +10% margin)
     # against torch's peak allocated, and its total against the peak reserved + context
-    plan = memory.estimate(shape, quantization="4bit", batch_size=batch, seq_len=max(lengths), lora_r=rank,
-                           gradient_checkpointing=p["gradient_checkpointing"], optim=p["optim"], cuda=True,
-                           liger=bool(trainer.args.use_liger_kernel), fp16_compute=dtype == "float16")  # fmt: skip
+    plan = memory.estimate(
+        shape,
+        quantization="4bit",
+        batch_size=batch,
+        seq_len=max(lengths),
+        lora_r=rank,
+        gradient_checkpointing=p["gradient_checkpointing"],
+        optim=p["optim"],
+        cuda=True,
+        liger=bool(trainer.args.use_liger_kernel),
+        fp16_compute=dtype == "float16",
+    )
     alloc = (plan.total / 1.10 - plan.context) / 2**30
-    out["planner"] = {"estimate_gib": plan.gib(), "allocated_part_gib": round(alloc, 3),
-                      "allocated_part_over_measured": round(alloc / out["peak_allocated_gib"], 3),
-                      "offloading": bool(trainer.args.activation_offloading)}  # fmt: skip
+    out["planner"] = {
+        "estimate_gib": plan.gib(),
+        "allocated_part_gib": round(alloc, 3),
+        "allocated_part_over_measured": round(alloc / out["peak_allocated_gib"], 3),
+        "offloading": bool(trainer.args.activation_offloading),
+    }
     shutil.rmtree(out_dir, ignore_errors=True)
     return out
 
@@ -215,8 +277,10 @@ def summarise(runs: list[dict]) -> dict:
             "tokens_per_s_ratio": round(r["tokens_per_s"] / base["tokens_per_s"], 3),
             "peak_allocated_ratio": round(r["peak_allocated_gib"] / base["peak_allocated_gib"], 3),
             "peak_reserved_ratio": round(r["peak_reserved_gib"] / base["peak_reserved_gib"], 3),
-            "loss_max_rel_diff_first_steps": round(max(rel), 5), "loss_within_1pct": max(rel) <= 0.01,
-            "steps_compared": n}  # fmt: skip
+            "loss_max_rel_diff_first_steps": round(max(rel), 5),
+            "loss_within_1pct": max(rel) <= 0.01,
+            "steps_compared": n,
+        }
     return out
 
 
@@ -248,14 +312,29 @@ def main() -> None:
     except ImportError:
         liger = None
     cmd = "PYTHONPATH=lib python benchmarks/speed.py " + " ".join(sys.argv[1:])
-    results = {"command": cmd, "device": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d"),
-               "shape": a.shape, "config": SHAPES[a.shape], "batch_size": a.batch, "seq_len": a.seq,
-               "lora_r": a.rank, "compute_dtype": a.dtype,
-               "steps": a.steps, "warmup_steps_excluded": a.warmup,
-               "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-                            "trl": trl.__version__, "bitsandbytes": bitsandbytes.__version__, "liger-kernel": liger,
-                            "python": platform.python_version()},
-               "runs": []}  # fmt: skip
+    results = {
+        "command": cmd,
+        "device": torch.cuda.get_device_name(0),
+        "date": time.strftime("%Y-%m-%d"),
+        "shape": a.shape,
+        "config": SHAPES[a.shape],
+        "batch_size": a.batch,
+        "seq_len": a.seq,
+        "lora_r": a.rank,
+        "compute_dtype": a.dtype,
+        "steps": a.steps,
+        "warmup_steps_excluded": a.warmup,
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "trl": trl.__version__,
+            "bitsandbytes": bitsandbytes.__version__,
+            "liger-kernel": liger,
+            "python": platform.python_version(),
+        },
+        "runs": [],
+    }
     root = Path(tempfile.mkdtemp())
     t = time.time()
     folder = build(a.shape, root / a.shape, models.load_tokenizer("tiny-random"))
@@ -267,13 +346,41 @@ def main() -> None:
             dtype = dt[0] if dt else a.dtype
             part = root / f"{recipe}-{workload}-{len(results['runs'])}.json"
             t = time.time()
-            proc = subprocess.run([sys.executable, __file__, "--out", a.out, "--model", str(folder), "--recipe", recipe,
-                                   "--workload", workload, "--batch", str(a.batch), "--seq", str(a.seq), "--steps",
-                                   str(a.steps), "--warmup", str(a.warmup), "--rank", str(a.rank), "--dtype", dtype,
-                                   "--part", str(part)],
-                                  capture_output=True, text=True)  # fmt: skip
-            r = json.loads(part.read_text()) if part.exists() else {"recipe": recipe, "workload": workload,
-                                                                     "error": proc.stderr[-1500:]}  # fmt: skip
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--out",
+                    a.out,
+                    "--model",
+                    str(folder),
+                    "--recipe",
+                    recipe,
+                    "--workload",
+                    workload,
+                    "--batch",
+                    str(a.batch),
+                    "--seq",
+                    str(a.seq),
+                    "--steps",
+                    str(a.steps),
+                    "--warmup",
+                    str(a.warmup),
+                    "--rank",
+                    str(a.rank),
+                    "--dtype",
+                    dtype,
+                    "--part",
+                    str(part),
+                ],
+                capture_output=True,
+                text=True,
+            )
+            r = (
+                json.loads(part.read_text())
+                if part.exists()
+                else {"recipe": recipe, "workload": workload, "error": proc.stderr[-1500:]}
+            )
             r["compute_dtype"] = dtype
             r["wall_s"] = round(time.time() - t, 1)
             results["runs"].append(r)

@@ -6,6 +6,8 @@ Tests never reach the Hugging Face hub: the offline variables are set here as we
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -13,6 +15,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import pytest  # noqa: E402
+
+HOOKS = Path(__file__).parent / "hooks"  # test-only fault injection (never in the library)
+sys.path.insert(0, str(HOOKS))
 
 
 @pytest.fixture
@@ -34,8 +39,32 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-TINY_SFT = {"base_model": "tiny-random", "max_rows": 200, "max_steps": 6, "eval_steps": 0, "save_steps": 6,
-            "logging_steps": 1, "learning_rate": 0.003, "batch_size": 4}  # fmt: skip
+@pytest.fixture
+def crash_at(monkeypatch):
+    """`crash_at(5)`: the next notebook kernel dies after training step 5, as a power cut would; `crash_at(4,
+    in_save=True)`: while checkpoint-4 is written; `crash_at(None)`: no crash. The kernel gets the injector from
+    tests/hooks/sitecustomize.py through PYTHONPATH."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(HOOKS), os.environ.get("PYTHONPATH")) if p))
+
+    def set_step(step, in_save=False):
+        for k in ("FTLAB_CRASH_AT_STEP", "FTLAB_CRASH_IN_SAVE_AT_STEP"):
+            monkeypatch.delenv(k, raising=False)
+        if step is not None:
+            monkeypatch.setenv("FTLAB_CRASH_IN_SAVE_AT_STEP" if in_save else "FTLAB_CRASH_AT_STEP", str(step))
+
+    return set_step
+
+
+TINY_SFT = {
+    "base_model": "tiny-random",
+    "max_rows": 200,
+    "max_steps": 6,
+    "eval_steps": 0,
+    "save_steps": 6,
+    "logging_steps": 1,
+    "learning_rate": 0.003,
+    "batch_size": 4,
+}
 
 
 @pytest.fixture(scope="session")

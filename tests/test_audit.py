@@ -9,8 +9,12 @@ import pytest
 
 from ftlab import audit, models
 
-CONV = [{"role": "user", "content": "What does `len` do?"}, {"role": "assistant", "content": "Return the number of items."},
-        {"role": "user", "content": "And `abs`?"}, {"role": "assistant", "content": "Return the absolute value."}]  # fmt: skip
+CONV = [
+    {"role": "user", "content": "What does `len` do?"},
+    {"role": "assistant", "content": "Return the number of items."},
+    {"role": "user", "content": "And `abs`?"},
+    {"role": "assistant", "content": "Return the absolute value."},
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +42,10 @@ def test_good_template_passes_the_audit(tok):
 def test_audit_catches_a_template_that_masks_everything(tok):
     bad = copy.deepcopy(tok)
     # renders only the user turns (a broken copy-paste): the assistant's words never appear, nothing is trained
-    bad.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}<|im_start|>user\n{{ m['content'] }}"
-                         "<|im_end|>\n{% endif %}{% endfor %}")  # fmt: skip
+    bad.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}<|im_start|>user\n{{ m['content'] }}"
+        "<|im_end|>\n{% endif %}{% endfor %}"
+    )
     rep = audit.audit(bad, [audit.encode(bad, CONV)])
     assert not rep["ok"] and any("masks every token" in p for p in rep["problems"])
 
@@ -47,9 +53,11 @@ def test_audit_catches_a_template_that_masks_everything(tok):
 def test_audit_catches_a_template_that_never_trains_eos(tok):
     bad = copy.deepcopy(tok)
     # assistant turns end with a newline only: no <|im_end|>, so the model would never learn to stop
-    bad.chat_template = ("{% for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n{{ m['content'] }}\n{% else %}"
-                         "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
-                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # fmt: skip
+    bad.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n{{ m['content'] }}\n{% else %}"
+        "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     rep = audit.audit(bad, [audit.encode(bad, CONV)])
     assert not rep["ok"] and any("never trained" in p for p in rep["problems"])
 

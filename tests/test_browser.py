@@ -28,27 +28,54 @@ import pytest
 
 from ftlab.paths import repo_root
 
-CHROMIUM = next((p for p in (os.environ.get("FTLAB_CHROMIUM"), shutil.which("chromium"),
-                             shutil.which("chromium-browser")) if p), None)  # fmt: skip
+CHROMIUM = next(
+    (p for p in (os.environ.get("FTLAB_CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser")) if p),
+    None,
+)
 pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this system: `apt-get install chromium` (make test "
-                       "does it where apt works) or set FTLAB_CHROMIUM to a Chromium binary"),  # fmt: skip
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="no Chromium on this system: `apt-get install chromium` (make test "
+        "does it where apt works) or set FTLAB_CHROMIUM to a Chromium binary",
+    ),
 ]
 
 TINY = {
     "00_check_environment": {"base_model": "tiny-random", "min_free_disk_gb": 0.1, "min_ram_gb": 0.1},
     "01_prepare_data": {"base_model": "tiny-random", "max_rows": 120},
-    "02_train_sft": {"base_model": "tiny-random", "max_steps": 24, "eval_steps": 12, "save_steps": 12,
-                     "logging_steps": 1, "learning_rate": 0.003, "batch_size": 4, "forecast_rows": 0},
-    "03_train_dpo": {"base_model": "tiny-random", "max_steps": 4, "eval_steps": 2, "save_steps": 2,
-                     "logging_steps": 1, "batch_size": 4, "eval_pairs": 8, "guard_rows": 4, "max_new_tokens": 8,
-                     "warmup_steps": 0, "forecast_rows": 0},
-    "04_merge_export": {"base_model": "tiny-random", "verify_prompts": 2, "max_new_tokens": 8,
-                        "min_agreement": 0.0, "gguf_types": ["f16"]},
-    "05_evaluate": {"base_model": "tiny-random", "generate_rows": 4, "max_new_tokens": 8,
-                    "forgetting_probe": False},
+    "02_train_sft": {
+        "base_model": "tiny-random",
+        "max_steps": 24,
+        "eval_steps": 12,
+        "save_steps": 12,
+        "logging_steps": 1,
+        "learning_rate": 0.003,
+        "batch_size": 4,
+        "forecast_rows": 0,
+    },
+    "03_train_dpo": {
+        "base_model": "tiny-random",
+        "max_steps": 4,
+        "eval_steps": 2,
+        "save_steps": 2,
+        "logging_steps": 1,
+        "batch_size": 4,
+        "eval_pairs": 8,
+        "guard_rows": 4,
+        "max_new_tokens": 8,
+        "warmup_steps": 0,
+        "forecast_rows": 0,
+    },
+    "04_merge_export": {
+        "base_model": "tiny-random",
+        "verify_prompts": 2,
+        "max_new_tokens": 8,
+        "min_agreement": 0.0,
+        "gguf_types": ["f16"],
+    },
+    "05_evaluate": {"base_model": "tiny-random", "generate_rows": 4, "max_new_tokens": 8, "forgetting_probe": False},
     "06_compare_runs": {},
-}  # fmt: skip
+}
 
 
 def _free_port() -> int:
@@ -66,25 +93,48 @@ def lab(tmp_path_factory):
     for name, values in TINY.items():
         nb = nbformat.read(repo_root() / "notebooks" / f"{name}.ipynb", as_version=4)
         cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-        cell.source += "\n# tiny-model values for the browser test\nrun_name = \"browser\"\n" + "".join(
-            f"{k} = {v!r}\n" for k, v in values.items())
+        cell.source += '\n# tiny-model values for the browser test\nrun_name = "browser"\n' + "".join(
+            f"{k} = {v!r}\n" for k, v in values.items()
+        )
         nbformat.write(nb, nbdir / f"{name}.ipynb")
     token = os.urandom(16).hex()
     port = _free_port()
-    env = {**os.environ, "FTLAB_OUTPUTS": str(root / "outputs"), "JUPYTER_CONFIG_DIR": str(root / "jcfg"),
-           "JUPYTERLAB_SETTINGS_DIR": str(root / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(root / "ws"),
-           "JUPYTER_RUNTIME_DIR": str(root / "runtime"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "FTLAB_OUTPUTS": str(root / "outputs"),
+        "JUPYTER_CONFIG_DIR": str(root / "jcfg"),
+        "JUPYTERLAB_SETTINGS_DIR": str(root / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(root / "ws"),
+        "JUPYTER_RUNTIME_DIR": str(root / "runtime"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+    }
     env.pop("FTLAB_HEADLESS", None)
     from ftlab.pipeline import ensure_kernel
 
     ensure_kernel()  # the `ftlab` kernel inside .venv
     log = open(root / "jupyterlab.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-                             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={nbdir}",
-                             "--ServerApp.open_browser=False", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-                             *(["--allow-root"] if os.geteuid() == 0 else [])],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=nbdir)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={nbdir}",
+            "--ServerApp.open_browser=False",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            *(["--allow-root"] if os.geteuid() == 0 else []),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=nbdir,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         if proc.poll() is not None:
@@ -180,14 +230,21 @@ def _run_notebook(page, url: str, token: str, name: str, shots: Path, during=Non
 
 def _errors(nbfile: Path) -> list[str]:
     nb = json.loads(nbfile.read_text())
-    return [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, c in enumerate(nb["cells"])
-            for o in c.get("outputs", []) if o.get("output_type") == "error"]  # fmt: skip
+    return [
+        f"cell {i}: {o.get('ename')}: {o.get('evalue')}"
+        for i, c in enumerate(nb["cells"])
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
 
 
 def _unexecuted(nbfile: Path) -> list[int]:
     nb = json.loads(nbfile.read_text())
-    return [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and "".join(c["source"]).strip()
-            and c.get("execution_count") is None]  # fmt: skip
+    return [
+        i
+        for i, c in enumerate(nb["cells"])
+        if c["cell_type"] == "code" and "".join(c["source"]).strip() and c.get("execution_count") is None
+    ]
 
 
 def test_every_notebook_runs_in_jupyterlab_and_its_widgets_work(lab, page, tmp_path):
@@ -226,7 +283,9 @@ def test_every_notebook_runs_in_jupyterlab_and_its_widgets_work(lab, page, tmp_p
             before = answers.all_inner_texts()
             play.locator("textarea").fill("Explain what a Python list comprehension is.")
             play.locator("button", has_text="Ask every model").click()  # a new prompt, asked from the page
-            page.wait_for_function("document.querySelector('.ftlab-playground button').disabled === false", timeout=120_000)
+            page.wait_for_function(
+                "document.querySelector('.ftlab-playground button').disabled === false", timeout=120_000
+            )
             page.wait_for_timeout(500)
             assert "done: 3 models answered “Explain what a Python list comprehension is.”" in play.inner_text()
             assert len(answers.all_inner_texts()) == len(before) == 3

@@ -74,8 +74,11 @@ def test_plain_text_is_one_assistant_turn(tmp_path):
 
 def test_alpaca_input_and_system_are_kept():
     d, _ = data.normalize({"instruction": "Sum", "input": "1 2", "output": "3", "system": "Be terse."})
-    assert d["messages"] == [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Sum\n\n1 2"},
-                             {"role": "assistant", "content": "3"}]  # fmt: skip
+    assert d["messages"] == [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Sum\n\n1 2"},
+        {"role": "assistant", "content": "3"},
+    ]
 
 
 def test_explicit_format_overrides_detection_and_extra_fields_are_kept():
@@ -133,10 +136,18 @@ def test_sharegpt_unknown_role_and_preference_checks():
     with pytest.raises(data.RowError) as e:
         data.normalize({"prompt": "q", "chosen": "same", "rejected": "same "})
     assert e.value.reason == "chosen_equals_rejected"
-    d, _ = data.normalize({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "y"}],
-                           "rejected": "n"})  # fmt: skip
-    assert d == {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "y"}],
-                 "rejected": [{"role": "assistant", "content": "n"}]}  # fmt: skip
+    d, _ = data.normalize(
+        {
+            "prompt": [{"role": "user", "content": "q"}],
+            "chosen": [{"role": "assistant", "content": "y"}],
+            "rejected": "n",
+        }
+    )
+    assert d == {
+        "prompt": [{"role": "user", "content": "q"}],
+        "chosen": [{"role": "assistant", "content": "y"}],
+        "rejected": [{"role": "assistant", "content": "n"}],
+    }
 
 
 def test_sft_file_with_preference_rows_is_reported(tmp_path):
@@ -170,8 +181,12 @@ def test_exact_and_near_duplicates(tmp_path):
 
 
 def test_split_is_seeded_by_conversation_and_has_no_leaks():
-    rows = [data.Row(i + 1, {"messages": [{"role": "user", "content": f"q{i // 2}"}, {"role": "assistant", "content": f"a{i}"}]})
-            for i in range(40)]  # fmt: skip  # 20 prompts, 2 answers each
+    rows = [
+        data.Row(
+            i + 1, {"messages": [{"role": "user", "content": f"q{i // 2}"}, {"role": "assistant", "content": f"a{i}"}]}
+        )
+        for i in range(40)
+    ]  # 20 prompts, 2 answers each
     train, evals = data.split(rows, 0.2, seed=1)
     assert (len(train), len(evals)) == (32, 8)  # 20 prompts x 0.2 = 4 prompts = 8 rows held out
     assert {data.prompt_key(r) for r in train}.isdisjoint({data.prompt_key(r) for r in evals})

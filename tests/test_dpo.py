@@ -9,11 +9,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ftlab import data, models, pipeline, train
+from ftlab import data, models, pipeline, stages, train
+from ftlab.train import dpo
 
-FAST = {"base_model": "tiny-random", "max_steps": 6, "eval_steps": 3, "save_steps": 2, "logging_steps": 1,
-        "learning_rate": 0.002, "batch_size": 4, "eval_pairs": 8, "guard_rows": 4, "max_new_tokens": 8,
-        "warmup_steps": 0}  # fmt: skip
+FAST = {
+    "base_model": "tiny-random",
+    "max_steps": 6,
+    "eval_steps": 3,
+    "save_steps": 2,
+    "logging_steps": 1,
+    "learning_rate": 0.002,
+    "batch_size": 4,
+    "eval_pairs": 8,
+    "guard_rows": 4,
+    "max_new_tokens": 8,
+    "warmup_steps": 0,
+}
 
 
 def _run03(outputs, tiny_run, run_name, **params):
@@ -41,11 +52,29 @@ def test_reference_is_the_sft_policy_and_the_base_is_loaded_once(tiny_sft_run):
     n_base = sum(p.numel() for p in base.parameters())
     policy = PeftModel.from_pretrained(base, adapter, is_trainable=True)
     pairs = data.read_jsonl(sft_run / "01_prepare_data" / "prefs.jsonl")[:8]
-    p = {"seed": 0, "epochs": 1.0, "max_steps": 1, "batch_size": 4, "grad_accum": 1, "learning_rate": 1e-4,
-         "warmup_steps": 0, "optim": "adamw_torch", "gradient_checkpointing": False, "eval_steps": 0,
-         "save_steps": 10, "logging_steps": 1, "beta": 0.1, "loss_type": "sigmoid", "max_length": 256}  # fmt: skip
-    trainer = DPOTrainer(model=policy, args=train.dpo_args("/tmp/unused-dpo", p, "cpu"),
-                         train_dataset=train.pairs_dataset(pairs), processing_class=tok)  # fmt: skip
+    p = {
+        "seed": 0,
+        "epochs": 1.0,
+        "max_steps": 1,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "learning_rate": 1e-4,
+        "warmup_steps": 0,
+        "optim": "adamw_torch",
+        "gradient_checkpointing": False,
+        "eval_steps": 0,
+        "save_steps": 10,
+        "logging_steps": 1,
+        "beta": 0.1,
+        "loss_type": "sigmoid",
+        "max_length": 256,
+    }
+    trainer = DPOTrainer(
+        model=policy,
+        args=train.method_args(stages.method("dpo"), "/tmp/unused-dpo", p, "cpu"),
+        train_dataset=dpo.dataset(tok, pairs, 256),
+        processing_class=tok,
+    )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     ref_chosen, ref_rejected = trainer.compute_ref_log_probs(trainer.model, batch)
     ref = torch.cat([ref_chosen, ref_rejected])
@@ -56,7 +85,7 @@ def test_reference_is_the_sft_policy_and_the_base_is_loaded_once(tiny_sft_run):
         raw_base = _completion_logps(sft, batch)
     assert torch.allclose(ref, expected, atol=1e-3), (ref, expected)  # the reference is the SFT policy ...
     assert (ref - raw_base).abs().max() > 0.1  # ... and measurably not the raw base
-    check = train.reference_is_sft(trainer.model)
+    check = dpo.reference_is_sft(trainer.model)
     assert check["max_abs_diff_to_policy"] == 0 and check["ref_trainable"] == 0 and check["ref_nonzero"]
     # one copy of the base: no separate reference model, and the non-adapter weights add up to one base
     assert trainer.ref_model is None
@@ -66,21 +95,27 @@ def test_reference_is_the_sft_policy_and_the_base_is_loaded_once(tiny_sft_run):
 
 def test_pairs_too_long_are_reported_with_line_numbers_not_dropped():
     tok = models.load_tokenizer("tiny-random")
-    ok = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "yes"}],
-          "rejected": [{"role": "assistant", "content": "no"}], "_line": 1}  # fmt: skip
+    ok = {
+        "prompt": [{"role": "user", "content": "hi"}],
+        "chosen": [{"role": "assistant", "content": "yes"}],
+        "rejected": [{"role": "assistant", "content": "no"}],
+        "_line": 1,
+    }
     long_prompt = {**ok, "prompt": [{"role": "user", "content": "word " * 300}], "_line": 2}
     long_answer = {**ok, "chosen": [{"role": "assistant", "content": "word " * 300}], "_line": 3}
-    kept, rejected = train.check_pairs([ok, long_prompt, long_answer], tok, max_length=200, max_prompt_length=100)
+    kept, rejected = dpo.check_pairs([ok, long_prompt, long_answer], tok, max_length=200, max_prompt_length=100)
     assert [r["_line"] for r in kept] == [1]
     assert [(r.line, r.reason) for r in rejected] == [(2, "prompt_too_long"), (3, "too_long")]
     assert "> max_prompt_length 100" in rejected[0].detail
 
 
 def test_self_pairs_use_the_reference_as_chosen_and_skip_identical_answers():
-    rows = [{"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "The answer."}], "_line": 4},
-            {"messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "Right."}], "_line": 9}]  # fmt: skip
-    pairs, same = train.self_pairs(rows, ["the answer", "Wrong."])
-    assert len(train.self_pairs(rows, ["", ""])[0]) == 2  # an empty answer is a failure worth rejecting, not a skip
+    rows = [
+        {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "The answer."}], "_line": 4},
+        {"messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "Right."}], "_line": 9},
+    ]
+    pairs, same = dpo.self_pairs(rows, ["the answer", "Wrong."])
+    assert len(dpo.self_pairs(rows, ["", ""])[0]) == 2  # an empty answer is a failure worth rejecting, not a skip
     assert [s.line for s in same] == [4] and same[0].reason == "self_answer_matches"
     assert pairs[0]["chosen"][0]["content"] == "Right." and pairs[0]["rejected"][0]["content"] == "Wrong."
     assert pairs[0]["prompt"] == [{"role": "user", "content": "q2"}] and pairs[0]["_line"] == 9
@@ -112,12 +147,12 @@ def test_self_pairs_mode_runs_and_reports_skips(outputs, tiny_run):
     assert len([r for r in rej if r["reason"] == "self_answer_matches"]) == s["self_pairs_skipped"]
 
 
-def test_killed_dpo_run_resumes_to_the_same_adapter(outputs, tiny_run, monkeypatch, resilience):
+def test_killed_dpo_run_resumes_to_the_same_adapter(outputs, tiny_run, crash_at, resilience):
     ref = load_file(str(_run03(outputs, tiny_run, "dpo-ok", eval_steps=0) / "adapter" / "adapter_model.safetensors"))
-    monkeypatch.setenv("FTLAB_CRASH_AT_STEP", "5")
+    crash_at(5)
     with pytest.raises(pipeline.StageFailed):
         _run03(outputs, tiny_run, "dpo-crash", eval_steps=0)
-    monkeypatch.delenv("FTLAB_CRASH_AT_STEP")
+    crash_at(None)
     st = _run03(outputs, tiny_run, "dpo-crash", eval_steps=0)
     s = json.loads((st / "summary.json").read_text())
     assert s["resumed_from"].endswith("checkpoint-4")

@@ -14,8 +14,18 @@ from ftlab import pipeline, scoring
 
 def test_stage_05_on_the_tiny_model_scores_base_and_sft_and_names_what_it_skipped(outputs, tiny_run):
     run = tiny_run("ev")
-    pipeline.run("05", "05", overrides={"run_name": "ev", "base_model": "tiny-random", "generate_rows": 4,
-                                        "max_new_tokens": 8, "forgetting_probe": True}, log=lambda *a: None)  # fmt: skip
+    pipeline.run(
+        "05",
+        "05",
+        overrides={
+            "run_name": "ev",
+            "base_model": "tiny-random",
+            "generate_rows": 4,
+            "max_new_tokens": 8,
+            "forgetting_probe": True,
+        },
+        log=lambda *a: None,
+    )
     m = json.loads((run / "05_evaluate" / "metrics.json").read_text())
     assert set(m["models"]) == {"base", "sft"} and m["final"] == "sft"
     assert any(n.startswith("dpo: not evaluated") for n in m["notes"]) and any(

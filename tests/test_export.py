@@ -64,9 +64,19 @@ def test_stage_04_exports_verified_gguf_modelfile_and_card(outputs, tiny_run):
     tiny_run("exp")
     # random weights: near-tied logits make f16 rounding flip greedy tokens, so agreement is not asserted here (it
     # is on the embedded default in test_series_slow.py); everything else is
-    pipeline.run("04", "04", overrides={"run_name": "exp", "base_model": "tiny-random", "verify_prompts": 4,
-                                        "max_new_tokens": 16, "min_agreement": 0.0,
-                                        "gguf_types": ["f16", "q8_0", "q4_k_m"]}, log=lambda *a: None)  # fmt: skip
+    pipeline.run(
+        "04",
+        "04",
+        overrides={
+            "run_name": "exp",
+            "base_model": "tiny-random",
+            "verify_prompts": 4,
+            "max_new_tokens": 16,
+            "min_agreement": 0.0,
+            "gguf_types": ["f16", "q8_0", "q4_k_m"],
+        },
+        log=lambda *a: None,
+    )
     st = outputs / "exp" / "04_merge_export"
     s = json.loads((st / "summary.json").read_text())
     assert s["adapter"] == "sft"  # no stage 03 in this run: auto falls back to SFT
@@ -76,7 +86,8 @@ def test_stage_04_exports_verified_gguf_modelfile_and_card(outputs, tiny_run):
     for c in s["gguf"]:
         assert c["template_matches"] and c["tokens_match"], c
     assert {"model.safetensors", "tokenizer.json", "chat_template.jinja", "generation_config.json"} <= {
-        p.name for p in (st / "merged").iterdir()}  # fmt: skip
+        p.name for p in (st / "merged").iterdir()
+    }
     gen = json.loads((st / "merged" / "generation_config.json").read_text())
     assert gen["eos_token_id"] == models.load_tokenizer("tiny-random").eos_token_id
     card = (st / "MODEL_CARD.md").read_text()

@@ -61,8 +61,20 @@ def test_two_processes_under_accelerate_launch(tiny_run, tiny_sft_run, outputs):
     run = _only_stage01(tiny_run, "ddp")
     # accelerate's multi-GPU launcher is torch's elastic launcher (torchrun); on a CPU `accelerate launch --cpu` runs
     # one process unless MPI is set up, so the test starts torchrun itself. The Trainer picks gloo on a CPU.
-    _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-             "-m", "ftlab.launch", *_args("ddp")], outputs)  # fmt: skip
+    _launch(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "ftlab.launch",
+            *_args("ddp"),
+        ],
+        outputs,
+    )
     st = run / "02_train_sft"
     info = json.loads((st / "launch" / "launch.json").read_text())
     assert info["world_size"] == 2 and info["distributed_type"] == "MULTI_CPU"

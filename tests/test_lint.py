@@ -7,6 +7,10 @@ from ftlab.paths import repo_root
 
 
 def test_ruff_is_clean():
-    r = subprocess.run([sys.executable, "-m", "ruff", "check", "lib", "tests", "notebooks"], cwd=repo_root(),
-                       capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "lib", "tests", "notebooks"],
+        cwd=repo_root(),
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr

@@ -42,6 +42,20 @@ def test_every_input_requirement_is_pinned_in_the_lock():
 
 def test_stack_is_complete():
     pins = read_lock()
-    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets", "evaluate",
-                 "papermill", "jupyterlab", "ipykernel", "ipywidgets", "matplotlib", "rouge-score"):  # fmt: skip
+    for name in (
+        "torch",
+        "transformers",
+        "peft",
+        "trl",
+        "bitsandbytes",
+        "accelerate",
+        "datasets",
+        "evaluate",
+        "papermill",
+        "jupyterlab",
+        "ipykernel",
+        "ipywidgets",
+        "matplotlib",
+        "rouge-score",
+    ):
         assert name in pins, name

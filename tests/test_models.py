@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from ftlab import models
+from ftlab import devices, models
 
 
 def test_tiny_model_is_small_and_shares_the_tokenizer():
@@ -43,8 +43,9 @@ def test_embedded_model_answers_coherently_and_stops():
     m = models.load_model("smollm2-135m")
     answer = models.chat(m, tok, "What is the capital of France?", max_new_tokens=48)
     assert "Paris" in answer
-    enc = tok.apply_chat_template([{"role": "user", "content": "Say hello."}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)  # fmt: skip
+    enc = tok.apply_chat_template(
+        [{"role": "user", "content": "Say hello."}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = m.generate(**enc, max_new_tokens=64, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out[0, -1].item() == tok.eos_token_id  # it ends its turn by itself, well before the bound
 
@@ -73,8 +74,8 @@ def test_hub_id_goes_to_from_pretrained_and_fails_offline():
 def test_quantization_auto_and_4bit_on_cpu_trains_every_lora_layer():
     from peft import LoraConfig, get_peft_model
 
-    assert models.resolve_quantization("auto", "cpu") == "none"
-    assert models.resolve_quantization("auto", "cuda") == "4bit"
+    assert devices.resolve_quantization("auto", "cpu") == "none"
+    assert devices.resolve_quantization("auto", "cuda") == "4bit"
     m = models.load_model("tiny-random", quantization="4bit", device="cpu")
     tok = models.load_tokenizer("tiny-random")
     models.chat(m, tok, "hi", max_new_tokens=2)  # generate() is what used to break the 4-bit backward on CPU

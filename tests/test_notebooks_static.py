@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from ftlab import params as P
-from ftlab.paths import STAGES, notebooks_dir, repo_root
+from ftlab import stages
+from ftlab.paths import notebooks_dir, repo_root
 
 NOTEBOOKS = sorted(notebooks_dir().glob("*.ipynb"))
 PARAM_FILES = sorted((repo_root() / "params").rglob("*.yaml"))
@@ -28,7 +29,7 @@ def _src(cell) -> str:
 
 def test_there_are_notebooks_and_they_are_stages():
     assert NOTEBOOKS, "no notebooks found"
-    assert all(p.stem in STAGES for p in NOTEBOOKS), [p.stem for p in NOTEBOOKS]
+    assert [p.stem for p in NOTEBOOKS] == list(stages.stage_names()), [p.stem for p in NOTEBOOKS]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -6,7 +6,7 @@ Run: .venv/bin/python -m pytest tests/test_padding_free.py
 
 import pytest
 
-from ftlab import data, models, train
+from ftlab import data, models, stages, train
 from ftlab.paths import repo_root
 
 
@@ -14,14 +14,32 @@ def _losses(tmp_path, padding_free: bool, rows) -> list[float]:
     from trl import SFTTrainer
 
     tok = models.load_tokenizer("tiny-random")
-    p = {"report_to": "none", "seed": 0, "epochs": 1.0, "max_steps": 6, "batch_size": 4, "grad_accum": 1,
-         "learning_rate": 1e-3, "warmup_steps": 0, "optim": "adamw_torch", "gradient_checkpointing": True,
-         "eval_steps": 0, "save_steps": 1000, "logging_steps": 1, "max_length": 256, "liger": False,
-         "padding_free": "on" if padding_free else "off"}  # fmt: skip
+    p = {
+        "report_to": "none",
+        "seed": 0,
+        "epochs": 1.0,
+        "max_steps": 6,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "learning_rate": 1e-3,
+        "warmup_steps": 0,
+        "optim": "adamw_torch",
+        "gradient_checkpointing": True,
+        "eval_steps": 0,
+        "save_steps": 1000,
+        "logging_steps": 1,
+        "max_length": 256,
+        "liger": False,
+        "padding_free": "on" if padding_free else "off",
+    }
     model = models.load_model("tiny-random")
-    trainer = SFTTrainer(model=model, args=train.sft_args(tmp_path / str(padding_free), p, "cpu"),
-                         train_dataset=train.encode_dataset(tok, rows, 256), processing_class=tok,
-                         peft_config=train.lora_config(8, 16, 0.0, "all-linear"))  # fmt: skip
+    trainer = SFTTrainer(
+        model=model,
+        args=train.method_args(stages.method("sft"), tmp_path / str(padding_free), p, "cpu"),
+        train_dataset=train.encode_dataset(tok, rows, 256),
+        processing_class=tok,
+        peft_config=train.lora_config(8, 16, 0.0, "all-linear"),
+    )
     train.quiet(trainer)
     assert trainer.data_collator.padding_free is padding_free  # one flattened row per batch, position_ids restart
     trainer.train()
@@ -49,9 +67,23 @@ def test_our_path_matches_the_tutorial_recipe_losses_for_10_steps(tmp_path):
     rows, _, _ = data.load(repo_root() / "data" / "pydoc_qa" / "sft.jsonl")
     tok = models.load_tokenizer("tiny-random")
     ds = train.encode_dataset(tok, [r.data for r in rows[:40]], 256)
-    p = {"report_to": "none", "seed": 0, "epochs": 1.0, "max_steps": 10, "batch_size": 4, "grad_accum": 1,
-         "learning_rate": 1e-3, "warmup_steps": 0, "optim": "adamw_torch", "gradient_checkpointing": True,
-         "eval_steps": 0, "save_steps": 1000, "logging_steps": 1, "max_length": 256, "liger": True}  # fmt: skip
+    p = {
+        "report_to": "none",
+        "seed": 0,
+        "epochs": 1.0,
+        "max_steps": 10,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "learning_rate": 1e-3,
+        "warmup_steps": 0,
+        "optim": "adamw_torch",
+        "gradient_checkpointing": True,
+        "eval_steps": 0,
+        "save_steps": 1000,
+        "logging_steps": 1,
+        "max_length": 256,
+        "liger": True,
+    }
     lora = train.lora_config(8, 16, 0.0, "all-linear")
     losses = {}
     for recipe in ("recipe_b", "ours"):
@@ -60,11 +92,11 @@ def test_our_path_matches_the_tutorial_recipe_losses_for_10_steps(tmp_path):
             model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
             torch.manual_seed(0)
             model = peft.get_peft_model(model, lora)
-            args = train.sft_args(tmp_path / recipe, {**p, "padding_free": "off"}, "cpu")
+            args = train.method_args(stages.method("sft"), tmp_path / recipe, {**p, "padding_free": "off"}, "cpu")
             trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
         else:
             torch.manual_seed(0)
-            args = train.sft_args(tmp_path / recipe, {**p, "padding_free": "on"}, "cpu")
+            args = train.method_args(stages.method("sft"), tmp_path / recipe, {**p, "padding_free": "on"}, "cpu")
             trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora)
         train.quiet(trainer).train()
         losses[recipe] = [h["loss"] for h in trainer.state.log_history if "loss" in h]

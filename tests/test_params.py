@@ -4,8 +4,15 @@ import pytest
 
 from ftlab import params as P
 
-GOOD = {"run_name": "r1", "base_model": "tiny-random", "chat_check": False, "require_gpu": False,
-        "bnb_smoke_test": True, "min_free_disk_gb": 1, "min_ram_gb": 2.5}  # fmt: skip
+GOOD = {
+    "run_name": "r1",
+    "base_model": "tiny-random",
+    "chat_check": False,
+    "require_gpu": False,
+    "bnb_smoke_test": True,
+    "min_free_disk_gb": 1,
+    "min_ram_gb": 2.5,
+}
 
 
 def test_valid_params_pass_and_ints_widen_to_float():
@@ -64,8 +71,3 @@ def test_parse_parameters_cell_with_comments():
 def test_parameters_cell_rejects_non_literals(src):
     with pytest.raises(P.ParamError):
         P.parse_parameters_source(src)
-    assert P.assigned_names(src) is None
-
-
-def test_assigned_names_of_papermill_cell():
-    assert P.assigned_names('# Parameters\nrun_name = "a"\nlora_r = 8\n') == ["run_name", "lora_r"]

@@ -20,8 +20,9 @@ CI = repo_root() / "params" / "ci.yaml"
 
 def _ftlab(*args, outputs):
     env = {**os.environ, "FTLAB_OUTPUTS": str(outputs)}
-    return subprocess.run([sys.executable, "-m", "ftlab", *args], capture_output=True, text=True, env=env,
-                          cwd=repo_root(), timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "ftlab", *args], capture_output=True, text=True, env=env, cwd=repo_root(), timeout=600
+    )
 
 
 def test_unknown_parameter_fails_fast_with_valid_names(outputs):
@@ -67,7 +68,13 @@ def test_failing_stage_stops_with_its_error_and_nonzero_exit(outputs):
 def test_direct_papermill_with_unknown_parameter_fails_in_the_resolve_cell(outputs, tmp_path):
     nb = notebooks_dir() / "00_check_environment.ipynb"
     with pytest.raises(pm.PapermillExecutionError) as e:
-        pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters={"run_name": "x", "lora_rank": 8},
-                            kernel_name=pipeline.ensure_kernel(), cwd=str(nb.parent), progress_bar=False)  # fmt: skip
+        pm.execute_notebook(
+            str(nb),
+            str(tmp_path / "out.ipynb"),
+            parameters={"run_name": "x", "lora_rank": 8},
+            kernel_name=pipeline.ensure_kernel(),
+            cwd=str(nb.parent),
+            progress_bar=False,
+        )
     assert e.value.ename == "ParamError" and "lora_rank" in e.value.evalue
     assert not (outputs / "x").exists()

@@ -12,40 +12,53 @@ import sys
 import textwrap
 
 import pytest
+from ftlab_faults import CrashAt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ftlab import data, models, pipeline, train
+from ftlab import data, models, pipeline, stages, train
 from ftlab import params as P
 from ftlab.paths import repo_root
 
 # ---- bad inputs: the loaders ---------------------------------------------------------------------------------------
 
 _text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40) | st.sampled_from(
-    ["", " ", "\x00", "a\x00b", "\x07bell", "x" * 5000, "ünïcödé", "\ufeffbom", "line\r\nbreak"])  # fmt: skip
-_value = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | _text,
-                      lambda c: st.lists(c, max_size=3) | st.dictionaries(_text, c, max_size=3), max_leaves=6)  # fmt: skip
+    ["", " ", "\x00", "a\x00b", "\x07bell", "x" * 5000, "ünïcödé", "\ufeffbom", "line\r\nbreak"]
+)
+_value = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | _text,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(_text, c, max_size=3),
+    max_leaves=6,
+)
 _role = st.sampled_from(["system", "user", "assistant", "human", "gpt", "bot", "tool", "", None, 3])
 _turn = st.fixed_dictionaries({"role": _role, "content": _value | _text})
 _record = st.one_of(
     st.fixed_dictionaries({"messages": st.lists(_turn, max_size=4)}),
-    st.fixed_dictionaries({"conversations": st.lists(st.fixed_dictionaries({"from": _role, "value": _text}), max_size=4)}),
+    st.fixed_dictionaries(
+        {"conversations": st.lists(st.fixed_dictionaries({"from": _role, "value": _text}), max_size=4)}
+    ),
     st.fixed_dictionaries({"instruction": _text, "output": _value | _text}),
     st.fixed_dictionaries({"prompt": _value | _text, "completion": _value | _text}),
     st.fixed_dictionaries({"prompt": _text, "chosen": _value | _text, "rejected": _value | _text}),
-    st.dictionaries(_text, _value, max_size=4), _value,
-)  # fmt: skip
-_line = st.one_of(_record.map(lambda r: json.dumps(r, allow_nan=True).encode()),
-                  _record.map(lambda r: json.dumps(r)[: len(json.dumps(r)) // 2].encode()),  # truncated JSON
-                  st.binary(max_size=30), st.just(b""), st.just(b"\xff\xfe bad utf8"))  # fmt: skip
+    st.dictionaries(_text, _value, max_size=4),
+    _value,
+)
+_line = st.one_of(
+    _record.map(lambda r: json.dumps(r, allow_nan=True).encode()),
+    _record.map(lambda r: json.dumps(r)[: len(json.dumps(r)) // 2].encode()),  # truncated JSON
+    st.binary(max_size=30),
+    st.just(b""),
+    st.just(b"\xff\xfe bad utf8"),
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     lines=st.lists(_line, max_size=12), bom=st.booleans(), crlf=st.booleans(), kind=st.sampled_from(["sft", "prefs"])
 )
-def test_fuzzed_jsonl_ends_in_rows_or_numbered_rejections_never_a_traceback(tmp_path_factory, resilience, lines, bom,
-                                                                              crlf, kind):  # fmt: skip
+def test_fuzzed_jsonl_ends_in_rows_or_numbered_rejections_never_a_traceback(
+    tmp_path_factory, resilience, lines, bom, crlf, kind
+):
     path = tmp_path_factory.mktemp("fuzz") / "data.jsonl"
     sep = b"\r\n" if crlf else b"\n"
     path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + sep.join(lines))
@@ -58,8 +71,9 @@ def test_fuzzed_jsonl_ends_in_rows_or_numbered_rejections_never_a_traceback(tmp_
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=st.lists(_record, max_size=8), ext=st.sampled_from([".json", ".csv"]))
-def test_fuzzed_json_and_csv_files_end_in_rows_rejections_or_a_clear_file_error(tmp_path_factory, resilience,
-                                                                                 records, ext):  # fmt: skip
+def test_fuzzed_json_and_csv_files_end_in_rows_rejections_or_a_clear_file_error(
+    tmp_path_factory, resilience, records, ext
+):
     path = tmp_path_factory.mktemp("fuzz") / f"data{ext}"
     if ext == ".json":
         path.write_text(json.dumps(records), encoding="utf-8")
@@ -83,8 +97,14 @@ def test_fuzzed_json_and_csv_files_end_in_rows_rejections_or_a_clear_file_error(
 
 # ---- bad inputs: parameters ----------------------------------------------------------------------------------------
 
-_any = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9), st.floats(allow_nan=True), _text,
-                 st.lists(_text, max_size=3))  # fmt: skip
+_any = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**9), 10**9),
+    st.floats(allow_nan=True),
+    _text,
+    st.lists(_text, max_size=3),
+)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -117,8 +137,12 @@ def test_missing_data_file_is_a_clear_error(tmp_path, resilience):
 
 
 def test_run_folders_are_private_to_their_owner(outputs):
-    pipeline.run("00", "00", overrides={"run_name": "priv", "base_model": "tiny-random", "chat_check": False,
-                                        "bnb_smoke_test": False}, log=lambda *a: None)  # fmt: skip
+    pipeline.run(
+        "00",
+        "00",
+        overrides={"run_name": "priv", "base_model": "tiny-random", "chat_check": False, "bnb_smoke_test": False},
+        log=lambda *a: None,
+    )
     assert stat.S_IMODE((outputs / "priv").stat().st_mode) == 0o700
 
 
@@ -150,13 +174,27 @@ def test_pickle_weights_and_remote_code_are_refused_unless_opted_in(tmp_path, mo
 
 
 def test_training_reports_to_no_tracker_by_default(tmp_path):
-    p = {"report_to": "none", "seed": 0, "epochs": 1.0, "max_steps": 1, "batch_size": 1, "grad_accum": 1,
-         "learning_rate": 1e-4, "warmup_steps": 0, "optim": "adamw_torch", "gradient_checkpointing": False,
-         "eval_steps": 0, "save_steps": 1, "logging_steps": 1, "max_length": 64, "liger": False}  # fmt: skip
-    assert train.sft_args(tmp_path, p, "cpu").report_to == []
+    p = {
+        "report_to": "none",
+        "seed": 0,
+        "epochs": 1.0,
+        "max_steps": 1,
+        "batch_size": 1,
+        "grad_accum": 1,
+        "learning_rate": 1e-4,
+        "warmup_steps": 0,
+        "optim": "adamw_torch",
+        "gradient_checkpointing": False,
+        "eval_steps": 0,
+        "save_steps": 1,
+        "logging_steps": 1,
+        "max_length": 64,
+        "liger": False,
+    }
+    assert train.method_args(stages.method("sft"), tmp_path, p, "cpu").report_to == []
 
 
-GUARD = textwrap.dedent('''
+GUARD = textwrap.dedent("""
     import socket
     _connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
     LOCAL = {"127.0.0.1", "::1", "localhost", "0.0.0.0", ""}
@@ -171,7 +209,7 @@ GUARD = textwrap.dedent('''
             raise OSError(f"name lookup blocked by the test guard: {host}")
         return _getaddrinfo(host, *a, **kw)
     socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
-''')  # fmt: skip
+""")
 
 
 def test_series_runs_with_the_network_blocked(outputs, tmp_path, monkeypatch, resilience):
@@ -181,28 +219,50 @@ def test_series_runs_with_the_network_blocked(outputs, tmp_path, monkeypatch, re
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(GUARD)
     monkeypatch.setenv("PYTHONPATH", f"{guard}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    probe = subprocess.run([sys.executable, "-c", "import urllib.request; urllib.request.urlopen('https://huggingface.co', timeout=5)"],
-                           capture_output=True, text=True)  # fmt: skip
+    probe = subprocess.run(
+        [sys.executable, "-c", "import urllib.request; urllib.request.urlopen('https://huggingface.co', timeout=5)"],
+        capture_output=True,
+        text=True,
+    )
     assert probe.returncode != 0 and "blocked by the test guard" in probe.stderr  # the guard is real
-    tiny = {"base_model": "tiny-random", "max_rows": 80, "max_steps": 2, "eval_steps": 0, "batch_size": 4,
-            "generate_rows": 2, "max_new_tokens": 4, "forgetting_probe": False, "chat_check": False}  # fmt: skip
+    tiny = {
+        "base_model": "tiny-random",
+        "max_rows": 80,
+        "max_steps": 2,
+        "eval_steps": 0,
+        "batch_size": 4,
+        "generate_rows": 2,
+        "max_new_tokens": 4,
+        "forgetting_probe": False,
+        "chat_check": False,
+    }
     env = {**os.environ, "FTLAB_OUTPUTS": str(outputs)}
     for rng in (("--to", "02"), ("05",)):
         args = [a for k, v in tiny.items() for a in ("-p", k, json.dumps(v) if not isinstance(v, str) else v)]
-        r = subprocess.run([sys.executable, "-m", "ftlab", "run", *rng, "-p", "run_name", "offline", *args],
-                           capture_output=True, text=True, env=env, cwd=repo_root(), timeout=900)  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "-m", "ftlab", "run", *rng, "-p", "run_name", "offline", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=repo_root(),
+            timeout=900,
+        )
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     m = json.loads((outputs / "offline" / "manifest.json").read_text())
-    assert {k for k, s in m["stages"].items() if s["status"] == "complete"} >= {"01_prepare_data", "02_train_sft",
-                                                                                "05_evaluate"}  # fmt: skip
+    assert {k for k, s in m["stages"].items() if s["status"] == "complete"} >= {
+        "01_prepare_data",
+        "02_train_sft",
+        "05_evaluate",
+    }
     resilience("fault")
 
 
 # ---- faults: disk full while checkpointing, killed while checkpointing; determinism ---------------------------------
 
 
-def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resume_finishes(tmp_path, tiny_sft_run, monkeypatch,
-                                                                                 resilience):  # fmt: skip
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resume_finishes(
+    tmp_path, tiny_sft_run, monkeypatch, resilience
+):
     import errno
 
     import torch
@@ -210,16 +270,34 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resume_finishe
 
     tok = models.load_tokenizer("tiny-random")
     rows = data.read_jsonl(tiny_sft_run / "01_prepare_data" / "train.jsonl")[:48]
-    p = {"report_to": "none", "seed": 0, "epochs": 1.0, "max_steps": 6, "batch_size": 4, "grad_accum": 1,
-         "learning_rate": 1e-3, "warmup_steps": 0, "optim": "adamw_torch", "gradient_checkpointing": False,
-         "eval_steps": 0, "save_steps": 2, "logging_steps": 1, "max_length": 256, "liger": False}  # fmt: skip
+    p = {
+        "report_to": "none",
+        "seed": 0,
+        "epochs": 1.0,
+        "max_steps": 6,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "learning_rate": 1e-3,
+        "warmup_steps": 0,
+        "optim": "adamw_torch",
+        "gradient_checkpointing": False,
+        "eval_steps": 0,
+        "save_steps": 2,
+        "logging_steps": 1,
+        "max_length": 256,
+        "liger": False,
+    }
     ck = tmp_path / "checkpoints"
 
     def trainer():
-        return SFTTrainer(model=models.load_model("tiny-random"), args=train.sft_args(ck, p, "cpu"),
-                          train_dataset=train.encode_dataset(tok, rows, 256), processing_class=tok,
-                          peft_config=train.lora_config(8, 16, 0.0, "all-linear"),
-                          callbacks=[train.CrashAt(), train.CheckpointComplete()])  # fmt: skip
+        return SFTTrainer(
+            model=models.load_model("tiny-random"),
+            args=train.method_args(stages.method("sft"), ck, p, "cpu"),
+            train_dataset=train.encode_dataset(tok, rows, 256),
+            processing_class=tok,
+            peft_config=train.lora_config(8, 16, 0.0, "all-linear"),
+            callbacks=[CrashAt(), train.CheckpointComplete()],
+        )
 
     real_save = torch.save
 
@@ -242,9 +320,22 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resume_finishe
 
 def _run02(tiny_run, name, **extra):
     tiny_run(name)
-    pipeline.run("02", "02", overrides={"run_name": name, "base_model": "tiny-random", "max_steps": 6, "save_steps": 2,
-                                        "eval_steps": 0, "logging_steps": 1, "batch_size": 4, "learning_rate": 0.003,
-                                        **extra}, log=lambda *a: None)  # fmt: skip
+    pipeline.run(
+        "02",
+        "02",
+        overrides={
+            "run_name": name,
+            "base_model": "tiny-random",
+            "max_steps": 6,
+            "save_steps": 2,
+            "eval_steps": 0,
+            "logging_steps": 1,
+            "batch_size": 4,
+            "learning_rate": 0.003,
+            **extra,
+        },
+        log=lambda *a: None,
+    )
     return tiny_run(name) / "02_train_sft"
 
 
@@ -253,17 +344,17 @@ def _losses(st):
 
 
 def test_same_seed_same_losses_and_a_kill_during_a_checkpoint_write_resumes_to_the_same_adapter(
-    outputs, tiny_run, monkeypatch, resilience
+    outputs, tiny_run, crash_at, resilience
 ):
     from safetensors.torch import load_file
 
     first = _losses(tiny_run("det-a") / "02_train_sft")  # the session's SFT run: same data, seed, steps, LR
     a = _run02(tiny_run, "det-a")  # trained again here (checkpoints every 2 steps instead of 6)
     assert _losses(a) == first and len(first) == 6  # bit-identical losses on CPU with the same seed
-    monkeypatch.setenv("FTLAB_CRASH_IN_SAVE_AT_STEP", "4")  # killed after writing checkpoint-4, before marking it
+    crash_at(4, in_save=True)  # killed after writing checkpoint-4, before marking it
     with pytest.raises(pipeline.StageFailed):
         _run02(tiny_run, "det-crash")
-    monkeypatch.delenv("FTLAB_CRASH_IN_SAVE_AT_STEP")
+    crash_at(None)
     c = _run02(tiny_run, "det-crash")
     s = json.loads((c / "summary.json").read_text())
     assert s["resumed_from"].endswith("checkpoint-2")  # never the unmarked checkpoint-4

@@ -7,13 +7,19 @@ import pytest
 from ftlab import paths, runs
 from ftlab.params import ParamError
 
-NS = {"run_name": "r1", "base_model": "tiny-random", "chat_check": False, "require_gpu": False,
-      "bnb_smoke_test": False, "min_free_disk_gb": 1.0, "min_ram_gb": 1.0}  # fmt: skip
-PARAM_CELL = "\n".join(f"{k} = {v!r}" for k, v in NS.items())
+NS = {
+    "run_name": "r1",
+    "base_model": "tiny-random",
+    "chat_check": False,
+    "require_gpu": False,
+    "bnb_smoke_test": False,
+    "min_free_disk_gb": 1.0,
+    "min_ram_gb": 1.0,
+}
 
 
 def test_resolve_creates_stage_folder_and_manifest(outputs):
-    st = runs.resolve_stage("00_check_environment", {**NS, "In": ["", PARAM_CELL]})
+    st = runs.resolve_stage("00_check_environment", dict(NS))
     assert st.dir == outputs / "r1" / "00_check_environment" and st.dir.is_dir()
     m = json.loads((outputs / "r1" / "manifest.json").read_text())
     entry = m["stages"]["00_check_environment"]
@@ -22,22 +28,24 @@ def test_resolve_creates_stage_folder_and_manifest(outputs):
 
 
 def test_unknown_name_injected_by_papermill_fails_before_any_folder(outputs):
-    injected = '# Parameters\nrun_name = "r1"\nlora_rank = 8\n'
+    # papermill's injected cell puts `lora_rank = 8` into the namespace; notebook 00 never defines it
     with pytest.raises(ParamError, match="unknown parameter 'lora_rank'"):
-        runs.resolve_stage("00_check_environment", {**NS, "lora_rank": 8, "In": ["", PARAM_CELL, injected]})
+        runs.resolve_stage("00_check_environment", {**NS, "lora_rank": 8})
     assert not (outputs / "r1").exists()
 
 
 def test_typo_in_parameters_cell_is_caught(outputs):
-    cell = PARAM_CELL + "\nchat_chek = True"
     with pytest.raises(ParamError, match="chat_chek"):
-        runs.resolve_stage("00_check_environment", {**NS, "In": ["", cell]})
+        runs.resolve_stage("00_check_environment", {**NS, "chat_chek": True})
 
 
 def test_later_cells_do_not_count_as_parameters(outputs):
-    # re-running the resolve cell after body cells ran must not flag their variables
-    history = ["", PARAM_CELL, "from ftlab import runs", "checks = [1, 2]\nx = compute()"]
-    runs.resolve_stage("00_check_environment", {**NS, "In": history, "checks": [1, 2]})
+    # re-running the resolve cell after body cells ran must not flag their variables (notebook 00 assigns `checks`),
+    # nor IPython's own names, modules or objects
+    import os
+
+    ns = {**NS, "checks": [1, 2], "In": ["", "x"], "_i1": "x = 1", "os": os, "model": object()}
+    runs.resolve_stage("00_check_environment", ns)
 
 
 def test_finish_marks_complete_and_previous_needs_same_params(outputs):

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ftlab import audit, data, models, scoring
+from ftlab import audit, data, generate, models, scoring
 
 CONV = [
     {"role": "user", "content": "What does `len` do?"},
@@ -71,8 +71,8 @@ def test_compare_verdicts_improved_regressed_and_negligible():
 def test_generate_is_greedy_batched_and_reports_stopping():
     tok, model = models.load_tokenizer("tiny-random"), models.load_model("tiny-random")
     prompts = [[{"role": "user", "content": "What does `len` do?"}], [{"role": "user", "content": "Hi " * 20}]]
-    one = scoring.generate(model, tok, prompts[:1], max_new_tokens=6)
-    two = scoring.generate(model, tok, prompts, max_new_tokens=6, batch_size=2)
+    one = generate.greedy(model, tok, prompts[:1], max_new_tokens=6)
+    two = generate.greedy(model, tok, prompts, max_new_tokens=6, batch_size=2)
     assert one[0].text == two[0].text  # left padding does not change a greedy answer
     assert all(a.new_tokens <= 6 for a in two) and tok.padding_side == "right"  # restored
     assert all((a.stopped and a.new_tokens <= 6) or (not a.stopped and a.new_tokens == 6) for a in two)

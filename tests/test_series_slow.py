@@ -20,12 +20,19 @@ def _j(run, *parts):
 
 @pytest.mark.slow
 def test_embedded_default_series_trains_exports_and_evaluates_a_better_model(outputs):
-    run = pipeline.run(params_file=str(repo_root() / "params" / "default.yaml"), overrides={"run_name": "slow"},
-                       log=print)  # fmt: skip
+    run = pipeline.run(
+        params_file=str(repo_root() / "params" / "default.yaml"), overrides={"run_name": "slow"}, log=print
+    )
     manifest = _j(run, "manifest.json")
     assert [k for k, s in manifest["stages"].items() if s["status"] == "complete"] == [
-        "00_check_environment", "01_prepare_data", "02_train_sft", "03_train_dpo", "04_merge_export", "05_evaluate",
-        "06_compare_runs"]  # fmt: skip
+        "00_check_environment",
+        "01_prepare_data",
+        "02_train_sft",
+        "03_train_dpo",
+        "04_merge_export",
+        "05_evaluate",
+        "06_compare_runs",
+    ]
     assert _j(run, "00_check_environment", "report.json")["ok"]
     stats = _j(run, "01_prepare_data", "stats.json")
     assert (stats["train"], stats["eval"]) == (1047, 117) and stats["audit"]["eos_trained_pct"] == 100.0

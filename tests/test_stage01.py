@@ -21,8 +21,12 @@ def _write(tmp_path, kind):
 
     if kind == "messages.jsonl":
         p = tmp_path / "d.jsonl"
-        p.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
-                             for q, a in zip(Q, A)))  # fmt: skip
+        p.write_text(
+            "".join(
+                json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+                for q, a in zip(Q, A)
+            )
+        )
     elif kind == "sharegpt.json":
         p = tmp_path / "d.json"
         p.write_text(
@@ -55,8 +59,10 @@ def _run(path, outputs, **extra):
     return pipeline.run("01", "01", overrides=params, log=lambda *a: None)
 
 
-@pytest.mark.parametrize("kind", ["messages.jsonl", "sharegpt.json", "alpaca.csv", "prompt_completion.parquet",
-                                  "text.jsonl", "datasets-folder"])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind",
+    ["messages.jsonl", "sharegpt.json", "alpaca.csv", "prompt_completion.parquet", "text.jsonl", "datasets-folder"],
+)
 def test_stage01_accepts_each_format(tmp_path, outputs, kind):
     run = _run(_write(tmp_path, kind), outputs, eval_fraction=0.1)
     st = run / "01_prepare_data"
@@ -90,8 +96,10 @@ def test_stage01_separate_eval_file_rejects_rows_leaking_from_train(tmp_path, ou
     train_path = _write(tmp_path, "messages.jsonl")
     ev = tmp_path / "eval.jsonl"
     # 2 new prompts and 1 that is also in train (line 3: pkg.func_5, in different case) -> 2 eval rows, 1 leak
-    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "An answer."}]}
-            for q in ("What does `other.a` do?", "What does `other.b` do?", Q[5].upper())]  # fmt: skip
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "An answer."}]}
+        for q in ("What does `other.a` do?", "What does `other.b` do?", Q[5].upper())
+    ]
     ev.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = _run(train_path, outputs, eval_path=str(ev))
     stats = json.loads((run / "01_prepare_data" / "stats.json").read_text())

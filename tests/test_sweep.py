@@ -18,8 +18,23 @@ from ftlab import pipeline
 from ftlab.paths import repo_root
 
 COHORT = sorted((repo_root() / "params" / "cohort").glob("*.yaml"))
-TINY = ["-p", "base_model", "tiny-random", "-p", "max_steps", "2", "-p", "max_rows", "60", "-p", "eval_steps", "0",
-        "-p", "batch_size", "4"]  # fmt: skip
+TINY = [
+    "-p",
+    "base_model",
+    "tiny-random",
+    "-p",
+    "max_steps",
+    "2",
+    "-p",
+    "max_rows",
+    "60",
+    "-p",
+    "eval_steps",
+    "0",
+    "-p",
+    "batch_size",
+    "4",
+]
 
 
 def test_grid_and_run_names():
@@ -33,8 +48,14 @@ def test_grid_and_run_names():
 
 def _sweep(outputs, *args):
     env = {**os.environ, "FTLAB_OUTPUTS": str(outputs)}
-    return subprocess.run([sys.executable, "-m", "ftlab", "sweep", *args], capture_output=True, text=True, env=env,
-                          cwd=repo_root(), timeout=1200)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "ftlab", "sweep", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=repo_root(),
+        timeout=1200,
+    )
 
 
 def test_cohort_sweep_broken_file_fails_alone_then_compare_runs(outputs, tmp_path):

@@ -74,9 +74,12 @@ def test_report_compute_section_sums_the_training_stages(outputs):
     for st, eco, n in (("02_train_sft", gpu, 900), ("03_train_dpo", cpu, 0)):
         d = stage_dir("eco", st)
         d.mkdir(parents=True)
-        (d / "summary.json").write_text(json.dumps({"train_seconds": 1.0, "economics": eco,
-                                                    "telemetry": {"samples": n, "warnings": ["hot"] * (n > 0)}}))  # fmt: skip
-    rows = report.compute_rows("eco")
+        (d / "summary.json").write_text(
+            json.dumps(
+                {"train_seconds": 1.0, "economics": eco, "telemetry": {"samples": n, "warnings": ["hot"] * (n > 0)}}
+            )
+        )
+    rows = telemetry.compute_rows("eco")
     assert [r["stage"] for r in rows] == ["02_train_sft", "03_train_dpo"]
     assert rows[0]["energy_source"] == "NVML power samples" and rows[1]["energy_wh"] == pytest.approx(6.5)
     page = report.compute_table(rows)
@@ -89,8 +92,17 @@ def test_dashboard_line_shows_the_gpu_sample_that_joins_each_metrics_record():
     from ftlab import widgets
 
     s = telemetry.Sampler()
-    s.add({"t": 0, "gpu_temp_c": 71.4, "gpu_power_w": 305.2, "gpu_power_limit_w": 700.0, "gpu_sm_clock_mhz": 1980,
-           "gpu_util_pct": 97, "gpu_throttle_reasons": 0})  # fmt: skip
+    s.add(
+        {
+            "t": 0,
+            "gpu_temp_c": 71.4,
+            "gpu_power_w": 305.2,
+            "gpu_power_limit_w": 700.0,
+            "gpu_sm_clock_mhz": 1980,
+            "gpu_util_pct": 97,
+            "gpu_throttle_reasons": 0,
+        }
+    )
     rec = {"step": 3, "loss": 1.5, **s.latest(), "eta_s": 12}
     line = widgets.TrainingDashboard("SFT", 10).line(rec)  # headless under pytest: no widgets are built
     assert "71 °C" in line and "305 W of 700 W" in line and "1980 MHz" in line and "util 97%" in line

@@ -12,11 +12,18 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, TrainerControl
 
-from ftlab import memory, pipeline, train
+from ftlab import memory, pipeline, stages, train
 from ftlab.paths import repo_root
 
-LLAMA8B = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                      num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False)  # fmt: skip
+LLAMA8B = LlamaConfig(
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    tie_word_embeddings=False,
+)
 BASE = dict(quantization="4bit", batch_size=4, seq_len=2048, lora_r=16)
 
 
@@ -42,7 +49,9 @@ def test_planner_is_within_10pct_of_the_committed_gpu_grid():
     assert len(within) >= 9, rows  # measured 2026-11-22: 9 of 10 (0.89-1.03); the miss is a mixed-length run
     assert all(0.85 <= r["ratio"] <= 1.15 for r in rows), rows
     assert {r["checkpointing"] for r in within} == {True, False} and {r["compute_dtype"] for r in within} == {
-        "bfloat16", "float16"}  # fmt: skip
+        "bfloat16",
+        "float16",
+    }
 
 
 def test_planner_moves_the_right_way():
@@ -103,8 +112,15 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
 
 # ---- papermill runs on the tiny model -------------------------------------------------------------------------
 
-FAST = {"base_model": "tiny-random", "max_steps": 6, "eval_steps": 3, "save_steps": 2, "logging_steps": 1,
-        "learning_rate": 0.003, "batch_size": 4}  # fmt: skip
+FAST = {
+    "base_model": "tiny-random",
+    "max_steps": 6,
+    "eval_steps": 3,
+    "save_steps": 2,
+    "logging_steps": 1,
+    "learning_rate": 0.003,
+    "batch_size": 4,
+}
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +131,12 @@ def prepared(tmp_path_factory):
     out = tmp_path_factory.mktemp("prep")
     os.environ["FTLAB_OUTPUTS"] = str(out)
     try:
-        pipeline.run("01", "01", overrides={"run_name": "prep", "base_model": "tiny-random", "max_rows": 200},
-                     log=lambda *a: None)  # fmt: skip
+        pipeline.run(
+            "01",
+            "01",
+            overrides={"run_name": "prep", "base_model": "tiny-random", "max_rows": 200},
+            log=lambda *a: None,
+        )
     finally:
         del os.environ["FTLAB_OUTPUTS"]
     return out / "prep" / "01_prepare_data"
@@ -154,14 +174,12 @@ def test_sft_loss_falls_and_outputs_match_the_contract(outputs, prepared):
     assert json.loads((outputs / "sft" / "manifest.json").read_text())["stages"]["02_train_sft"]["status"] == "complete"
 
 
-def test_killed_run_resumes_from_last_complete_checkpoint_to_the_same_adapter(
-    outputs, prepared, monkeypatch, resilience
-):
+def test_killed_run_resumes_from_last_complete_checkpoint_to_the_same_adapter(outputs, prepared, crash_at, resilience):
     ref = _adapter(_run02(outputs, prepared, "uninterrupted"))
-    monkeypatch.setenv("FTLAB_CRASH_AT_STEP", "5")  # os._exit after step 5: checkpoint-4 is the last complete one
+    crash_at(5)  # os._exit after step 5: checkpoint-4 is the last complete one
     with pytest.raises(pipeline.StageFailed, match="DeadKernelError|kernel died|stopped"):
         _run02(outputs, prepared, "crashed")
-    monkeypatch.delenv("FTLAB_CRASH_AT_STEP")
+    crash_at(None)
     st = _run02(outputs, prepared, "crashed")
     s = json.loads((st / "summary.json").read_text())
     assert s["resumed_from"].endswith("checkpoint-4") and s["steps"] == 6
@@ -192,8 +210,15 @@ def test_4bit_qlora_on_cpu_trains_every_lora_layer(outputs, prepared):
     assert len(moved) == 14  # every lora_B left zero init: all 2 layers x 7 linear layers were trained
 
 
-QWEN14B = dict(vocab_size=152064, hidden_size=5120, intermediate_size=13824, num_hidden_layers=48,
-               num_attention_heads=40, num_key_value_heads=8, tie_word_embeddings=False)  # fmt: skip
+QWEN14B = dict(
+    vocab_size=152064,
+    hidden_size=5120,
+    intermediate_size=13824,
+    num_hidden_layers=48,
+    num_attention_heads=40,
+    num_key_value_heads=8,
+    tie_word_embeddings=False,
+)
 
 
 @pytest.mark.parametrize("preset, card_gib", [("gpu-24gb-8b", 24), ("v100-16gb-14b", 16), ("gpu-80gb-8b", 80)])
@@ -205,8 +230,14 @@ def test_every_gpu_preset_fits_its_card_by_the_planner(preset, card_gib):
 
     p = yaml.safe_load((repo_root() / "params" / f"{preset}.yaml").read_text())
     cfg = Qwen2Config(**QWEN14B) if "Qwen" in p["base_model"] else LLAMA8B
-    plan = memory.estimate(memory.Shape.from_config(cfg), quantization=p["quantization"], batch_size=p["batch_size"],
-                           seq_len=p["max_length"], lora_r=p["lora_r"], fp16_compute="v100" in preset)  # fmt: skip
+    plan = memory.estimate(
+        memory.Shape.from_config(cfg),
+        quantization=p["quantization"],
+        batch_size=p["batch_size"],
+        seq_len=p["max_length"],
+        lora_r=p["lora_r"],
+        fp16_compute="v100" in preset,
+    )
     assert plan.total < 0.9 * card_gib * memory.GIB
     assert f"{plan.total / memory.GIB:.1f} GiB" in (repo_root() / "params" / f"{preset}.yaml").read_text()
 
@@ -255,7 +286,17 @@ def test_mlflow_without_the_package_is_a_clear_error(tmp_path):
 
     if importlib.util.find_spec("mlflow") is not None:
         pytest.skip("mlflow is installed here")
-    p = dict(FAST, seed=0, epochs=1.0, grad_accum=1, warmup_steps=0, optim="adamw_torch", gradient_checkpointing=False,
-             report_to="mlflow", max_length=64, liger=False)  # fmt: skip
+    p = dict(
+        FAST,
+        seed=0,
+        epochs=1.0,
+        grad_accum=1,
+        warmup_steps=0,
+        optim="adamw_torch",
+        gradient_checkpointing=False,
+        report_to="mlflow",
+        max_length=64,
+        liger=False,
+    )
     with pytest.raises(ValueError, match="needs the mlflow package"):
-        train.sft_args(tmp_path, p, "cpu")
+        train.method_args(stages.method("sft"), tmp_path, p, "cpu")

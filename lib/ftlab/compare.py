@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ftlab import stages
 from ftlab.paths import outputs_dir
 
 
@@ -21,44 +22,78 @@ def find_runs(pattern: str, exclude: str = "") -> list[Path]:
 
 
 def collect(run: Path) -> dict[str, Any]:
-    """One run's numbers: the stage 05 verdict when it ran, else stage 02's eval loss; time, memory, parameters."""
+    """One run's numbers: the stage 05 verdict when it ran, else the first method's eval loss; each method's columns
+    (from its registry entry: seconds, peak memory, margins, ...), time and parameters."""
     m = _read(run / "manifest.json")
-    stages = m.get("stages", {})
-    sft, dpo, ev = (_read(run / s / "summary.json") for s in ("02_train_sft", "03_train_dpo", "05_evaluate"))
-    metrics = _read(run / "05_evaluate" / "metrics.json")
+    st = m.get("stages", {})
+    summaries = {meth.name: _read(run / meth.stage / "summary.json") for meth in stages.methods()}
+    metrics = _read(run / stages.EVALUATE / "metrics.json")
     final = (metrics or {}).get("final")
-    row: dict[str, Any] = {"run": run.name, "complete": [k[:2] for k, s in stages.items() if s.get("status") == "complete"],
-                           "failed_or_running": [k[:2] for k, s in stages.items() if s.get("status") != "complete"]}  # fmt: skip
+    first = stages.first_method()
+    row: dict[str, Any] = {
+        "run": run.name,
+        "complete": [k[:2] for k, s in st.items() if s.get("status") == "complete"],
+        "failed_or_running": [k[:2] for k, s in st.items() if s.get("status") != "complete"],
+    }
     if metrics and final:
         fm = metrics["models"][final]
-        row.update(score_source=f"05 ({final})", heldout_nll=fm["nll"], rouge_l=fm["rouge_l"],
-                   base_nll=metrics["models"]["base"]["nll"], passed=metrics["passed"])  # fmt: skip
-    elif sft:
-        row.update(score_source="02 eval loss", heldout_nll=sft["eval_loss_after"], base_nll=sft["eval_loss_before"])
+        row.update(
+            score_source=f"{stages.EVALUATE[:2]} ({final})",
+            heldout_nll=fm["nll"],
+            rouge_l=fm["rouge_l"],
+            base_nll=metrics["models"][stages.BASE]["nll"],
+            passed=metrics["passed"],
+        )
+    elif summaries[first.name]:
+        s = summaries[first.name]
+        row.update(
+            score_source=f"{first.stage[:2]} eval loss",
+            heldout_nll=s["eval_loss_after"],
+            base_nll=s["eval_loss_before"],
+        )
     row["nll_drop"] = row["base_nll"] - row["heldout_nll"] if "heldout_nll" in row else math.nan
-    if sft:
-        row.update(sft_seconds=sft.get("train_seconds"), sft_peak_gib=sft["memory"]["measured_peak_gib"],
-                   sft_tokens_per_s=sft.get("tokens_per_s"))  # fmt: skip
-    if dpo:
-        row.update(dpo_seconds=dpo.get("train_seconds"), dpo_last_margin=dpo.get("last_margin"))
-    row["total_seconds"] = round(sum(s.get("seconds", 0) for s in stages.values()), 1)
+    for meth in stages.methods():
+        if summaries[meth.name]:
+            row.update(
+                {f"{meth.name}_{col}": stages.dig(summaries[meth.name], key) for col, key in meth.columns.items()}
+            )
+    row["total_seconds"] = round(sum(s.get("seconds", 0) for s in st.values()), 1)
     row["params"] = {
-        f"{k[:2]}.{n}": v for k, s in stages.items() for n, v in s.get("params", {}).items() if n != "run_name"
+        f"{k[:2]}.{n}": v for k, s in st.items() for n, v in s.get("params", {}).items() if n != "run_name"
     }
-    row["_metrics"] = [json.loads(x) for x in (run / "02_train_sft" / "metrics.jsonl").read_text().splitlines()
-                       if x.strip()] if (run / "02_train_sft" / "metrics.jsonl").exists() else []  # fmt: skip
-    row["_samples"] = [json.loads(x) for x in (run / "05_evaluate" / "samples.jsonl").read_text().splitlines()
-                       if x.strip()] if (run / "05_evaluate" / "samples.jsonl").exists() else []  # fmt: skip
+    row["_metrics"] = _jsonl(run / first.stage / "metrics.jsonl")
+    row["_samples"] = _jsonl(run / stages.EVALUATE / "samples.jsonl")
     row["_final"] = final
     return row
+
+
+def _jsonl(p: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+
+
+def columns() -> list[str]:
+    """The leaderboard's columns: the scores, then every method's own columns, then time and stage status."""
+    per_method = [f"{m.name}_{c}" for m in stages.methods() for c in m.columns]
+    return [
+        "run",
+        "score_source",
+        "heldout_nll",
+        "base_nll",
+        "nll_drop",
+        "rouge_l",
+        "passed",
+        *per_method,
+        "total_seconds",
+        "complete",
+        "failed_or_running",
+    ]
 
 
 def leaderboard(rows: list[dict[str, Any]]) -> Any:
     """A DataFrame ranked by held-out NLL (lower is better); runs without a score go last."""
     import pandas as pd
 
-    cols = ["run", "score_source", "heldout_nll", "base_nll", "nll_drop", "rouge_l", "passed", "sft_seconds",
-            "sft_peak_gib", "sft_tokens_per_s", "dpo_last_margin", "total_seconds", "complete", "failed_or_running"]  # fmt: skip
+    cols = columns()
     df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
     df = df.sort_values("heldout_nll", na_position="last").reset_index(drop=True)
     df.index = df.index + 1
@@ -86,8 +121,9 @@ def loss_curves(rows: list[dict[str, Any]], path: str | Path | None = None) -> A
         axes[1].plot(
             [m["step"] for m in ev], [m["eval_loss"] for m in ev], "o-", color=line.get_color(), label=r["run"]
         )
-    axes[0].set(title="SFT train loss per run", xlabel="step", ylabel="loss (nats/token)")
-    axes[1].set(title="SFT eval loss per run", xlabel="step", ylabel="eval loss (nats/token)")
+    title = stages.first_method().title
+    axes[0].set(title=f"{title} train loss per run", xlabel="step", ylabel="loss (nats/token)")
+    axes[1].set(title=f"{title} eval loss per run", xlabel="step", ylabel="eval loss (nats/token)")
     for ax in axes:
         if rows:
             ax.legend(fontsize=7)
@@ -109,9 +145,14 @@ def best_vs_worst(rows: list[dict[str, Any]], n: int = 5) -> list[dict[str, Any]
     for s in best["_samples"]:
         w = by_prompt.get(s["prompt"])
         if w is not None:
-            out.append({"prompt": s["prompt"], "reference": s["reference"],
-                        f"best ({best['run']})": s["answers"][best["_final"]],
-                        f"worst ({worst['run']})": w["answers"][worst["_final"]]})  # fmt: skip
+            out.append(
+                {
+                    "prompt": s["prompt"],
+                    "reference": s["reference"],
+                    f"best ({best['run']})": s["answers"][best["_final"]],
+                    f"worst ({worst['run']})": w["answers"][worst["_final"]],
+                }
+            )
         if len(out) >= n:
             break
     return out
@@ -127,10 +168,25 @@ def page(title: str, board: Any, diff: Any, pairs: list[dict[str, Any]], image: 
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in p.values()) + "</tr>" for p in pairs
     )
     head = "".join(f"<th>{html.escape(k)}</th>" for k in (pairs[0] if pairs else {}))
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            "<style>body{font-family:system-ui,sans-serif;margin:2rem}table{border-collapse:collapse;font-size:.85rem}"
-            "td,th{border:1px solid #ccc;padding:.3rem .5rem;vertical-align:top}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><h2>Leaderboard (held-out NLL, lower is better)</h2>"
-            f"{board.to_html(float_format=lambda x: f'{x:.4g}')}<h2>Loss curves</h2>{img}"
-            f"<h2>Parameters that differ</h2>{diff.to_html()}"
-            f"<h2>Best vs worst run, same prompts</h2><table><tr>{head}</tr>{pairs_html}</table></body></html>")  # fmt: skip
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:system-ui,sans-serif;margin:2rem}table{border-collapse:collapse;font-size:.85rem}"
+        "td,th{border:1px solid #ccc;padding:.3rem .5rem;vertical-align:top}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><h2>Leaderboard (held-out NLL, lower is better)</h2>"
+        f"{board.to_html(float_format=lambda x: f'{x:.4g}')}<h2>Loss curves</h2>{img}"
+        f"<h2>Parameters that differ</h2>{diff.to_html()}"
+        f"<h2>Best vs worst run, same prompts</h2><table><tr>{head}</tr>{pairs_html}</table></body></html>"
+    )
+
+
+def write(
+    stage: Any, rows: list[dict[str, Any]], board: Any, diff: Any, pairs: list[dict[str, Any]], title: str
+) -> tuple[Path, Path]:
+    """comparison.csv and comparison.html in the stage folder, and the stage's summary. Returns (html, csv)."""
+    html_path, csv_path = stage.path("comparison.html"), stage.path("comparison.csv")
+    board.to_csv(csv_path)
+    page_html = page(title, board, diff if diff is not None else board.iloc[:0], pairs, stage.path("curves.png"))
+    html_path.write_text(page_html, encoding="utf-8")
+    best = board.iloc[0]["run"] if len(board) else None
+    stage.finish({"runs": [r["run"] for r in rows], "best": best, "html": str(html_path), "csv": str(csv_path)})
+    return html_path, csv_path

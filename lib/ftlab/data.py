@@ -11,51 +11,21 @@ import hashlib
 import io
 import json
 import random
-import re
 import string
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "preference")
-REASONS = {
-    "invalid_utf8": "bytes that are not valid UTF-8 (or lone surrogates)",
-    "invalid_json": "the line is not valid JSON",
-    "wrong_type": "a field has the wrong type (e.g. a number where text is expected)",
-    "unknown_schema": "no known set of fields (messages, conversations, instruction/output, prompt/completion, text, prompt/chosen/rejected)",
-    "empty_field": "a text field is empty or whitespace only",
-    "nul_byte": "a NUL byte (\\x00) in the text: trains into gibberish",
-    "control_chars": "control characters other than tab/newline in the text",
-    "unknown_role": "a role other than system/user/assistant",
-    "turn_order": "turns out of order (system first, then user/assistant alternating)",
-    "no_final_assistant": "the conversation does not end with an assistant turn: nothing to learn",
-    "chosen_equals_rejected": "a preference pair whose chosen and rejected answers are the same",
-    "too_long": "longer than max_length tokens after the chat template",
-    "duplicate": "an exact duplicate of an earlier row",
-    "near_duplicate": "the same as an earlier row up to case, whitespace and punctuation",
-    "eval_in_train": "an eval row whose prompt also appears in train (leakage)",
-    "prompt_in_eval": "a training row (e.g. a preference pair) whose prompt is held out for eval; kept out of training",
-    "low_perplexity": "base-model perplexity below the threshold (near-memorized boilerplate)",
-    "prompt_too_long": "the prompt alone is longer than max_prompt_length tokens (DPO)",
-    "self_answer_matches": "the model's own answer already equals the reference: no preference to learn (self pairs)",
-}
-ROLE_MAP = {"system": "system", "user": "user", "assistant": "assistant",
-            "human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}  # fmt: skip
+from ftlab import formats
+from ftlab.formats import REASONS, RowError, check_order, detect_format, normalize  # noqa: F401 - used as data.*
+
 # rejections that follow from choices made here (the split, a filter), not from bad data: not counted by the gate
 CHOSEN_REASONS = {"prompt_in_eval", "low_perplexity", "self_answer_matches"}
-_CONTROL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class DataError(ValueError):
     """The input as a whole cannot be used (missing file, unreadable format, too many rejected rows)."""
-
-
-class RowError(ValueError):
-    def __init__(self, reason: str, detail: str):
-        assert reason in REASONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 @dataclass
@@ -85,8 +55,10 @@ def read_records(path: str | Path) -> tuple[list[tuple[int, Any]], list[Rejected
     """Read a JSONL, JSON, CSV or Parquet file, or a `datasets` folder, into (line, record) pairs."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"data file {path} does not exist; expected a .jsonl, .json, .csv, .parquet file or a "
-                        "folder saved with datasets' save_to_disk. Check the data_path parameter.")  # fmt: skip
+        raise DataError(
+            f"data file {path} does not exist; expected a .jsonl, .json, .csv, .parquet file or a "
+            "folder saved with datasets' save_to_disk. Check the data_path parameter."
+        )
     if path.is_dir():
         return _read_datasets_folder(path), []
     suffix = path.suffix.lower()
@@ -100,8 +72,9 @@ def read_records(path: str | Path) -> tuple[list[tuple[int, Any]], list[Rejected
         import pyarrow.parquet as pq
 
         return [(i + 1, r) for i, r in enumerate(pq.read_table(path).to_pylist())], []
-    raise DataError(f"{path}: unsupported file type {suffix!r}; expected .jsonl, .json, .csv, .tsv, .parquet or a "
-                    "datasets folder.")  # fmt: skip
+    raise DataError(
+        f"{path}: unsupported file type {suffix!r}; expected .jsonl, .json, .csv, .tsv, .parquet or a datasets folder."
+    )
 
 
 def _read_jsonl(path: Path) -> tuple[list[tuple[int, Any]], list[Rejected]]:
@@ -129,13 +102,17 @@ def _read_json(path: Path) -> tuple[list[tuple[int, Any]], list[Rejected]]:
     try:
         doc = json.loads(path.read_bytes().decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not valid UTF-8 JSON ({e}); expected a list of records. For one record per "
-                        "line use .jsonl, which reports bad lines one by one.") from None  # fmt: skip
+        raise DataError(
+            f"{path}: not valid UTF-8 JSON ({e}); expected a list of records. For one record per "
+            "line use .jsonl, which reports bad lines one by one."
+        ) from None
     if isinstance(doc, dict):
         lists = [k for k in ("data", "rows", "train", "examples") if isinstance(doc.get(k), list)]
         if not lists:
-            raise DataError(f"{path}: expected a JSON list of records or an object with a 'data' list, found keys "
-                            f"{sorted(doc)[:10]}")  # fmt: skip
+            raise DataError(
+                f"{path}: expected a JSON list of records or an object with a 'data' list, found keys "
+                f"{sorted(doc)[:10]}"
+            )
         doc = doc[lists[0]]
     if not isinstance(doc, list):
         raise DataError(f"{path}: expected a JSON list of records, found {type(doc).__name__}")
@@ -172,138 +149,11 @@ def _read_datasets_folder(path: Path) -> list[tuple[int, Any]]:
     return [(i + 1, r) for i, r in enumerate(ds)]
 
 
-# ---- schemas -------------------------------------------------------------------------------------------------
-
-
-def detect_format(rec: dict[str, Any]) -> str:
-    keys = set(rec)
-    if {"prompt", "chosen", "rejected"} <= keys:
-        return "preference"
-    if "messages" in keys:
-        return "messages"
-    if "conversations" in keys:
-        return "sharegpt"
-    if {"instruction", "output"} <= keys:
-        return "alpaca"
-    if {"prompt", "completion"} <= keys:
-        return "prompt_completion"
-    if "text" in keys:
-        return "text"
-    raise RowError("unknown_schema", f"fields {sorted(keys)[:12]}")
-
-
-SCHEMA_KEYS = {"messages": {"messages"}, "sharegpt": {"conversations"}, "alpaca": {"instruction", "input", "output", "system"},
-               "prompt_completion": {"prompt", "completion"}, "text": {"text"}, "preference": {"prompt", "chosen", "rejected"}}  # fmt: skip
-
-
-def _text(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise RowError("wrong_type", f"{what} must be text, found {type(value).__name__}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise RowError("invalid_utf8", f"{what} holds a lone surrogate") from None
-    if "\x00" in value:
-        raise RowError("nul_byte", f"{what} at character {value.index(chr(0))}")
-    m = _CONTROL.search(value)
-    if m:
-        raise RowError("control_chars", f"{what}: {m.group()!r} at character {m.start()}")
-    if not value.strip():
-        raise RowError("empty_field", f"{what} is empty")
-    return value
-
-
-def _messages(turns: Any, what: str, role_key: str = "role", content_key: str = "content") -> list[dict[str, str]]:
-    if not isinstance(turns, list) or not turns:
-        raise RowError(
-            "wrong_type" if not isinstance(turns, list) else "empty_field", f"{what} must be a non-empty list"
-        )
-    out = []
-    for i, t in enumerate(turns):
-        if not isinstance(t, dict):
-            raise RowError("wrong_type", f"{what}[{i}] must be an object, found {type(t).__name__}")
-        role = t.get(role_key)
-        if not isinstance(role, str) or role.lower() not in ROLE_MAP:
-            raise RowError("unknown_role", f"{what}[{i}] role {role!r}; expected system, user or assistant")
-        out.append({"role": ROLE_MAP[role.lower()], "content": _text(t.get(content_key), f"{what}[{i}].content")})
-    return out
-
-
-def check_order(msgs: list[dict[str, str]], need_final_assistant: bool = True) -> None:
-    body = msgs[1:] if msgs[0]["role"] == "system" else msgs
-    if not body:
-        raise RowError("no_final_assistant", "only a system message")
-    for i, m in enumerate(body):
-        want = "user" if i % 2 == 0 else "assistant"
-        if m["role"] != want:
-            raise RowError("turn_order", f"turn {i + (len(msgs) - len(body))} is {m['role']!r}, expected {want!r}")
-    if need_final_assistant and body[-1]["role"] != "assistant":
-        raise RowError("no_final_assistant", f"last turn is {body[-1]['role']!r}")
-
-
-def _answer(value: Any, what: str) -> list[dict[str, str]]:
-    if isinstance(value, str):
-        return [{"role": "assistant", "content": _text(value, what)}]
-    msgs = _messages(value, what)
-    if msgs[-1]["role"] != "assistant":
-        raise RowError("no_final_assistant", f"{what} does not end with an assistant message")
-    return msgs[-1:]
-
-
-def normalize(rec: Any, fmt: str = "auto") -> tuple[dict[str, Any], dict[str, Any]]:
-    """One record -> ({"messages": [...]} or a preference dict, extra fields). Raises RowError."""
-    if not isinstance(rec, dict):
-        raise RowError("wrong_type", f"a row must be an object, found {type(rec).__name__}")
-    fmt = detect_format(rec) if fmt == "auto" else fmt
-    missing = {"messages": ["messages"], "sharegpt": ["conversations"], "alpaca": ["instruction", "output"],
-               "prompt_completion": ["prompt", "completion"], "text": ["text"],
-               "preference": ["prompt", "chosen", "rejected"]}[fmt]  # fmt: skip
-    if any(k not in rec for k in missing):
-        raise RowError("unknown_schema", f"data_format={fmt!r} needs fields {missing}, found {sorted(rec)[:12]}")
-    extra = {k: v for k, v in rec.items() if k not in SCHEMA_KEYS[fmt]}
-    if fmt == "preference":
-        prompt = rec["prompt"]
-        pmsgs = (
-            [{"role": "user", "content": _text(prompt, "prompt")}]
-            if isinstance(prompt, str)
-            else _messages(prompt, "prompt")
-        )
-        check_order(pmsgs + [{"role": "assistant", "content": "x"}])
-        chosen, rejected = _answer(rec["chosen"], "chosen"), _answer(rec["rejected"], "rejected")
-        if chosen[0]["content"].strip() == rejected[0]["content"].strip():
-            raise RowError("chosen_equals_rejected", "identical answers teach nothing")
-        return {"prompt": pmsgs, "chosen": chosen, "rejected": rejected}, extra
-    if fmt == "messages":
-        msgs = _messages(rec["messages"], "messages")
-    elif fmt == "sharegpt":
-        turns = rec["conversations"]
-        keys = (
-            ("from", "value")
-            if isinstance(turns, list) and turns and isinstance(turns[0], dict) and "from" in turns[0]
-            else ("role", "content")
-        )
-        msgs = _messages(turns, "conversations", *keys)
-    elif fmt == "alpaca":
-        user = _text(rec["instruction"], "instruction")
-        if rec.get("input") not in (None, ""):
-            user += "\n\n" + _text(rec["input"], "input")
-        msgs = [{"role": "system", "content": _text(rec["system"], "system")}] if rec.get("system") else []
-        msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": _text(rec["output"], "output")}]
-    elif fmt == "prompt_completion":
-        p, c = rec["prompt"], rec["completion"]
-        msgs = [{"role": "user", "content": _text(p, "prompt")}] if isinstance(p, str) else _messages(p, "prompt")
-        msgs += _answer(c, "completion")
-    else:  # plain text: the whole text is one assistant turn, so every token is trained
-        msgs = [{"role": "assistant", "content": _text(rec["text"], "text")}]
-        return {"messages": msgs}, extra
-    check_order(msgs)
-    return {"messages": msgs}, extra
-
-
-def load(path: str | Path, fmt: str = "auto", kind: str = "sft") -> tuple[list[Row], list[Rejected], str]:
-    """Read and normalize a file. Returns accepted rows, rejected rows and the format used."""
-    if fmt not in FORMATS:
-        raise DataError(f"data_format must be one of {list(FORMATS)}, got {fmt!r}")
+def load(path: str | Path, fmt: str = "auto", kind: str = "chat") -> tuple[list[Row], list[Rejected], str]:
+    """Read and normalize a file of `kind` "chat" (conversations) or "prefs" (preference pairs). Returns accepted
+    rows, rejected rows and the format used."""
+    if fmt != "auto" and fmt not in formats.names():
+        raise DataError(f"data_format must be one of {['auto', *formats.names()]}, got {fmt!r}")
     records, rejected = read_records(path)
     for r in rejected:
         r.source = str(path)
@@ -311,8 +161,8 @@ def load(path: str | Path, fmt: str = "auto", kind: str = "sft") -> tuple[list[R
     used: Counter[str] = Counter()
     for line, rec in records:
         try:
-            f = fmt if fmt != "auto" else detect_format(rec) if isinstance(rec, dict) else "auto"
-            data, extra = normalize(rec, f)
+            f = fmt if fmt != "auto" else formats.detect_format(rec) if isinstance(rec, dict) else "auto"
+            data, extra = formats.normalize(rec, f)
         except RowError as e:
             rejected.append(Rejected(line, e.reason, e.detail, rec, str(path)))
             continue

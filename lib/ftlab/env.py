@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ftlab import devices, telemetry
 from ftlab.paths import outputs_dir, repo_root
 
 
@@ -50,8 +51,11 @@ def project_env() -> tuple[bool, str]:
         return True, f"project venv {venv}"
     conda = os.environ.get("CONDA_DEFAULT_ENV")
     yml = repo_root() / "environment.yml"
-    name = next((ln.split(":", 1)[1].strip() for ln in yml.read_text().splitlines() if ln.startswith("name:")), None) \
-        if yml.exists() else None  # fmt: skip
+    name = (
+        next((ln.split(":", 1)[1].strip() for ln in yml.read_text().splitlines() if ln.startswith("name:")), None)
+        if yml.exists()
+        else None
+    )
     if conda and conda == name and Path(sys.prefix).resolve() == Path(os.environ.get("CONDA_PREFIX", "")).resolve():
         return True, f"project conda env {conda!r}"
     return False, "other venv" if sys.prefix != sys.base_prefix else "system Python"
@@ -61,29 +65,42 @@ def check_python() -> Check:
     ours, which = project_env()
     detail = f"Python {platform.python_version()} at {sys.executable} ({which})"
     ok = sys.version_info[:2] >= (3, 11)
-    return Check("python", "pass" if ok and ours else ("warn" if ok else "fail"), detail,
-                 "" if ours else "This is not the project's environment, so package versions may differ from "
-                 "requirements.lock: run `make setup` and pick the 'ftlab' kernel in JupyterLab "
-                 "(Kernel > Change Kernel).")  # fmt: skip
+    return Check(
+        "python",
+        "pass" if ok and ours else ("warn" if ok else "fail"),
+        detail,
+        ""
+        if ours
+        else "This is not the project's environment, so package versions may differ from "
+        "requirements.lock: run `make setup` and pick the 'ftlab' kernel in JupyterLab "
+        "(Kernel > Change Kernel).",
+    )
 
 
 def check_device(require_gpu: bool) -> Check:
     """The device training will really use, with CUDA_VISIBLE_DEVICES, driver, CUDA runtime and GPU telemetry."""
-    from ftlab import runs, telemetry
-
-    d = runs.device_summary()
+    d = devices.summary()
     cvd = d["cuda_visible_devices"]
     vis = f"CUDA_VISIBLE_DEVICES={cvd if cvd is not None else 'unset'}"
     nvml = telemetry.nvml_status()
     if d["type"] == "cuda":
-        return Check("training device", "pass", f"cuda:0 = {d['name']} ({d['count']} visible, {vis}); driver "
-                     f"{d['driver'] or 'unknown'}, CUDA runtime {d['cuda_runtime']}; "
-                     f"{nvml or 'GPU telemetry on (NVML)'}", "" if not nvml else
-                     "Install nvidia-ml-py (in requirements.lock) for temperature, power and throttle samples.")  # fmt: skip
+        return Check(
+            "training device",
+            "pass",
+            f"cuda:0 = {d['name']} ({d['count']} visible, {vis}); driver "
+            f"{d['driver'] or 'unknown'}, CUDA runtime {d['cuda_runtime']}; "
+            f"{nvml or 'GPU telemetry on (NVML)'}",
+            ""
+            if not nvml
+            else "Install nvidia-ml-py (in requirements.lock) for temperature, power and throttle samples.",
+        )
     gpu_hint = "" if cvd is None else f" ({vis}: an empty or wrong value hides the GPU)"
     # the 'gpu' check of check_torch fails when require_gpu is set; this line says what training will use instead
-    return Check("training device", "warn" if require_gpu else "pass",
-                 f"cpu ({d['name']}, {os.cpu_count()} cores){gpu_hint}; {nvml}")  # fmt: skip
+    return Check(
+        "training device",
+        "warn" if require_gpu else "pass",
+        f"cpu ({d['name']}, {os.cpu_count()} cores){gpu_hint}; {nvml}",
+    )
 
 
 def check_ram(min_gb: float) -> Check:
@@ -92,8 +109,12 @@ def check_ram(min_gb: float) -> Check:
     vm = psutil.virtual_memory()
     gb = vm.total / 2**30
     st = "pass" if gb >= min_gb else "warn"
-    return Check("ram", st, f"{gb:.1f} GiB total, {vm.available / 2**30:.1f} GiB available, {os.cpu_count()} CPUs",
-                 "" if st == "pass" else f"Less than {min_gb} GiB RAM: loading bigger models may swap or fail.")  # fmt: skip
+    return Check(
+        "ram",
+        st,
+        f"{gb:.1f} GiB total, {vm.available / 2**30:.1f} GiB available, {os.cpu_count()} CPUs",
+        "" if st == "pass" else f"Less than {min_gb} GiB RAM: loading bigger models may swap or fail.",
+    )
 
 
 def check_disk(min_gb: float) -> Check:
@@ -101,9 +122,15 @@ def check_disk(min_gb: float) -> Check:
     out.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out).free / 2**30
     st = "pass" if free >= min_gb else ("warn" if free >= min_gb / 4 else "fail")
-    return Check("disk", st, f"{free:.1f} GiB free at {out}",
-                 "" if st == "pass" else f"Free space below {min_gb} GiB: checkpoints and merged models need room; "
-                 "point FTLAB_OUTPUTS at a bigger disk or delete old runs in outputs/.")  # fmt: skip
+    return Check(
+        "disk",
+        st,
+        f"{free:.1f} GiB free at {out}",
+        ""
+        if st == "pass"
+        else f"Free space below {min_gb} GiB: checkpoints and merged models need room; "
+        "point FTLAB_OUTPUTS at a bigger disk or delete old runs in outputs/.",
+    )
 
 
 def check_torch(require_gpu: bool) -> list[Check]:
@@ -112,19 +139,30 @@ def check_torch(require_gpu: bool) -> list[Check]:
     checks = [Check("torch", "pass", f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}")]
     if not torch.cuda.is_available():
         st = "fail" if require_gpu else "warn"
-        checks.append(Check("gpu", st, "no CUDA GPU visible; training will run on the CPU "
-                            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
-                            "Fine for the embedded 135M model. For 7B+ models use a CUDA GPU; check `nvidia-smi` "
-                            "and that torch is a CUDA build (pip install torch==<lock version> on the GPU box)."))  # fmt: skip
+        checks.append(
+            Check(
+                "gpu",
+                st,
+                "no CUDA GPU visible; training will run on the CPU "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
+                "Fine for the embedded 135M model. For 7B+ models use a CUDA GPU; check `nvidia-smi` "
+                "and that torch is a CUDA build (pip install torch==<lock version> on the GPU box).",
+            )
+        )
         return checks
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
         bf16 = p.major >= 8
-        checks.append(Check(
-            f"gpu{i}", "pass" if bf16 else "warn",
-            f"{p.name}, {p.total_memory / 2**30:.1f} GiB, compute capability {p.major}.{p.minor}, bf16 {'yes' if bf16 else 'no'}",
-            "" if bf16 else "No bf16 on this GPU (V100-class): train with fp16 compute; the presets for 16 GB cards do.",
-        ))  # fmt: skip
+        checks.append(
+            Check(
+                f"gpu{i}",
+                "pass" if bf16 else "warn",
+                f"{p.name}, {p.total_memory / 2**30:.1f} GiB, compute capability {p.major}.{p.minor}, bf16 {'yes' if bf16 else 'no'}",
+                ""
+                if bf16
+                else "No bf16 on this GPU (V100-class): train with fp16 compute; the presets for 16 GB cards do.",
+            )
+        )
     return checks
 
 
@@ -134,8 +172,12 @@ def check_bnb_4bit() -> Check:
         import bitsandbytes as bnb
         import torch
     except Exception as e:  # noqa: BLE001 - any import failure means 4-bit training cannot work
-        return Check("bitsandbytes 4-bit", "fail", f"bitsandbytes does not import: {e}",
-                     "Install the pinned bitsandbytes from requirements.lock.")  # fmt: skip
+        return Check(
+            "bitsandbytes 4-bit",
+            "fail",
+            f"bitsandbytes does not import: {e}",
+            "Install the pinned bitsandbytes from requirements.lock.",
+        )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     try:
@@ -153,12 +195,20 @@ def check_bnb_4bit() -> Check:
         ok = x.grad is not None and torch.isfinite(x.grad).all().item() and x.grad.abs().sum().item() > 0
         rel = err / max(scale, 1e-8)
     except Exception as e:  # noqa: BLE001
-        return Check("bitsandbytes 4-bit", "fail", f"4-bit forward/backward on {device} failed: {e!r}",
-                     "QLoRA cannot work here; use quantization='none' or fix the bitsandbytes install.")  # fmt: skip
+        return Check(
+            "bitsandbytes 4-bit",
+            "fail",
+            f"4-bit forward/backward on {device} failed: {e!r}",
+            "QLoRA cannot work here; use quantization='none' or fix the bitsandbytes install.",
+        )
     st = "pass" if ok and rel < 0.2 else "fail"
-    return Check("bitsandbytes 4-bit", st,
-                 f"NF4 layer on {device}: forward rel. error {rel:.3f} vs fp32, gradients {'present' if ok else 'MISSING'} "
-                 f"(bitsandbytes {bnb.__version__})", "" if st == "pass" else "4-bit training would be wrong here.")  # fmt: skip
+    return Check(
+        "bitsandbytes 4-bit",
+        st,
+        f"NF4 layer on {device}: forward rel. error {rel:.3f} vs fp32, gradients {'present' if ok else 'MISSING'} "
+        f"(bitsandbytes {bnb.__version__})",
+        "" if st == "pass" else "4-bit training would be wrong here.",
+    )
 
 
 def check_attention() -> Check:
@@ -185,24 +235,35 @@ def check_versions() -> Check:
         return Check("versions vs lock", "warn", "requirements.lock not found", "Run from a checkout of the project.")
     installed = {normalize(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
     missing = sorted(n for n in pins if n not in installed)
-    differ = sorted(f"{n} {installed[n]} (lock {v})" for n, v in pins.items()
-                    if n in installed and installed[n].split("+")[0] != v.split("+")[0])  # fmt: skip
+    differ = sorted(
+        f"{n} {installed[n]} (lock {v})"
+        for n, v in pins.items()
+        if n in installed and installed[n].split("+")[0] != v.split("+")[0]
+    )
     if not missing and not differ:
         return Check("versions vs lock", "pass", f"all {len(pins)} pinned packages match requirements.lock")
     parts = ([f"differ: {', '.join(differ)}"] if differ else []) + (
         [f"missing: {', '.join(missing)}"] if missing else []
     )
-    return Check("versions vs lock", "warn", "; ".join(parts),
-                 "Recreate the environment from the lock: rm -rf .venv && make setup.")  # fmt: skip
+    return Check(
+        "versions vs lock",
+        "warn",
+        "; ".join(parts),
+        "Recreate the environment from the lock: rm -rf .venv && make setup.",
+    )
 
 
 def check_alloc_conf() -> Check:
     conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF", "")
     if "expandable_segments:True" in conf:
         return Check("allocator", "pass", f"PYTORCH_CUDA_ALLOC_CONF={conf}")
-    return Check("allocator", "warn" if _has_cuda() else "pass", f"PYTORCH_CUDA_ALLOC_CONF={conf or 'unset'}",
-                 "Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before starting Jupyter: it cuts fragmentation "
-                 "and OOMs on varying sequence lengths (the training stages set it when they start the process).")  # fmt: skip
+    return Check(
+        "allocator",
+        "warn" if devices.has_cuda() else "pass",
+        f"PYTORCH_CUDA_ALLOC_CONF={conf or 'unset'}",
+        "Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before starting Jupyter: it cuts fragmentation "
+        "and OOMs on varying sequence lengths (the training stages set it when they start the process).",
+    )
 
 
 def check_hub_offline() -> Check:
@@ -210,20 +271,6 @@ def check_hub_offline() -> Check:
     on = [k for k, v in off.items() if v in ("1", "true", "True", "YES")]
     detail = ", ".join(f"{k}={v or 'unset'}" for k, v in off.items())
     return Check("hub offline", "pass", detail + (" (offline)" if on else " (a hub id would download when online)"))
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def run_checks(require_gpu: bool, bnb_smoke_test: bool, min_free_disk_gb: float, min_ram_gb: float) -> list[Check]:
-    checks = [check_python(), check_ram(min_ram_gb), check_disk(min_free_disk_gb), *check_torch(require_gpu)]
-    if bnb_smoke_test:
-        checks.append(check_bnb_4bit())
-    checks += [check_attention(), check_versions(), check_alloc_conf(), check_hub_offline()]
-    return checks
 
 
 def report(checks: list[Check]) -> dict[str, Any]:

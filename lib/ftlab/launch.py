@@ -19,29 +19,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from ftlab import devices, pipeline, runs, stages
 from ftlab import params as P
-from ftlab import pipeline, runs
 from ftlab.paths import atomic_write_json, stage_dir
 
 MAIN_ONLY_TAG = "main-process"
-# Stages whose notebooks were built and tested for several processes. DPO (03) keeps a reference adapter and
-# generates self pairs; it runs through this module as one process only.
-MULTI_PROCESS_STAGES = ("02_train_sft",)
-
-
-def code_cells(notebook: Path) -> list[tuple[str, list[str]]]:
-    """The notebook's code cells as (source, tags)."""
-    nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
-    return [
-        ("".join(c["source"]), c.get("metadata", {}).get("tags", [])) for c in nb["cells"] if c["cell_type"] == "code"
-    ]
 
 
 def injected_source(values: dict[str, Any]) -> str:
@@ -51,14 +39,13 @@ def injected_source(values: dict[str, Any]) -> str:
 
 def execute(notebook: Path, values: dict[str, Any], main: bool = True) -> dict[str, Any]:
     """Execute the notebook's code cells in one namespace, as a kernel would; return the namespace.
-    `In` holds the executed sources, so the parameter check sees injected names just as in a notebook."""
-    ns: dict[str, Any] = {"__name__": "__main__", "In": []}
-    for i, (src, tags) in enumerate(code_cells(notebook)):
+    The injected values land in that namespace, where the parameter check finds unknown names as in a notebook."""
+    ns: dict[str, Any] = {"__name__": "__main__"}
+    for i, (src, tags) in enumerate(P.code_cells(notebook)):
         if MAIN_ONLY_TAG in tags and not main:
             continue
         sources = [src, injected_source(values)] if "parameters" in tags else [src]
         for s in sources:
-            ns["In"].append(s)
             exec(compile(s, f"{notebook.name}, code cell {i}", "exec"), ns)  # noqa: S102 - the project's own notebook
     return ns
 
@@ -79,9 +66,9 @@ def resolve(stage: str, params_file: str | None, overrides: dict[str, Any]) -> t
 def rank_record(ns: dict[str, Any], seconds: float) -> dict[str, Any]:
     import torch
 
-    rank, local, world = runs.process_rank()
+    rank, local, world = devices.process_rank()
     rec: dict[str, Any] = {"rank": rank, "local_rank": local, "world_size": world, "seconds": round(seconds, 1)}
-    live = ns.get("live")
+    live = getattr(ns.get("job"), "live", None)
     if torch.cuda.is_available():
         rec["device"] = torch.cuda.get_device_name(torch.cuda.current_device())
         rec["train_peak"] = getattr(live, "train_peak", None)
@@ -102,18 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     from ftlab.cli import _value
 
     ap = argparse.ArgumentParser(prog="python -m ftlab.launch", description=__doc__.split("\n\n")[0])
-    ap.add_argument("stage", help="the notebook, e.g. 02_train_sft or 02")
+    ap.add_argument("stage", help=f"the notebook, e.g. {stages.TRAIN_SFT} or {stages.TRAIN_SFT[:2]}")
     ap.add_argument("-f", help="parameters YAML file (params/*.yaml)")
     ap.add_argument(
         "-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="override one parameter"
     )
     a = ap.parse_args(argv)
-    rank, _, world = runs.process_rank()
+    rank, _, world = devices.process_rank()
     try:
         nb, values = resolve(a.stage, a.f, {k: _value(v) for k, v in a.p})
-        if world > 1 and nb.stem not in MULTI_PROCESS_STAGES:
-            raise P.ParamError(f"{nb.stem} runs as one process only (several processes: {', '.join(MULTI_PROCESS_STAGES)}); "
-                               f"run it with `python -m ftlab.launch {nb.stem}` or `python -m ftlab run {nb.name[:2]}`.")  # fmt: skip
+        if world > 1 and nb.stem not in stages.multi_process_stages():
+            raise P.ParamError(
+                f"{nb.stem} runs as one process only (several processes: {', '.join(stages.multi_process_stages())}); "
+                f"run it with `python -m ftlab.launch {nb.stem}` or `python -m ftlab run {nb.name[:2]}`."
+            )
     except P.ParamError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -134,16 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         os.chdir(cwd)
     atomic_write_json(out / f"rank{rank}.json", rank_record(ns, time.time() - t))
-    runs.wait_for_everyone()
+    devices.wait_for_everyone()
     if rank == 0:
         summary = runs.read_json(stage_dir(values["run_name"], nb.stem) / "summary.json")
         ranks = [runs.read_json(out / f"rank{r}.json") for r in range(world)]
-        atomic_write_json(out / "launch.json", {
-            "command": ["python", "-m", "ftlab.launch", *sys.argv[1:]], "stage": nb.stem, "world_size": world,
-            "distributed_type": distributed_type(), "tokens_per_s": summary.get("tokens_per_s"),
-            "train_seconds": summary.get("train_seconds"), "train_tokens": summary.get("train_tokens"),
-            "steps": summary.get("steps"), "ranks": ranks,
-        })  # fmt: skip
+        atomic_write_json(
+            out / "launch.json",
+            {
+                "command": ["python", "-m", "ftlab.launch", *sys.argv[1:]],
+                "stage": nb.stem,
+                "world_size": world,
+                "distributed_type": distributed_type(),
+                "tokens_per_s": summary.get("tokens_per_s"),
+                "train_seconds": summary.get("train_seconds"),
+                "train_tokens": summary.get("train_tokens"),
+                "steps": summary.get("steps"),
+                "ranks": ranks,
+            },
+        )
         print(f"{nb.stem}: {world} process(es), {summary.get('tokens_per_s')} tokens/s; {out / 'launch.json'}")
     return 0
 

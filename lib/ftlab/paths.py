@@ -12,15 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-STAGES = (
-    "00_check_environment",
-    "01_prepare_data",
-    "02_train_sft",
-    "03_train_dpo",
-    "04_merge_export",
-    "05_evaluate",
-    "06_compare_runs",
-)
+from ftlab import stages
+
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -56,9 +49,7 @@ def check_run_name(run_name: str) -> str:
 
 
 def check_stage(stage: str) -> str:
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; the stages are: {', '.join(STAGES)}")
-    return stage
+    return stages.stage(stage).name
 
 
 def run_dir(run_name: str) -> Path:
@@ -88,6 +79,13 @@ def atomic_write_text(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def folder_mb(p: Path) -> float:
+    """Size of a file or of every file under a folder, in MiB."""
+    p = Path(p)
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
+    return round(sum(f.stat().st_size for f in files) / 2**20, 1)
 
 
 def atomic_write_json(path: Path, obj: Any) -> Path:

@@ -79,8 +79,14 @@ def ensure_kernel() -> str:
     return KERNEL_NAME
 
 
-def run(start: str = "00", end: str = "99", params_file: str | None = None,
-        overrides: dict[str, Any] | None = None, verbose: bool = False, log=print) -> Path:  # fmt: skip
+def run(
+    start: str = "00",
+    end: str = "99",
+    params_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    verbose: bool = False,
+    log=print,
+) -> Path:
     """Execute the notebooks in [start, end] in order; executed copies go to outputs/<run>/notebooks/."""
     given = {**load_params_file(params_file), **(overrides or {})}
     steps = plan(list_notebooks(start, end), given)
@@ -105,8 +111,9 @@ def run(start: str = "00", end: str = "99", params_file: str | None = None,
     return run_dir(run_name)
 
 
-def _execute(steps: list[tuple[Path, dict[str, Any]]], run_name: str, out_dir: Path, kernel: str, verbose: bool,
-             log) -> None:  # fmt: skip
+def _execute(
+    steps: list[tuple[Path, dict[str, Any]]], run_name: str, out_dir: Path, kernel: str, verbose: bool, log
+) -> None:
     import papermill as pm
 
     t_run = time.time()
@@ -116,8 +123,14 @@ def _execute(steps: list[tuple[Path, dict[str, Any]]], run_name: str, out_dir: P
         log(f"[{i}/{len(steps)}] {nb.stem} ...")
         try:
             pm.execute_notebook(
-                str(nb), str(out_dir / nb.name), parameters=inject, kernel_name=kernel, cwd=str(nb.parent), progress_bar=False, log_output=verbose,
-            )  # fmt: skip
+                str(nb),
+                str(out_dir / nb.name),
+                parameters=inject,
+                kernel_name=kernel,
+                cwd=str(nb.parent),
+                progress_bar=False,
+                log_output=verbose,
+            )
         except pm.PapermillExecutionError as e:
             log(f"[{i}/{len(steps)}] {nb.stem} FAILED after {time.time() - t:.1f} s")
             raise StageFailed(
@@ -145,7 +158,9 @@ def to_html(executed: Path) -> Path | None:
     try:
         from nbconvert import HTMLExporter
     except ImportError:  # an environment without nbconvert still runs the series; only the HTML copy is missing
-        print(f"no HTML copy of {executed.name}: nbconvert is not installed (pip install nbconvert, in requirements.lock)")
+        print(
+            f"no HTML copy of {executed.name}: nbconvert is not installed (pip install nbconvert, in requirements.lock)"
+        )
         return None
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
     out = executed.with_suffix(".html")

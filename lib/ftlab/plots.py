@@ -12,6 +12,11 @@ def _save(fig: Any, path: str | Path | None) -> Any:
     return fig
 
 
+def curves(method: Any, metrics: list[dict[str, Any]], path: str | Path | None = None) -> Any:
+    """The curves a training method's registry entry names (`training_curves`, `dpo_curves`, ...), titled with it."""
+    return globals()[method.curves](metrics, path, title=method.title)
+
+
 def length_histogram(lengths: list[int], max_length: int, path: str | Path | None = None, title: str = "") -> Any:
     import matplotlib.pyplot as plt
 
@@ -98,8 +103,13 @@ def eval_bars(scores: dict[str, dict[str, Any]], path: str | Path | None = None)
     names = list(scores)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     cis = [bootstrap_ci(scores[n]["per_example"]["nll"]) for n in names]
-    axes[0].bar(names, [c[0] for c in cis], yerr=[[c[0] - c[1] for c in cis], [c[2] - c[0] for c in cis]],
-                color="#4C72B0", capsize=4)  # fmt: skip
+    axes[0].bar(
+        names,
+        [c[0] for c in cis],
+        yerr=[[c[0] - c[1] for c in cis], [c[2] - c[0] for c in cis]],
+        color="#4C72B0",
+        capsize=4,
+    )
     axes[0].set(title="held-out NLL (lower is better)", xlabel="model", ylabel="nats/token")
     axes[1].bar(names, [scores[n]["rouge_l"] for n in names], color="#55A868")
     axes[1].set(title="ROUGE-L of greedy answers", xlabel="model", ylabel="F1", ylim=(0, 1))

@@ -8,9 +8,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-METRICS = (("nll", "held-out NLL (nats/token, lower is better)"), ("perplexity", "perplexity"),
-           ("rouge_l", "ROUGE-L F1"), ("exact_match", "exact match"), ("answer_tokens", "answer length (tokens)"),
-           ("stopped_share", "answers that stopped by themselves"))  # fmt: skip
+METRICS = (
+    ("nll", "held-out NLL (nats/token, lower is better)"),
+    ("perplexity", "perplexity"),
+    ("rouge_l", "ROUGE-L F1"),
+    ("exact_match", "exact match"),
+    ("answer_tokens", "answer length (tokens)"),
+    ("stopped_share", "answers that stopped by themselves"),
+)
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
@@ -37,9 +42,11 @@ def _img(path: Path, alt: str) -> str:
 def metrics_table(scores: dict[str, dict[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(m)}</th>" for m in scores)
     rows = "".join(
-        f"<tr><th>{html.escape(label)}</th>" + "".join(f'<td class="num">{_fmt(s.get(k))}</td>' for s in scores.values())
-        + "</tr>" for k, label in METRICS
-    )  # fmt: skip
+        f"<tr><th>{html.escape(label)}</th>"
+        + "".join(f'<td class="num">{_fmt(s.get(k))}</td>' for s in scores.values())
+        + "</tr>"
+        for k, label in METRICS
+    )
     return f"<table><tr><th>metric</th>{head}</tr>{rows}</table>"
 
 
@@ -49,72 +56,72 @@ def side_by_side(samples: list[dict[str, Any]], models: list[str], limit: int = 
     for i, s in enumerate(samples[:limit]):
         cells = "".join(
             f"<td>{html.escape(s['answers'][m])}<br><small>ROUGE-L {s['rouge_l'][m]:.2f}"
-            f"{'' if s['stopped'][m] else ', did not stop'}</small></td>" for m in models
-        )  # fmt: skip
+            f"{'' if s['stopped'][m] else ', did not stop'}</small></td>"
+            for m in models
+        )
         rows.append(
             f"<tr><td>{i + 1}</td><td>{html.escape(s['prompt'])}</td><td>{html.escape(s['reference'])}</td>{cells}</tr>"
         )
     return f"<table>{head}</tr>{''.join(rows)}</table>"
 
 
-def compute_rows(run_name: str) -> list[dict[str, Any]]:
-    """What each training stage of the run cost: wall time, energy (measured or estimated, and how) and money."""
-    import json
-
-    from ftlab.paths import stage_dir
-
-    rows = []
-    for st in ("02_train_sft", "03_train_dpo"):
-        p = stage_dir(run_name, st) / "summary.json"
-        s = json.loads(p.read_text()) if p.exists() else {}
-        if "economics" in s:
-            e = s["economics"]
-            rows.append({"stage": st, "train_seconds": s.get("train_seconds"), "energy_wh": e["energy_wh"],
-                         "energy_source": e["energy_source"], "cost_energy": e["cost_energy"],
-                         "cost_cloud_equivalent": e["cost_cloud_equivalent"], "price_per_kwh": e["price_per_kwh"],
-                         "gpu_samples": s.get("telemetry", {}).get("samples", 0),
-                         "throttle_warnings": len(s.get("telemetry", {}).get("warnings", []))})  # fmt: skip
-    return rows
-
-
 def compute_table(rows: list[dict[str, Any]]) -> str:
     """The compute section: one row per training stage and a total."""
     if not rows:
         return "<p>No training stage of this run recorded its energy (stages 02/03 write it to summary.json).</p>"
-    total = {k: sum(r[k] or 0 for r in rows) for k in ("train_seconds", "energy_wh", "cost_energy",
-                                                       "cost_cloud_equivalent")}  # fmt: skip
-    head = ("<tr><th>stage</th><th>train s</th><th>energy Wh</th><th>how measured</th><th>energy cost</th>"
-            "<th>cloud GPU equivalent</th><th>GPU samples</th><th>throttle warnings</th></tr>")  # fmt: skip
+    total = {
+        k: sum(r[k] or 0 for r in rows) for k in ("train_seconds", "energy_wh", "cost_energy", "cost_cloud_equivalent")
+    }
+    head = (
+        "<tr><th>stage</th><th>train s</th><th>energy Wh</th><th>how measured</th><th>energy cost</th>"
+        "<th>cloud GPU equivalent</th><th>GPU samples</th><th>throttle warnings</th></tr>"
+    )
     body = "".join(
         f"<tr><th>{html.escape(r['stage'])}</th><td class='num'>{_fmt(r['train_seconds'])}</td>"
         f"<td class='num'>{_fmt(r['energy_wh'])}</td><td>{html.escape(r['energy_source'])}</td>"
         f"<td class='num'>{_fmt(r['cost_energy'])}</td><td class='num'>{_fmt(r['cost_cloud_equivalent'])}</td>"
-        f"<td class='num'>{r['gpu_samples']}</td><td class='num'>{r['throttle_warnings']}</td></tr>" for r in rows
+        f"<td class='num'>{r['gpu_samples']}</td><td class='num'>{r['throttle_warnings']}</td></tr>"
+        for r in rows
     )
-    body += (f"<tr><th>total</th><td class='num'>{_fmt(total['train_seconds'])}</td><td class='num'>"
-             f"{_fmt(total['energy_wh'])}</td><td></td><td class='num'>{_fmt(total['cost_energy'])}</td>"
-             f"<td class='num'>{_fmt(total['cost_cloud_equivalent'])}</td><td></td><td></td></tr>")  # fmt: skip
+    body += (
+        f"<tr><th>total</th><td class='num'>{_fmt(total['train_seconds'])}</td><td class='num'>"
+        f"{_fmt(total['energy_wh'])}</td><td></td><td class='num'>{_fmt(total['cost_energy'])}</td>"
+        f"<td class='num'>{_fmt(total['cost_cloud_equivalent'])}</td><td></td><td></td></tr>"
+    )
     return f"<table>{head}{body}</table>"
 
 
 def page(
-    title: str, verdict: list[str], warnings: list[str], scores: dict[str, dict[str, Any]],
-    samples: list[dict[str, Any]], probe: dict[str, dict[str, Any]], images: list[tuple[Path, str]], notes: list[str],
+    title: str,
+    verdict: list[str],
+    warnings: list[str],
+    scores: dict[str, dict[str, Any]],
+    samples: list[dict[str, Any]],
+    probe: dict[str, dict[str, Any]],
+    images: list[tuple[Path, str]],
+    notes: list[str],
     compute: list[dict[str, Any]] | None = None,
-) -> str:  # fmt: skip
+) -> str:
     models = list(scores)
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-             "<div class='verdict'>" + "<br>".join(html.escape(v) for v in verdict) + "</div>"]  # fmt: skip
+    parts = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        "<div class='verdict'>" + "<br>".join(html.escape(v) for v in verdict) + "</div>",
+    ]
     parts += [f"<div class='warn'>WARNING: {html.escape(w)}</div>" for w in warnings]
     parts += ["<h2>Held-out metrics</h2>", metrics_table(scores)]
     parts += [_img(p, alt) for p, alt in images if Path(p).exists()]
     if probe:
-        parts += ["<h2>Forgetting probe (general knowledge)</h2>",
-                  "<table><tr><th>model</th><th>NLL</th><th>correct</th></tr>"
-                  + "".join(f"<tr><th>{html.escape(m)}</th><td class='num'>{_fmt(p['nll'])}</td>"
-                            f"<td class='num'>{_fmt(p['correct'])}</td></tr>" for m, p in probe.items())
-                  + "</table>"]  # fmt: skip
+        parts += [
+            "<h2>Forgetting probe (general knowledge)</h2>",
+            "<table><tr><th>model</th><th>NLL</th><th>correct</th></tr>"
+            + "".join(
+                f"<tr><th>{html.escape(m)}</th><td class='num'>{_fmt(p['nll'])}</td>"
+                f"<td class='num'>{_fmt(p['correct'])}</td></tr>"
+                for m, p in probe.items()
+            )
+            + "</table>",
+        ]
     parts += ["<h2>Side by side</h2>", side_by_side(samples, models)]
     if compute is not None:
         parts += ["<h2>Compute and cost</h2>", compute_table(compute)]

@@ -1,12 +1,14 @@
 """Runs and stages: the resolve call every notebook makes, the run manifest, stage completion.
 
-`resolve_stage("02_train_sft", globals())` validates the notebook's parameters (including any that papermill
-injected, known or not), creates `outputs/<run_name>/02_train_sft/` and records the parameters in
+`resolve_stage(<stage>, globals())` validates the notebook's parameters (including any that papermill
+injected, known or not, found in the namespace itself), creates `outputs/<run_name>/02_train_sft/` and records the parameters in
 `outputs/<run_name>/manifest.json`. `Stage.finish(summary)` writes `summary.json` and marks the stage complete.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import getpass
 import hashlib
 import os
@@ -20,14 +22,24 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ftlab import devices
 from ftlab import params as P
-from ftlab.paths import atomic_write_json, read_json, repo_root, run_dir, stage_dir
+from ftlab.paths import atomic_write_json, notebooks_dir, read_json, repo_root, run_dir, stage_dir
 
 KEY_PACKAGES = (
-    "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets", "evaluate",
-    "papermill", "llama_cpp_python", "ftlab",
-)  # fmt: skip
-# the names IPython puts in a notebook's namespace; everything else that is a plain value is a parameter
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "bitsandbytes",
+    "accelerate",
+    "datasets",
+    "evaluate",
+    "papermill",
+    "llama_cpp_python",
+    "ftlab",
+)
+# the names IPython puts in a notebook's namespace besides its underscore names
 _IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
 
 
@@ -42,8 +54,11 @@ def git_commit() -> dict[str, Any]:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo_root(), capture_output=True, text=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
+            cwd=repo_root(),
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return {"commit": sha or None, "dirty": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -57,45 +72,6 @@ def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str | N
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def device_summary() -> dict[str, Any]:
-    import torch
-
-    common = {"python": sys.executable, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
-    if torch.cuda.is_available():
-        driver = None
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            driver = pynvml.nvmlSystemGetDriverVersion()
-        except Exception:  # noqa: BLE001 - no NVML: the driver version stays unknown
-            pass
-        return {"type": "cuda", "count": torch.cuda.device_count(), "name": torch.cuda.get_device_name(0),
-                "driver": driver, "cuda_runtime": torch.version.cuda, **common}  # fmt: skip
-    return {"type": "cpu", "name": platform.processor() or platform.machine(), **common}
-
-
-def process_rank() -> tuple[int, int, int]:
-    """(rank, local rank, world size) of this process, from the environment `accelerate launch` and `torchrun` set;
-    (0, 0, 1) in a notebook or any single-process run."""
-    env = os.environ
-    return int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1))
-
-
-def is_main_process() -> bool:
-    """Whether this process writes the stage's files (params, manifest, metrics, summary); always True alone."""
-    return process_rank()[0] == 0
-
-
-def wait_for_everyone() -> None:
-    """A barrier across the launched processes once torch.distributed is up (the Trainer's arguments start it);
-    a no-op in a single process."""
-    import torch.distributed as dist
-
-    if process_rank()[2] > 1 and dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def file_sha256(path: Path) -> str:
@@ -118,7 +94,7 @@ def load_manifest(run_name: str) -> dict[str, Any]:
 
 
 def save_manifest(run_name: str, manifest: dict[str, Any]) -> None:
-    if not is_main_process():  # under `accelerate launch` only the main process writes the run's files
+    if not devices.is_main_process():  # under `accelerate launch` only the main process writes the run's files
         return
     manifest["updated"] = now()
     atomic_write_json(manifest_path(run_name), manifest)
@@ -144,9 +120,13 @@ class Stage:
     def path(self, *parts: str) -> Path:
         return self.dir.joinpath(*parts)
 
+    def of(self, stage: str) -> Path:
+        """The folder of another stage of this run (whether or not it has run)."""
+        return stage_dir(self.run_name, stage)
+
     def write_json(self, name: str, obj: Any) -> Path:
         """Write a JSON file into this stage's folder atomically (the main process's job when several train)."""
-        return atomic_write_json(self.path(name), obj) if is_main_process() else self.path(name)
+        return atomic_write_json(self.path(name), obj) if devices.is_main_process() else self.path(name)
 
     def input(self, stage: str, *parts: str) -> Path:
         """A file of an earlier stage of this run; a clear error when that stage has not produced it."""
@@ -175,8 +155,12 @@ class Stage:
         return None
 
     def finish(self, summary: dict[str, Any]) -> Path:
-        summary = {"stage": self.name, "run_name": self.run_name, "seconds": round(time.time() - self.started, 2),
-                   **summary}  # fmt: skip
+        summary = {
+            "stage": self.name,
+            "run_name": self.run_name,
+            "seconds": round(time.time() - self.started, 2),
+            **summary,
+        }
         out = self.write_json("summary.json", summary)
         m = load_manifest(self.run_name)
         entry = m["stages"].setdefault(self.name, {})
@@ -185,16 +169,43 @@ class Stage:
         return out
 
 
-def _unknown_from_history(ns: dict[str, Any], spec: dict[str, P.Param]) -> list[str]:
-    """Names assigned in parameter-like cells (the parameters cell, papermill's injected cell) not in the spec."""
-    unknown: set[str] = set()
-    for src in ns.get("In", []) or []:
-        names = P.assigned_names(src) if isinstance(src, str) else None
-        if names is None:
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain(v: Any) -> bool:
+    return isinstance(v, _PLAIN) or (isinstance(v, (list, tuple)) and all(isinstance(x, _PLAIN) for x in v))
+
+
+@functools.cache
+def _notebook_names(stage: str) -> frozenset[str]:
+    """Every name the stage's own notebook code assigns, imports or defines (its variables are not parameters)."""
+    path = notebooks_dir() / f"{stage}.ipynb"
+    if not path.exists():
+        return frozenset()
+    names: set[str] = set()
+    for src, tags in P.code_cells(path):
+        if "parameters" in tags:
             continue
-        if src.lstrip().startswith("# Parameters") or set(names) & set(spec):
-            unknown |= set(names) - set(spec)
-    return sorted(unknown)
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return frozenset(names)
+
+
+def unknown_names(stage: str, ns: dict[str, Any], spec: dict[str, P.Param]) -> list[str]:
+    """Names in the notebook's namespace that look like parameters but are not in the spec: plain values (str, int,
+    float, bool, None, a list of those) that neither the spec nor the notebook's own cells define. That is a typo in
+    the parameters cell, or a name papermill (or `-p`) injected; papermill itself only warns about those."""
+    own = _notebook_names(stage)
+    return sorted(
+        k
+        for k, v in ns.items()
+        if not k.startswith("_") and k not in spec and k not in own and k not in _IPYTHON_NAMES and _plain(v)
+    )
 
 
 def resolve_stage(stage: str, ns: dict[str, Any]) -> Stage:
@@ -203,7 +214,7 @@ def resolve_stage(stage: str, ns: dict[str, Any]) -> Stage:
     if spec is None:
         raise P.ParamError(f"no parameter spec for stage {stage!r}; known: {sorted(P.SPECS)}")
     values = {k: ns[k] for k in spec if k in ns}
-    params = P.validate(stage, values, unknown=_unknown_from_history(ns, spec))
+    params = P.validate(stage, values, unknown=unknown_names(stage, ns, spec))
     st = Stage(params["run_name"], stage, params, time.time())
     st.run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(st.run_dir, 0o700)  # runs hold private data and models trained on it: readable by their owner only
@@ -214,10 +225,14 @@ def resolve_stage(stage: str, ns: dict[str, Any]) -> Stage:
     m["versions"] = package_versions()
     m["python"] = sys.version.split()[0]
     m["host"] = {"platform": platform.platform(), "user": getpass.getuser()}
-    m["device"] = device_summary()
+    m["device"] = devices.summary()
     prev = m["stages"].get(stage, {})
     same = prev.get("params") == params and prev.get("status") == "complete"
-    m["stages"][stage] = {**(prev if same else {}), "params": params, "started": now(),
-                          "status": prev.get("status") if same else "running"}  # fmt: skip
+    m["stages"][stage] = {
+        **(prev if same else {}),
+        "params": params,
+        "started": now(),
+        "status": prev.get("status") if same else "running",
+    }
     save_manifest(st.run_name, m)
     return st

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from typing import Any
 
+from ftlab import generate
 from ftlab.audit import Encoded
 
 
@@ -44,52 +44,6 @@ def answer_nll(model: Any, encoded: list[Encoded], pad_id: int, batch_size: int 
 
 
 # ---- generation metrics -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Answer:
-    text: str  # decoded answer without special tokens
-    new_tokens: int  # tokens generated, the end-of-turn token included
-    stopped: bool  # ended with an end-of-turn token before the max_new_tokens bound
-
-
-def eos_ids(tokenizer: Any, model: Any = None) -> list[int]:
-    """Every token id that ends an answer: the generation config's EOS ids and the tokenizer's EOS."""
-    ids: set[int] = set()
-    gen = getattr(model, "generation_config", None)
-    e = getattr(gen, "eos_token_id", None)
-    ids |= set(e if isinstance(e, list) else [e] if e is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return sorted(ids)
-
-
-def generate(
-    model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], max_new_tokens: int = 64, batch_size: int = 8
-) -> list[Answer]:
-    """Greedy (deterministic) answers to chat prompts, batched with left padding."""
-    import torch
-
-    model.eval()
-    device = next(model.parameters()).device
-    stop = eos_ids(tokenizer, model)
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    out: list[Answer] = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
-                     for p in prompts[i : i + batch_size]]  # fmt: skip
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
-                                     pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-            for row in gen[:, enc["input_ids"].shape[1] :].tolist():
-                n = next((k + 1 for k, t in enumerate(row) if t in stop), None)
-                toks = row[:n] if n else [t for t in row if t != tokenizer.pad_token_id]
-                out.append(Answer(tokenizer.decode(toks, skip_special_tokens=True).strip(), len(toks), n is not None))
-    finally:
-        tokenizer.padding_side = side
-    return out
 
 
 def _norm(s: str) -> str:
@@ -131,9 +85,15 @@ def split_eval_row(row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
 
 
 def score(
-    model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, max_length: int, n_generate: int,
-    max_new_tokens: int = 64, batch_size: int = 8,
-) -> dict[str, Any]:  # fmt: skip
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    *,
+    max_length: int,
+    n_generate: int,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+) -> dict[str, Any]:
     """Held-out NLL on every row; greedy answers on the first `n_generate` rows with ROUGE-L, exact match, length
     and the share that stopped by themselves. Per-example values are kept for paired comparisons."""
     from ftlab.audit import encode
@@ -141,7 +101,7 @@ def score(
     enc = [encode(tokenizer, r["messages"], max_length) for r in rows]
     nll = answer_nll(model, enc, tokenizer.pad_token_id, batch_size)
     prompts, refs = zip(*(split_eval_row(r) for r in rows[:n_generate]), strict=True) if n_generate else ((), ())
-    answers = generate(model, tokenizer, list(prompts), max_new_tokens, batch_size) if prompts else []
+    answers = generate.greedy(model, tokenizer, list(prompts), max_new_tokens, batch_size) if prompts else []
     rl = rouge_l([a.text for a in answers], list(refs))
     em = [exact_match(a.text, r) for a, r in zip(answers, refs, strict=True)]
     valid = [x for x in nll if x == x]
@@ -152,10 +112,16 @@ def score(
         "exact_match": sum(em) / len(em) if em else math.nan,
         "answer_tokens": sum(a.new_tokens for a in answers) / len(answers) if answers else math.nan,
         "stopped_share": sum(a.stopped for a in answers) / len(answers) if answers else math.nan,
-        "n_nll": len(valid), "n_generate": len(answers),
-        "per_example": {"nll": nll, "rouge_l": rl, "exact_match": em,
-                        "answers": [a.text for a in answers], "stopped": [a.stopped for a in answers]},
-    }  # fmt: skip
+        "n_nll": len(valid),
+        "n_generate": len(answers),
+        "per_example": {
+            "nll": nll,
+            "rouge_l": rl,
+            "exact_match": em,
+            "answers": [a.text for a in answers],
+            "stopped": [a.stopped for a in answers],
+        },
+    }
 
 
 def summary(s: dict[str, Any]) -> dict[str, Any]:
@@ -164,9 +130,12 @@ def summary(s: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare(
-    before: dict[str, Any], after: dict[str, Any], names: tuple[str, str] = ("before", "after"),
-    nll_tol: float = 0.02, rouge_tol: float = 0.01,
-) -> dict[str, Any]:  # fmt: skip
+    before: dict[str, Any],
+    after: dict[str, Any],
+    names: tuple[str, str] = ("before", "after"),
+    nll_tol: float = 0.02,
+    rouge_tol: float = 0.01,
+) -> dict[str, Any]:
     """Paired comparison of two scores on the same rows: NLL difference with a bootstrap CI, ROUGE-L difference,
     and a plain-language verdict. Lower NLL is better; higher ROUGE-L is better. A change counts only when its 95%
     interval excludes zero *and* it is larger than the tolerance (smaller changes are reported as negligible)."""
@@ -192,11 +161,20 @@ def compare(
     elif better:
         verdict = f"{n2} improved on {n1}: " + "; ".join(better)
     else:
-        verdict = (f"no material difference between {n2} and {n1}: NLL {nll_mean:+.3f} nats/token "
-                   f"[{nll_lo:+.3f}, {nll_hi:+.3f}], ROUGE-L {rl_mean:+.3f} [{rl_lo:+.3f}, {rl_hi:+.3f}] "
-                   f"(tolerances {nll_tol} nats, {rouge_tol} ROUGE-L)")  # fmt: skip
-    return {"nll_diff": nll_mean, "nll_diff_ci": [nll_lo, nll_hi], "rouge_l_diff": rl_mean,
-            "rouge_l_diff_ci": [rl_lo, rl_hi], "improved": better, "regressed": worse, "verdict": verdict}  # fmt: skip
+        verdict = (
+            f"no material difference between {n2} and {n1}: NLL {nll_mean:+.3f} nats/token "
+            f"[{nll_lo:+.3f}, {nll_hi:+.3f}], ROUGE-L {rl_mean:+.3f} [{rl_lo:+.3f}, {rl_hi:+.3f}] "
+            f"(tolerances {nll_tol} nats, {rouge_tol} ROUGE-L)"
+        )
+    return {
+        "nll_diff": nll_mean,
+        "nll_diff_ci": [nll_lo, nll_hi],
+        "rouge_l_diff": rl_mean,
+        "rouge_l_diff_ci": [rl_lo, rl_hi],
+        "improved": better,
+        "regressed": worse,
+        "verdict": verdict,
+    }
 
 
 # ---- forgetting probe, optional lm-eval and pairwise judge ----------------------------------------------------------
@@ -218,8 +196,9 @@ def lm_eval_status(tasks: str) -> str | None:
     if not tasks:
         return "lm-eval: not configured (set lm_eval_tasks to run local task files with the lm-evaluation-harness)"
     if importlib.util.find_spec("lm_eval") is None:
-        return ("lm-eval: not installed; `pip install lm-eval` (not in requirements.lock) to run "
-                f"lm_eval_tasks={tasks!r}")  # fmt: skip
+        return (
+            f"lm-eval: not installed; `pip install lm-eval` (not in requirements.lock) to run lm_eval_tasks={tasks!r}"
+        )
     return None
 
 
@@ -228,8 +207,21 @@ def run_lm_eval(model_dir: str, tasks: str, include_path: str, out_dir: str, lim
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={model_dir}",
-           "--tasks", tasks, "--output_path", out_dir, "--batch_size", "4"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={model_dir}",
+        "--tasks",
+        tasks,
+        "--output_path",
+        out_dir,
+        "--batch_size",
+        "4",
+    ]
     if include_path:
         cmd += ["--include_path", include_path]
     if limit:
@@ -247,18 +239,25 @@ JUDGE_PROMPT = (
 
 
 def pairwise_judge(
-    url: str, model: str, questions: list[str], refs: list[str], answers_a: list[str], answers_b: list[str],
+    url: str,
+    model: str,
+    questions: list[str],
+    refs: list[str],
+    answers_a: list[str],
+    answers_b: list[str],
     timeout: float = 60.0,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """A local OpenAI-compatible judge (Ollama, llama.cpp server) compares A and B on each question twice, with the
     positions swapped; a win counts only when both orders agree (position-bias mitigation), else it is a tie."""
     import urllib.request
 
     def ask(prompt: str) -> str:
-        body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
-                           "max_tokens": 2}).encode()  # fmt: skip
-        req = urllib.request.Request(url.rstrip("/") + "/v1/chat/completions", data=body,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        body = json.dumps(
+            {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 2}
+        ).encode()
+        req = urllib.request.Request(
+            url.rstrip("/") + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=timeout) as r:
             text = json.loads(r.read())["choices"][0]["message"]["content"].strip().upper()
         return text[:1] if text[:1] in ("A", "B", "T") else "T"

@@ -18,8 +18,14 @@ from typing import Any
 
 THROTTLE_TEMP_C = 85.0
 # NVML clock-event reasons that mean the GPU is slowing itself down (not idle or app-requested clocks)
-THROTTLE_BITS = {0x2: "power cap (software)", 0x4: "hardware slowdown", 0x8: "sync boost", 0x20: "thermal (software)",
-                 0x40: "thermal (hardware)", 0x80: "power brake (hardware)"}  # fmt: skip
+THROTTLE_BITS = {
+    0x2: "power cap (software)",
+    0x4: "hardware slowdown",
+    0x8: "sync boost",
+    0x20: "thermal (software)",
+    0x40: "thermal (hardware)",
+    0x80: "power brake (hardware)",
+}
 
 
 def nvml_status() -> str | None:
@@ -40,11 +46,13 @@ def read_gpu(index: int = 0) -> dict[str, float]:
     import pynvml
 
     h = pynvml.nvmlDeviceGetHandleByIndex(index)
-    out = {"gpu_temp_c": float(pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
-           "gpu_power_w": pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0,
-           "gpu_power_limit_w": pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0,
-           "gpu_sm_clock_mhz": float(pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)),
-           "gpu_util_pct": float(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)}  # fmt: skip
+    out = {
+        "gpu_temp_c": float(pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
+        "gpu_power_w": pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0,
+        "gpu_power_limit_w": pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0,
+        "gpu_sm_clock_mhz": float(pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)),
+        "gpu_util_pct": float(pynvml.nvmlDeviceGetUtilizationRates(h).gpu),
+    }
     try:
         out["gpu_throttle_reasons"] = float(pynvml.nvmlDeviceGetCurrentClocksEventReasons(h))
     except (AttributeError, pynvml.NVMLError):
@@ -66,9 +74,11 @@ def throttle_warning(sample: dict[str, float]) -> str | None:
     why += [name for bit, name in THROTTLE_BITS.items() if bits & bit]
     if not why:
         return None
-    return (f"GPU throttling: {', '.join(why)}; SM clock {sample.get('gpu_sm_clock_mhz', 0):.0f} MHz. Check the case "
-            "airflow and fans, a power limit set below the card's default (nvidia-smi -q -d POWER), or lower the "
-            "batch size; throttling makes every step slower.")  # fmt: skip
+    return (
+        f"GPU throttling: {', '.join(why)}; SM clock {sample.get('gpu_sm_clock_mhz', 0):.0f} MHz. Check the case "
+        "airflow and fans, a power limit set below the card's default (nvidia-smi -q -d POWER), or lower the "
+        "batch size; throttling makes every step slower."
+    )
 
 
 @dataclass
@@ -124,15 +134,20 @@ class Sampler:
         return sum((b["t"] - a["t"]) * (a["gpu_power_w"] + b["gpu_power_w"]) / 2 for a, b in zip(s, s[1:])) / 3600
 
 
-def economics(energy_wh: float | None, seconds: float, device_power_w: float, price_per_kwh: float,
-              price_per_gpu_hour: float) -> dict[str, Any]:  # fmt: skip
+def economics(
+    energy_wh: float | None, seconds: float, device_power_w: float, price_per_kwh: float, price_per_gpu_hour: float
+) -> dict[str, Any]:
     """Energy (measured, else `device_power_w` x time) and its cost; the cloud price of the same hours to compare."""
     measured = energy_wh is not None and energy_wh > 0
     wh = energy_wh if measured else device_power_w * seconds / 3600
-    return {"energy_wh": round(wh, 3), "energy_source": "NVML power samples" if measured else
-            f"estimate: {device_power_w:.0f} W x {seconds:.0f} s", "cost_energy": round(wh / 1000 * price_per_kwh, 4),
-            "cost_cloud_equivalent": round(seconds / 3600 * price_per_gpu_hour, 4),
-            "price_per_kwh": price_per_kwh, "price_per_gpu_hour": price_per_gpu_hour}  # fmt: skip
+    return {
+        "energy_wh": round(wh, 3),
+        "energy_source": "NVML power samples" if measured else f"estimate: {device_power_w:.0f} W x {seconds:.0f} s",
+        "cost_energy": round(wh / 1000 * price_per_kwh, 4),
+        "cost_cloud_equivalent": round(seconds / 3600 * price_per_gpu_hour, 4),
+        "price_per_kwh": price_per_kwh,
+        "price_per_gpu_hour": price_per_gpu_hour,
+    }
 
 
 # ---- disk ------------------------------------------------------------------------------------------------------
@@ -163,9 +178,11 @@ def disk_check(folder: Path, need_bytes: int, free_bytes: int | None = None) -> 
     if free >= need_bytes * 1.2:
         return True, f"disk: {free / 2**30:.1f} GiB free at {probe}, about {need_bytes / 2**30:.2f} GiB needed"
     hogs = ", ".join(f"{p} ({g:.1f} GiB)" for p, g in largest(probe.parent if probe.is_file() else probe))
-    return False, (f"disk: only {free / 2**30:.2f} GiB free at {probe} but checkpoints need about "
-                   f"{need_bytes / 2**30:.2f} GiB (+20% margin). Largest here: {hogs or 'nothing large'}. Free space, "
-                   "lower save_total_limit/save_steps, or point FTLAB_OUTPUTS at a bigger disk.")  # fmt: skip
+    return False, (
+        f"disk: only {free / 2**30:.2f} GiB free at {probe} but checkpoints need about "
+        f"{need_bytes / 2**30:.2f} GiB (+20% margin). Largest here: {hogs or 'nothing large'}. Free space, "
+        "lower save_total_limit/save_steps, or point FTLAB_OUTPUTS at a bigger disk."
+    )
 
 
 # ---- wall-time forecast ----------------------------------------------------------------------------------------
@@ -176,10 +193,17 @@ def forecast(seconds_per_step: float, steps: int, eval_runs: int = 0, seconds_pe
     total = seconds_per_step * steps + eval_runs * seconds_per_eval
     advice = ""
     if total > 4 * 3600:
-        advice = ("that is many hours: try a smaller subset (max_rows), fewer epochs or max_steps, a lower lora_r, or "
-                  "a shorter max_length; check the GPU is really used (stage 00)")  # fmt: skip
-    return {"seconds_per_step": round(seconds_per_step, 3), "steps": steps, "forecast_s": round(total, 1),
-            "forecast_h": round(total / 3600, 2), "advice": advice}  # fmt: skip
+        advice = (
+            "that is many hours: try a smaller subset (max_rows), fewer epochs or max_steps, a lower lora_r, or "
+            "a shorter max_length; check the GPU is really used (stage 00)"
+        )
+    return {
+        "seconds_per_step": round(seconds_per_step, 3),
+        "steps": steps,
+        "forecast_s": round(total, 1),
+        "forecast_h": round(total / 3600, 2),
+        "advice": advice,
+    }
 
 
 def human(seconds: float) -> str:
@@ -194,5 +218,38 @@ def interpreter() -> dict[str, Any]:
     from ftlab.paths import repo_root
 
     venv = (repo_root() / ".venv").resolve()
-    return {"python": sys.executable, "prefix": sys.prefix, "project_env": Path(sys.prefix).resolve() == venv,
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}  # fmt: skip
+    return {
+        "python": sys.executable,
+        "prefix": sys.prefix,
+        "project_env": Path(sys.prefix).resolve() == venv,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
+
+
+def compute_rows(run_name: str) -> list[dict[str, Any]]:
+    """What each training stage of the run cost: wall time, energy (measured or estimated, and how) and money."""
+    import json
+
+    from ftlab import stages
+    from ftlab.paths import stage_dir
+
+    rows = []
+    for st in (m.stage for m in stages.methods()):
+        p = stage_dir(run_name, st) / "summary.json"
+        s = json.loads(p.read_text()) if p.exists() else {}
+        if "economics" in s:
+            e = s["economics"]
+            rows.append(
+                {
+                    "stage": st,
+                    "train_seconds": s.get("train_seconds"),
+                    "energy_wh": e["energy_wh"],
+                    "energy_source": e["energy_source"],
+                    "cost_energy": e["cost_energy"],
+                    "cost_cloud_equivalent": e["cost_cloud_equivalent"],
+                    "price_per_kwh": e["price_per_kwh"],
+                    "gpu_samples": s.get("telemetry", {}).get("samples", 0),
+                    "throttle_warnings": len(s.get("telemetry", {}).get("warnings", [])),
+                }
+            )
+    return rows

@@ -1,6 +1,7 @@
 """ipywidgets views for JupyterLab that fall back to printed output in headless (papermill) runs.
 
-A run is headless when the runner set FTLAB_HEADLESS=1 or when papermill injected parameters into the notebook.
+A run is headless when it is not in a Jupyter kernel, or when the runner set FTLAB_HEADLESS=1 (`python -m ftlab run`
+and `ftlab.launch` do; set it yourself for a plain `papermill` call to get printed progress instead of widgets).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ def is_headless() -> bool:
         ip = get_ipython()  # type: ignore[name-defined]  # noqa: F821
     except NameError:
         return True  # plain Python: no widgets
-    history = ip.user_ns.get("In", [])
-    return any(isinstance(src, str) and src.lstrip().startswith("# Parameters") for src in history)
+    return getattr(ip, "kernel", None) is None  # IPython in a terminal: no widgets either
 
 
 def dataset_browser(rows: list[dict[str, Any]], tokenizer: Any, max_length: int, static_examples: int = 3) -> Any:
@@ -41,8 +41,12 @@ def dataset_browser(rows: list[dict[str, Any]], tokenizer: Any, max_length: int,
         e = encode(tokenizer, r["messages"], max_length)
         out.clear_output(wait=True)
         with out:
-            display(HTML(f"<b>line {r.get('_line')}</b>: {e.length} tokens, {sum(e.assistant_masks)} trained "
-                         f"(highlighted){' — truncated' if e.truncated else ''}"))  # fmt: skip
+            display(
+                HTML(
+                    f"<b>line {r.get('_line')}</b>: {e.length} tokens, {sum(e.assistant_masks)} trained "
+                    f"(highlighted){' — truncated' if e.truncated else ''}"
+                )
+            )
             display(HTML(marked(tokenizer, e, "html")))
 
     slider.observe(show, names="value")
@@ -71,11 +75,22 @@ class TrainingDashboard:
 
     def line(self, r: dict[str, Any]) -> str:
         parts = [f"step {r['step']}/{self.total}"]
-        for k, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval_loss {:.4f}"), ("grad_norm", "grad {:.3f}"),
-                       ("learning_rate", "lr {:.2e}"),
-                       ("rewards/margins", "margin {:.3f}"), ("rewards/accuracies", "reward acc {:.2f}"), ("tokens_per_s", "{:.0f} tok/s"), ("vram_alloc_gib", "vram {:.2f} GiB"),
-                       ("ram_rss_gib", "ram {:.2f} GiB"), ("gpu_temp_c", "{:.0f} °C"), ("gpu_power_w", "{:.0f} W"),
-                       ("gpu_sm_clock_mhz", "{:.0f} MHz"), ("gpu_util_pct", "util {:.0f}%"), ("eta_s", "eta {:.0f} s")):  # fmt: skip
+        for k, fmt in (
+            ("loss", "loss {:.4f}"),
+            ("eval_loss", "eval_loss {:.4f}"),
+            ("grad_norm", "grad {:.3f}"),
+            ("learning_rate", "lr {:.2e}"),
+            ("rewards/margins", "margin {:.3f}"),
+            ("rewards/accuracies", "reward acc {:.2f}"),
+            ("tokens_per_s", "{:.0f} tok/s"),
+            ("vram_alloc_gib", "vram {:.2f} GiB"),
+            ("ram_rss_gib", "ram {:.2f} GiB"),
+            ("gpu_temp_c", "{:.0f} °C"),
+            ("gpu_power_w", "{:.0f} W"),
+            ("gpu_sm_clock_mhz", "{:.0f} MHz"),
+            ("gpu_util_pct", "util {:.0f}%"),
+            ("eta_s", "eta {:.0f} s"),
+        ):
             if k in r:
                 limit = r.get("gpu_power_limit_w") if k == "gpu_power_w" else None
                 parts.append(fmt.format(r[k]) + (f" of {limit:.0f} W" if limit else ""))
@@ -102,6 +117,13 @@ class TrainingDashboard:
                 plt.close(fig)
 
 
+def dashboard(method: Any, total_steps: int) -> TrainingDashboard:
+    """The live view of a training method (a registry entry): its title and its own curves."""
+    from ftlab import plots
+
+    return TrainingDashboard(method.title, total_steps, plot=getattr(plots, method.curves))
+
+
 def chat_playground(contenders: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 96) -> Any:
     """The same prompt to every contender (base and tuned) side by side, tokens streaming in as they are generated.
     Headless there is no one to type a prompt: a note says so (the side-by-side table is the static form)."""
@@ -116,8 +138,7 @@ def chat_playground(contenders: Any, tokenizer: Any, prompt: str, max_new_tokens
 
     box_in = w.Textarea(value=prompt, description="prompt", layout=w.Layout(width="100%", height="4em"))
     go = w.Button(description="Ask every model", tooltip="send the prompt to base and tuned models", icon="play")
-    panes = {n: w.HTML(value="", description=n, layout=w.Layout(width=f"{100 // max(1, len(names))}%"))
-             for n in names}  # fmt: skip
+    panes = {n: w.HTML(value="", description=n, layout=w.Layout(width=f"{100 // max(1, len(names))}%")) for n in names}
     status = w.HTML(value="")
 
     def ask(_: Any = None) -> None:
@@ -148,38 +169,15 @@ def chat_playground(contenders: Any, tokenizer: Any, prompt: str, max_new_tokens
 
 def answers(contenders: Any, tokenizer: Any, prompt: str, max_new_tokens: int, names: list[str], on_token: Any):
     """Greedy answer of each contender; `on_token(name, text_so_far)` is called as tokens stream in."""
-    import threading
+    from ftlab import generate
 
-    import torch
-    from transformers import TextIteratorStreamer
-
-    enc = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)  # fmt: skip
     for name in names:
         with contenders.use(name):
-            model = contenders.model
-            inputs = {k: v.to(model.device) for k, v in enc.items()}
-            streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            kw = dict(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
-                      pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-            failed: list[BaseException] = []
-
-            def run(kw=kw, model=model, streamer=streamer, failed=failed) -> None:
-                try:
-                    with torch.no_grad():
-                        model.generate(**kw)
-                except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below
-                    failed.append(e)
-                    streamer.end()  # unblock the reader
-
-            t = threading.Thread(target=run, daemon=True)
-            t.start()
             text = ""
-            for piece in streamer:
-                text += piece
-                if on_token:
-                    on_token(name, text)
-            t.join()
-            if failed:
-                raise RuntimeError(f"{name} could not answer: {failed[0]}") from failed[0]
+            try:
+                for text in generate.stream(contenders.model, tokenizer, prompt, max_new_tokens):
+                    if on_token:
+                        on_token(name, text)
+            except RuntimeError as e:
+                raise RuntimeError(f"{name} could not answer: {e.__cause__ or e}") from e.__cause__
         yield name, text.strip()

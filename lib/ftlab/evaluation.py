@@ -1,0 +1,255 @@
+"""Stage 05 as a few calls: find what to score, score every model on the same rows, the verdicts, the forgetting
+probe, the optional extras, the side-by-side samples, and the results (metrics.json, report.html, the evaluated
+model card), all written into stage 05's own folder.
+
+Which models exist comes from the registry (`ftlab.stages`): the base, every method's adapter, the merged model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftlab import data, devices, models, plots, report, runs, scoring, stages, telemetry, widgets
+from ftlab.export import card, ollama
+from ftlab.paths import repo_root, stage_dir
+
+
+def find(run_name: str, compare_models: list[str]) -> tuple[dict[str, Path], list[str]]:
+    """The requested models whose stage produced them (name -> folder), and a note for each one that is missing."""
+    paths = stages.contenders(lambda s: stage_dir(run_name, s))
+    found = {m: p for m, p in paths.items() if m in compare_models and p.exists()}
+    notes = [
+        f"{m}: not evaluated, {paths[m]} does not exist (run its stage first)"
+        for m in compare_models
+        if m != stages.BASE and m not in found
+    ]
+    return found, notes
+
+
+def score_all(
+    base_model: str, tokenizer: Any, quantization: str, found: dict[str, Path], rows: list[dict[str, Any]], **kw: Any
+) -> tuple[scoring.Contenders, dict[str, dict[str, Any]]]:
+    """One base in memory with every adapter attached by name, each scored in turn; the merged model loaded on its
+    own afterwards. `kw` are `scoring.score`'s (max_length, n_generate, max_new_tokens, batch_size)."""
+    device = devices.kind()
+    adapters = {m: str(found[m]) for m in stages.method_names() if m in found}
+    contenders = scoring.Contenders(models.load_model(base_model, quantization=quantization), adapters)
+    scores = {}
+    for name in contenders.names:
+        with contenders.use(name):
+            scores[name] = scoring.score(contenders.model, tokenizer, rows, **kw)
+        print(f"{name:>7}:", scoring.summary(scores[name]))
+    if stages.MERGED in found:
+        merged = models.load_model(str(found[stages.MERGED]), dtype=devices.compute_dtype(device))
+        scores[stages.MERGED] = scoring.score(merged, tokenizer, rows, **kw)
+        print(f"{stages.MERGED:>7}:", scoring.summary(scores[stages.MERGED]))
+        del merged
+    return contenders, scores
+
+
+@dataclass
+class Verdict:
+    final: str | None  # the last method in series order that was scored: the run's tuned model
+    comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        c = self.comparisons.get(f"{self.final}_vs_{stages.BASE}", {})
+        return bool(self.final) and bool(c.get("improved")) and not c.get("regressed")
+
+    def __repr__(self) -> str:
+        return "\n".join([*self.lines, *[f"WARNING: {w}" for w in self.warnings]])
+
+
+def pairs_to_compare(scores: dict[str, Any], final: str | None) -> list[tuple[str, str]]:
+    """Each method against what it built on and against the base; the merged model against the final adapter."""
+    out = []
+    for m in stages.methods():
+        out += [(m.builds_on or stages.BASE, m.name)] + ([(stages.BASE, m.name)] if m.builds_on else [])
+    out.append((final, stages.MERGED))
+    return [(a, b) for a, b in out if a in scores and b in scores and a != b]
+
+
+def verdicts(scores: dict[str, dict[str, Any]], nll_tolerance: float) -> Verdict:
+    """Paired comparisons with bootstrap intervals, the 0.5-nats rule of thumb, and warnings a reader must see."""
+    final = next((m for m in reversed(stages.method_names()) if m in scores), None)
+    v = Verdict(final)
+    for a, b in pairs_to_compare(scores, final):
+        c = scoring.compare(scores[a], scores[b], (a.upper(), b.upper()), nll_tolerance)
+        v.comparisons[f"{b}_vs_{a}"] = c
+        v.lines.append(c["verdict"])
+    if final:
+        drop = -v.comparisons[f"{final}_vs_{stages.BASE}"]["nll_diff"]
+        v.lines.append(
+            f"{final.upper()} vs base: NLL drop {drop:.3f} nats/token; rule of thumb (>= 0.5 means real "
+            f"task improvement): {'met' if drop >= 0.5 else 'not met'}"
+        )
+        if not v.comparisons[f"{final}_vs_{stages.BASE}"]["improved"]:
+            v.warnings.append(
+                f"{final.upper()} shows no improvement over the base on held-out data: +0% means "
+                "something went wrong (data, learning rate, or loss masking that trained nothing; see "
+                "stage 01's audit)"
+            )
+    if v.comparisons.get(f"{stages.MERGED}_vs_{final}", {}).get("regressed"):
+        v.warnings.append(
+            "the merged model scores worse than its adapter: the merge or export lost something (stage 04)"
+        )
+    return v
+
+
+def forgetting(
+    contenders: scoring.Contenders, tokenizer: Any, v: Verdict, probe_path: str, nll_tolerance: float
+) -> dict[str, dict[str, Any]]:
+    """The general-knowledge probe with the base and the final tuned model; a warning on `v` when knowledge was lost."""
+    if not v.final:
+        print("forgetting probe: no tuned model to compare")
+        return {}
+    probe_rows = data.read_jsonl(repo_root() / probe_path)
+    probe = {}
+    for name in (stages.BASE, v.final):
+        with contenders.use(name):
+            probe[name] = scoring.probe_score(contenders.model, tokenizer, probe_rows)
+    base, tuned = probe[stages.BASE], probe[v.final]
+    forgot = scoring.compare(base, tuned, (stages.BASE, v.final.upper()), nll_tolerance)
+    print({m: {"nll": round(p["nll"], 3), "correct": round(p["correct"], 3)} for m, p in probe.items()})
+    if forgot["regressed"] or base["correct"] - tuned["correct"] > 0.1:
+        v.warnings.append(
+            f"forgetting: on the general-knowledge probe, reference NLL {base['nll']:.3f} -> "
+            f"{tuned['nll']:.3f} and correct answers {base['correct']:.0%} -> {tuned['correct']:.0%} "
+            f"({v.final.upper()} vs base). Fewer steps, a lower rank or learning rate, or mixing general "
+            "data into the training set reduce it."
+        )
+        print("WARNING:", v.warnings[-1])
+    return probe
+
+
+def extras(
+    p: dict[str, Any],
+    found: dict[str, Path],
+    rows: list[dict[str, Any]],
+    scores: dict[str, Any],
+    v: Verdict,
+    notes: list[str],
+    out_dir: Path,
+) -> dict[str, Any]:
+    """The optional lm-eval harness run and the pairwise judge, each saying when it is off and why."""
+    out: dict[str, Any] = {}
+    status = scoring.lm_eval_status(p["lm_eval_tasks"])
+    if status is None:
+        model_dir = str(found.get(stages.MERGED, models.resolve_model(p["base_model"])))
+        out["lm_eval"] = scoring.run_lm_eval(model_dir, p["lm_eval_tasks"], p["lm_eval_include_path"], str(out_dir))
+        print(out["lm_eval"]["command"], "->", out["lm_eval"]["returncode"])
+    else:
+        notes.append(status)
+        print(status)
+    if p["judge_url"] and v.final:
+        pr = [scoring.split_eval_row(r) for r in rows[: p["generate_rows"]]]
+        j = out["judge"] = scoring.pairwise_judge(
+            p["judge_url"],
+            p["judge_model"],
+            [x[-1]["content"] for x, _ in pr],
+            [ref for _, ref in pr],
+            scores[stages.BASE]["per_example"]["answers"],
+            scores[v.final]["per_example"]["answers"],
+        )
+        v.lines.append(
+            f"judge ({p['judge_model']}): {v.final.upper()} wins {j['wins_b']}, base wins {j['wins_a']}, "
+            f"ties {j['ties']} (position-swapped, consistent wins only)"
+        )
+        print(v.lines[-1])
+    else:
+        notes.append(
+            "pairwise judge: not configured (set judge_url and judge_model to a local OpenAI-compatible server)"
+        )
+        print(notes[-1])
+    return out
+
+
+def samples(rows: list[dict[str, Any]], scores: dict[str, dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The first `n` held-out prompts with the reference and every model's answer, ROUGE-L and whether it stopped."""
+    out = []
+    for i, r in enumerate(rows[:n]):
+        prompt, ref = scoring.split_eval_row(r)
+        per = {k: {m: s["per_example"][k][i] for m, s in scores.items()} for k in ("answers", "rouge_l", "stopped")}
+        out.append({"line": r.get("_line"), "prompt": prompt[-1]["content"], "reference": ref, **per})
+    return out
+
+
+def show_samples(stage: runs.Stage, found_samples: list[dict[str, Any]], scores: dict[str, Any]) -> Any:
+    """samples.jsonl and eval.png; the side-by-side table in JupyterLab, three examples printed headless."""
+    data.write_jsonl(stage.path("samples.jsonl"), found_samples)
+    fig = plots.eval_bars(scores, stage.path("eval.png"))
+    if not widgets.is_headless():
+        from IPython.display import HTML, display
+
+        display(HTML(report.side_by_side(found_samples, list(scores), limit=8)))
+    else:
+        for s in found_samples[:3]:
+            print(json.dumps({k: s[k] for k in ("prompt", "reference", "answers")}, indent=1, ensure_ascii=False))
+    return fig
+
+
+def write_results(
+    stage: runs.Stage,
+    scores: dict[str, Any],
+    v: Verdict,
+    probe: dict[str, Any],
+    found_samples: list,
+    notes: list[str],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """metrics.json, report.html and the evaluated model card, all in this stage's folder; the promote command
+    when the tuned model beat the base."""
+    run = stage.run_name
+    metrics = {
+        "models": {m: scoring.summary(s) for m, s in scores.items()},
+        "comparisons": v.comparisons,
+        "probe": {m: scoring.summary(p) | {"correct": p["correct"]} for m, p in probe.items()},
+        "verdict": v.lines,
+        "warnings": v.warnings,
+        "notes": notes,
+        "passed": v.passed,
+        "final": v.final,
+        "extras": extra,
+        "compute": telemetry.compute_rows(run),
+    }
+    stage.write_json("metrics.json", metrics)
+    html = report.page(
+        f"Evaluation of run {run}",
+        v.lines,
+        v.warnings,
+        scores,
+        found_samples,
+        probe,
+        [(stage.path("eval.png"), "held-out NLL and ROUGE-L per model")],
+        notes,
+        metrics["compute"],
+    )
+    stage.path("report.html").write_text(html, encoding="utf-8")
+    if v.final and card.evaluated_card(run, scores, v.lines, stage.path("MODEL_CARD.md")):
+        promote = ollama.promote_command(stage_dir(run, stages.EXPORT))
+        print(
+            ("evaluation passed; promote with:  " + promote)
+            if v.passed
+            else "not promoted: the tuned model did not beat the base"
+        )
+    print(f"report: {stage.path('report.html')}")
+    return metrics
+
+
+def finish(stage: runs.Stage, scores: dict[str, Any], v: Verdict) -> None:
+    stage.finish(
+        {
+            "final": v.final,
+            "passed": v.passed,
+            "verdict": v.lines,
+            "warnings": v.warnings,
+            "nll": {m: round(s["nll"], 4) for m, s in scores.items()},
+            "rouge_l": {m: round(s["rouge_l"], 4) for m, s in scores.items()},
+        }
+    )

@@ -1,0 +1,109 @@
+"""Merge the adapter into a 16/32-bit copy of the base (never 4-bit: merging into quantized weights loses the
+update) and prove the merge: greedy answers and logits of base+adapter against the merged model reloaded from disk.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ftlab import generate
+from ftlab.export.errors import ExportError
+from ftlab.models import safe_kwargs
+
+Prompts = list[list[dict[str, str]]]
+
+
+def merge(base_folder: str, adapter: Path, out: Path, dtype: Any) -> Path:
+    """Load the base in 16/32-bit (never 4-bit: merging into quantized weights loses the update), merge the LoRA
+    weights in, save safetensors + tokenizer (with the adapter's chat template) + generation config; atomically."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=dtype, **safe_kwargs())
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    tok = AutoTokenizer.from_pretrained(str(adapter))  # saved with the adapter: the template training used
+    gen = merged.generation_config
+    eos = sorted(
+        {tok.eos_token_id, *([gen.eos_token_id] if isinstance(gen.eos_token_id, int) else gen.eos_token_id or [])}
+    )
+    gen.eos_token_id = eos[0] if len(eos) == 1 else eos
+    gen.pad_token_id = tok.pad_token_id
+    merged.config.eos_token_id = tok.eos_token_id
+    merged.config.pad_token_id = tok.pad_token_id
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def greedy_tokens(model: Any, tokenizer: Any, prompts: Prompts, max_new_tokens: int) -> list[list[int]]:
+    """Greedy new-token ids per prompt, one prompt at a time (no padding effects), EOS included when reached."""
+    return [a.ids for a in generate.greedy(model, tokenizer, prompts, max_new_tokens, batch_size=1)]
+
+
+def verify_merge(
+    base_folder: str,
+    adapter: Path,
+    merged: Path,
+    tokenizer: Any,
+    prompts: list[list[dict[str, str]]],
+    max_new_tokens: int,
+    dtype: Any,
+) -> dict[str, Any]:
+    """Greedy answers and logits of base+adapter (unmerged) against the merged model reloaded from disk. The two
+    are loaded one after the other, so only one copy of the weights is in memory at a time."""
+    import gc
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=dtype, **safe_kwargs())
+    ref = PeftModel.from_pretrained(base, str(adapter)).eval()
+    ref_tokens = greedy_tokens(ref, tokenizer, prompts, max_new_tokens)
+    ref_logits = _logits(ref, tokenizer, prompts)
+    del ref, base
+    gc.collect()
+    m = AutoModelForCausalLM.from_pretrained(str(merged), dtype=dtype, **safe_kwargs()).eval()
+    tokens = greedy_tokens(m, tokenizer, prompts, max_new_tokens)
+    diff = max(float((a - b).abs().max()) for a, b in zip(ref_logits, _logits(m, tokenizer, prompts), strict=True))
+    same = sum(a == b for a, b in zip(ref_tokens, tokens, strict=True))
+    return {
+        "prompts": len(prompts),
+        "greedy_equal": same,
+        "agreement": same / max(1, len(prompts)),
+        "max_logit_diff": diff,
+        "answers": tokens,
+    }
+
+
+def _logits(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]]) -> list[Any]:
+    import torch
+
+    out = []
+    for p in prompts:
+        ids = tokenizer.apply_chat_template(p, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            out.append(model(**ids).logits.float().cpu())
+    return out
+
+
+def stopped_share(answers: list[list[int]], tokenizer: Any, max_new_tokens: int) -> float:
+    """Share of answers that ended with an end-of-turn token before the bound."""
+    stop = set(generate.eos_ids(tokenizer))
+    return sum(bool(a) and a[-1] in stop and len(a) <= max_new_tokens for a in answers) / max(1, len(answers))
+
+
+def check_merge(result: dict[str, Any], min_agreement: float) -> None:
+    """Stop when the merged model answers differently from base+adapter on too many prompts."""
+    if result["agreement"] < min_agreement:
+        raise ExportError(
+            f"the merged model agrees with base+adapter on {result['agreement']:.0%} of prompts (< min_agreement "
+            f"{min_agreement}); max logit diff {result['max_logit_diff']:.3g}. Merge in float32 (merged_dtype)."
+        )

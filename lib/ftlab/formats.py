@@ -1,0 +1,246 @@
+"""The input layouts people bring, one record each: the fields that identify it, and how a row becomes chat messages.
+
+A new layout is one `Format` entry in `FORMATS`: `detect_format` tries the entries in order, `normalize` converts
+with the entry's function, `params` offers the names as `data_format` choices. Rows that cannot be used raise
+`RowError` with a reason from `REASONS` (stage 01 writes them, with their line numbers, to rejected.jsonl).
+This module imports nothing of ftlab, so `params` can take its vocabulary from here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+REASONS = {
+    "invalid_utf8": "bytes that are not valid UTF-8 (or lone surrogates)",
+    "invalid_json": "the line is not valid JSON",
+    "wrong_type": "a field has the wrong type (e.g. a number where text is expected)",
+    "unknown_schema": "no known set of fields (see ftlab.formats.FORMATS for the layouts and their fields)",
+    "empty_field": "a text field is empty or whitespace only",
+    "nul_byte": "a NUL byte (\\x00) in the text: trains into gibberish",
+    "control_chars": "control characters other than tab/newline in the text",
+    "unknown_role": "a role other than system/user/assistant",
+    "turn_order": "turns out of order (system first, then user/assistant alternating)",
+    "no_final_assistant": "the conversation does not end with an assistant turn: nothing to learn",
+    "chosen_equals_rejected": "a preference pair whose chosen and rejected answers are the same",
+    "too_long": "longer than max_length tokens after the chat template",
+    "duplicate": "an exact duplicate of an earlier row",
+    "near_duplicate": "the same as an earlier row up to case, whitespace and punctuation",
+    "eval_in_train": "an eval row whose prompt also appears in train (leakage)",
+    "prompt_in_eval": "a training row (e.g. a preference pair) whose prompt is held out for eval; kept out of training",
+    "low_perplexity": "base-model perplexity below the threshold (near-memorized boilerplate)",
+    "prompt_too_long": "the prompt alone is longer than max_prompt_length tokens (DPO)",
+    "self_answer_matches": "the model's own answer already equals the reference: no preference to learn (self pairs)",
+}
+ROLE_MAP = {
+    "system": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "human": "user",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+}
+_CONTROL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
+Messages = list[dict[str, str]]
+
+
+class RowError(ValueError):
+    def __init__(self, reason: str, detail: str):
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+# ---- field checks ------------------------------------------------------------------------------------------------
+
+
+def text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise RowError("wrong_type", f"{what} must be text, found {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RowError("invalid_utf8", f"{what} holds a lone surrogate") from None
+    if "\x00" in value:
+        raise RowError("nul_byte", f"{what} at character {value.index(chr(0))}")
+    m = _CONTROL.search(value)
+    if m:
+        raise RowError("control_chars", f"{what}: {m.group()!r} at character {m.start()}")
+    if not value.strip():
+        raise RowError("empty_field", f"{what} is empty")
+    return value
+
+
+def messages(turns: Any, what: str, role_key: str = "role", content_key: str = "content") -> Messages:
+    if not isinstance(turns, list) or not turns:
+        kind = "wrong_type" if not isinstance(turns, list) else "empty_field"
+        raise RowError(kind, f"{what} must be a non-empty list")
+    out = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict):
+            raise RowError("wrong_type", f"{what}[{i}] must be an object, found {type(t).__name__}")
+        role = t.get(role_key)
+        if not isinstance(role, str) or role.lower() not in ROLE_MAP:
+            raise RowError("unknown_role", f"{what}[{i}] role {role!r}; expected system, user or assistant")
+        out.append({"role": ROLE_MAP[role.lower()], "content": text(t.get(content_key), f"{what}[{i}].content")})
+    return out
+
+
+def check_order(msgs: Messages, need_final_assistant: bool = True) -> None:
+    body = msgs[1:] if msgs[0]["role"] == "system" else msgs
+    if not body:
+        raise RowError("no_final_assistant", "only a system message")
+    for i, m in enumerate(body):
+        want = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != want:
+            raise RowError("turn_order", f"turn {i + (len(msgs) - len(body))} is {m['role']!r}, expected {want!r}")
+    if need_final_assistant and body[-1]["role"] != "assistant":
+        raise RowError("no_final_assistant", f"last turn is {body[-1]['role']!r}")
+
+
+def answer(value: Any, what: str) -> Messages:
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": text(value, what)}]
+    msgs = messages(value, what)
+    if msgs[-1]["role"] != "assistant":
+        raise RowError("no_final_assistant", f"{what} does not end with an assistant message")
+    return msgs[-1:]
+
+
+def prompt(value: Any, what: str = "prompt") -> Messages:
+    return [{"role": "user", "content": text(value, what)}] if isinstance(value, str) else messages(value, what)
+
+
+# ---- the layouts -------------------------------------------------------------------------------------------------
+
+
+def _messages(rec: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": messages(rec["messages"], "messages")}
+
+
+def _sharegpt(rec: dict[str, Any]) -> dict[str, Any]:
+    turns = rec["conversations"]
+    first = turns[0] if isinstance(turns, list) and turns else None
+    keys = ("from", "value") if isinstance(first, dict) and "from" in first else ("role", "content")
+    return {"messages": messages(turns, "conversations", *keys)}
+
+
+def _alpaca(rec: dict[str, Any]) -> dict[str, Any]:
+    user = text(rec["instruction"], "instruction")
+    if rec.get("input") not in (None, ""):
+        user += "\n\n" + text(rec["input"], "input")
+    msgs = [{"role": "system", "content": text(rec["system"], "system")}] if rec.get("system") else []
+    msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": text(rec["output"], "output")}]
+    return {"messages": msgs}
+
+
+def _prompt_completion(rec: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": prompt(rec["prompt"]) + answer(rec["completion"], "completion")}
+
+
+def _text(rec: dict[str, Any]) -> dict[str, Any]:
+    # plain text: the whole text is one assistant turn, so every token is trained
+    return {"messages": [{"role": "assistant", "content": text(rec["text"], "text")}]}
+
+
+def _preference(rec: dict[str, Any]) -> dict[str, Any]:
+    pmsgs = prompt(rec["prompt"])
+    check_order(pmsgs + [{"role": "assistant", "content": "x"}])
+    chosen, rejected = answer(rec["chosen"], "chosen"), answer(rec["rejected"], "rejected")
+    if chosen[0]["content"].strip() == rejected[0]["content"].strip():
+        raise RowError("chosen_equals_rejected", "identical answers teach nothing")
+    return {"prompt": pmsgs, "chosen": chosen, "rejected": rejected}
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    required: tuple[str, ...]  # fields that identify the layout (all must be present)
+    optional: tuple[str, ...]  # further fields it reads; every other field is kept as an extra
+    convert: Callable[[dict[str, Any]], dict[str, Any]]
+    preference: bool = False  # a prompt with a chosen and a rejected answer (DPO), not a conversation to imitate
+    ordered: bool = True  # check the turn order of the converted conversation
+    example: str = ""
+
+    @property
+    def fields(self) -> set[str]:
+        return set(self.required) | set(self.optional)
+
+
+# detection tries these in order: the first whose required fields are all present wins
+FORMATS: tuple[Format, ...] = (
+    Format(
+        "preference",
+        ("prompt", "chosen", "rejected"),
+        (),
+        _preference,
+        preference=True,
+        ordered=False,
+        example='{"prompt": "...", "chosen": "...", "rejected": "..."}',
+    ),
+    Format("messages", ("messages",), (), _messages, example='{"messages": [{"role": "user", "content": "..."}, ...]}'),
+    Format(
+        "sharegpt",
+        ("conversations",),
+        (),
+        _sharegpt,
+        example='{"conversations": [{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}]}',
+    ),
+    Format(
+        "alpaca",
+        ("instruction", "output"),
+        ("input", "system"),
+        _alpaca,
+        example='{"instruction": "...", "input": "", "output": "..."}',
+    ),
+    Format(
+        "prompt_completion",
+        ("prompt", "completion"),
+        (),
+        _prompt_completion,
+        example='{"prompt": "...", "completion": "..."}',
+    ),
+    Format("text", ("text",), (), _text, ordered=False, example='{"text": "..."}'),
+)
+
+
+def names(preference: bool | None = None) -> tuple[str, ...]:
+    """Format names; `preference=False` only conversation layouts, `True` only preference layouts."""
+    return tuple(f.name for f in FORMATS if preference is None or f.preference == preference)
+
+
+def get(name: str) -> Format:
+    for f in FORMATS:
+        if f.name == name:
+            return f
+    raise ValueError(f"unknown data format {name!r}; expected one of {['auto', *names()]}")
+
+
+def detect_format(rec: dict[str, Any]) -> str:
+    keys = set(rec)
+    for f in FORMATS:
+        if set(f.required) <= keys:
+            return f.name
+    raise RowError("unknown_schema", f"fields {sorted(keys)[:12]}; known layouts: {_layouts()}")
+
+
+def _layouts() -> str:
+    return "; ".join(f"{f.name} {list(f.required)}" for f in FORMATS)
+
+
+def normalize(rec: Any, fmt: str = "auto") -> tuple[dict[str, Any], dict[str, Any]]:
+    """One record -> ({"messages": [...]} or a preference dict, extra fields kept as they were). Raises RowError."""
+    if not isinstance(rec, dict):
+        raise RowError("wrong_type", f"a row must be an object, found {type(rec).__name__}")
+    f = get(detect_format(rec) if fmt == "auto" else fmt)
+    if any(k not in rec for k in f.required):
+        raise RowError(
+            "unknown_schema", f"data_format={f.name!r} needs fields {list(f.required)}, found {sorted(rec)[:12]}"
+        )
+    out = f.convert(rec)
+    if f.ordered:
+        check_order(out["messages"])
+    return out, {k: v for k, v in rec.items() if k not in f.fields}

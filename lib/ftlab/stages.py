@@ -1,0 +1,269 @@
+"""The registry: which stages the series has, which training methods exist and what each needs.
+
+Every other module asks this table instead of spelling a stage or method name. A new training method is one
+`Method` entry (here, or `register_method` from outside) plus its own module under `ftlab.train`; a new export
+target is one `ExportTarget` entry plus its module under `ftlab.export`. Nothing here imports the rest of ftlab.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    name: str  # "02_train_sft": the notebook's file name and the stage folder's name
+    title: str
+    multi_process: bool = False  # built and tested to run under `accelerate launch` with several processes
+
+    @property
+    def number(self) -> str:
+        return self.name[:2]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training method: the stage that runs it, the TRL pieces it uses and what it leaves behind.
+
+    `module` (under ftlab.train) provides `config_kwargs(opts, device, attn)`, `trainer_kwargs(opts)` and the
+    method's dataset builder; `options` names the dataclass of its own parameters in that module."""
+
+    name: str  # "sft": the adapter's name in params (`adapter`, `compare_models`) and in reports
+    stage: str  # the stage that trains it
+    title: str  # "SFT": how plots, dashboards and verdicts name it
+    description: str  # "supervised fine-tuning": how the model card names it
+    config: str  # "trl:SFTConfig": the TRL arguments class
+    trainer: str  # "trl:SFTTrainer"
+    module: str  # "ftlab.train.sft"
+    builds_on: str | None = None  # the method whose adapter this one starts from
+    metrics: tuple[str, ...] = ()  # log keys beyond the shared ones that go into metrics.jsonl
+    curves: str = "training_curves"  # the ftlab.plots function that draws its metrics
+    columns: dict[str, str] = field(default_factory=dict)  # comparison column -> summary.json key ("a.b" nests)
+    adapter: str = "adapter"  # folder of the stage that holds the adapter it produces
+    eval_before: bool = False  # evaluate before training (the number to beat, eval_before.json)
+
+    def adapter_dir(self, stage_dir: Callable[[str], Path]) -> Path:
+        return Path(stage_dir(self.stage)) / self.adapter
+
+    def has_adapter(self, stage_dir: Callable[[str], Path]) -> bool:
+        return (self.adapter_dir(stage_dir) / "adapter_config.json").exists()
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    """A file format stage 04 writes (merged safetensors, GGUF, an Ollama Modelfile)."""
+
+    name: str
+    module: str  # the ftlab.export module that writes it
+    path: str  # where it lands in the export stage's folder
+
+
+_SHARED_KEYS = ("loss", "eval_loss", "grad_norm", "learning_rate")
+_REWARDS = tuple(f"{p}rewards/{k}" for p in ("", "eval_") for k in ("chosen", "rejected", "margins", "accuracies"))
+
+_STAGES: list[StageInfo] = [
+    StageInfo("00_check_environment", "check the environment"),
+    StageInfo("01_prepare_data", "prepare the data"),
+    StageInfo("02_train_sft", "supervised fine-tuning", multi_process=True),
+    StageInfo("03_train_dpo", "preference tuning"),
+    StageInfo("04_merge_export", "merge and export"),
+    StageInfo("05_evaluate", "evaluate"),
+    StageInfo("06_compare_runs", "compare runs"),
+]
+CHECK, DATA, TRAIN_SFT, TRAIN_DPO, EXPORT, EVALUATE, COMPARE = (s.name for s in _STAGES)
+
+_METHODS: list[Method] = [
+    Method(
+        "sft",
+        TRAIN_SFT,
+        "SFT",
+        "supervised fine-tuning",
+        "trl:SFTConfig",
+        "trl:SFTTrainer",
+        "ftlab.train.sft",
+        metrics=("mean_token_accuracy", "eval_mean_token_accuracy"),
+        eval_before=True,
+        columns={"seconds": "train_seconds", "peak_gib": "memory.measured_peak_gib", "tokens_per_s": "tokens_per_s"},
+    ),
+    Method(
+        "dpo",
+        TRAIN_DPO,
+        "DPO",
+        "DPO",
+        "trl:DPOConfig",
+        "trl:DPOTrainer",
+        "ftlab.train.dpo",
+        builds_on="sft",
+        metrics=_REWARDS,
+        curves="dpo_curves",
+        columns={"seconds": "train_seconds", "last_margin": "last_margin"},
+    ),
+]
+
+EXPORT_TARGETS: tuple[ExportTarget, ...] = (
+    ExportTarget("merged", "ftlab.export.merge", "merged"),
+    ExportTarget("gguf", "ftlab.export.gguf", "gguf"),
+    ExportTarget("ollama", "ftlab.export.ollama", "Modelfile"),
+)
+BASE = "base"  # the untuned model: the number every method must beat
+MERGED = EXPORT_TARGETS[0].name  # the merged model, scored beside the adapters in stage 05
+
+
+# ---- stages ------------------------------------------------------------------------------------------------------
+
+
+def stage_names() -> tuple[str, ...]:
+    return tuple(s.name for s in _STAGES)
+
+
+def stage(name: str) -> StageInfo:
+    for s in _STAGES:
+        if s.name == name:
+            return s
+    raise ValueError(f"unknown stage {name!r}; the stages are: {', '.join(stage_names())}")
+
+
+def by_number(number: str) -> StageInfo | None:
+    return next((s for s in _STAGES if s.number == number), None)
+
+
+def multi_process_stages() -> tuple[str, ...]:
+    return tuple(s.name for s in _STAGES if s.multi_process)
+
+
+# ---- methods -----------------------------------------------------------------------------------------------------
+
+
+def methods() -> tuple[Method, ...]:
+    """Every training method, in the order the series runs them."""
+    order = stage_names()
+    return tuple(sorted(_METHODS, key=lambda m: order.index(m.stage)))
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(m.name for m in methods())
+
+
+def method(name: str) -> Method:
+    for m in _METHODS:
+        if m.name == name:
+            return m
+    raise ValueError(f"unknown training method {name!r}; the methods are: {', '.join(method_names())}")
+
+
+def method_of_stage(stage_name: str) -> Method:
+    for m in _METHODS:
+        if m.stage == stage_name:
+            return m
+    raise ValueError(f"stage {stage_name!r} trains no method; training stages: {[m.stage for m in methods()]}")
+
+
+def first_method() -> Method:
+    """The method every other one builds on (SFT): the one whose adapter starts from the base."""
+    return next(m for m in methods() if m.builds_on is None)
+
+
+def lineage(name: str) -> list[Method]:
+    """The methods an adapter went through, first to last: dpo -> [sft, dpo]."""
+    chain = [method(name)]
+    while chain[0].builds_on:
+        chain.insert(0, method(chain[0].builds_on))
+    return chain
+
+
+def log_keys() -> tuple[str, ...]:
+    """Every training log key that goes into metrics.jsonl: the shared ones and each method's own."""
+    return tuple(dict.fromkeys(_SHARED_KEYS + tuple(k for m in methods() for k in m.metrics)))
+
+
+def final_method(stage_dir: Callable[[str], Path], choice: str = "auto") -> Method:
+    """The run's final adapter: `auto` takes the last method in series order whose stage produced an adapter;
+    a method name takes that one. A clear error when it is missing."""
+    have = [m for m in methods() if m.has_adapter(stage_dir)]
+    pick = (have[-1] if have else None) if choice == "auto" else method(choice)
+    if pick is None or pick not in have:
+        want = pick or first_method()
+        raise FileNotFoundError(
+            f"adapter={choice!r} needs {want.adapter_dir(stage_dir)}, which is missing; run notebooks/{want.stage}.ipynb "
+            f"first (adapters found: {[m.name for m in have] or 'none'})."
+        )
+    return pick
+
+
+def final_method_or_none(stage_dir: Callable[[str], Path]) -> Method | None:
+    have = [m for m in methods() if m.has_adapter(stage_dir)]
+    return have[-1] if have else None
+
+
+def contenders(stage_dir: Callable[[str], Path]) -> dict[str, Path]:
+    """What stage 05 can score besides the base: every method's adapter folder and the merged model's folder."""
+    out = {m.name: m.adapter_dir(stage_dir) for m in methods()}
+    out[MERGED] = Path(stage_dir(EXPORT)) / EXPORT_TARGETS[0].path
+    return out
+
+
+def compare_choices() -> tuple[str, ...]:
+    return (BASE, *method_names(), MERGED)
+
+
+def adapter_choices() -> tuple[str, ...]:
+    return ("auto", *method_names())
+
+
+def load(ref: str) -> Any:
+    """`"package.module:attr"` -> the object (imported when first needed, so this table stays import-free)."""
+    mod, _, attr = ref.partition(":")
+    obj = importlib.import_module(mod)
+    return getattr(obj, attr) if attr else obj
+
+
+def dig(d: dict[str, Any], dotted: str) -> Any:
+    """`dig(summary, "memory.measured_peak_gib")`; None where a key is missing."""
+    for k in dotted.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+# ---- extending the registry --------------------------------------------------------------------------------------
+
+
+def register_stage(info: StageInfo, after: str | None = None) -> None:
+    if info.name in stage_names():
+        raise ValueError(f"stage {info.name!r} is already registered")
+    _STAGES.insert(stage_names().index(after) + 1 if after else len(_STAGES), info)
+
+
+def register_method(m: Method) -> None:
+    if m.name in method_names() or m.name in (BASE, MERGED, "auto"):
+        raise ValueError(f"method name {m.name!r} is taken; taken: {[*method_names(), BASE, MERGED, 'auto']}")
+    stage(m.stage)  # the stage must exist
+    if m.builds_on:
+        method(m.builds_on)
+    _METHODS.append(m)
+
+
+def unregister(name: str) -> None:
+    """Remove a method (and a stage of that name) again: for tests and experiments."""
+    _METHODS[:] = [m for m in _METHODS if m.name != name]
+    _STAGES[:] = [s for s in _STAGES if s.name != name]
+
+
+@contextlib.contextmanager
+def registered(m: Method, stage_info: StageInfo | None = None, after: str | None = None) -> Iterator[Method]:
+    """`with registered(Method(...), StageInfo(...)):` a method (and its stage) that exist only inside the block."""
+    if stage_info:
+        register_stage(stage_info, after)
+    try:
+        register_method(m)
+        yield m
+    finally:
+        unregister(m.name)
+        if stage_info:
+            unregister(stage_info.name)

@@ -1,0 +1,253 @@
+"""Preference tuning with DPO (TRL's DPOTrainer) on top of the SFT adapter: options, config, pairs, the reference
+check and the regression guard.
+
+The policy is the SFT adapter (trainable); TRL adds a frozen copy of it as `ref`, on the same base weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftlab import data, generate, runs, scoring, stages
+from ftlab.audit import encode
+from ftlab.train.config import TrainParams
+
+
+@dataclass(frozen=True)
+class Options:
+    """Stage 03's own parameters beyond TrainParams; the defaults are the notebook's (a test holds them equal)."""
+
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    pairs: str = "prefs"
+    self_pairs_max: int = 64
+    eval_pairs: int = 32
+    max_prompt_length: int = 256
+    guard_rows: int = 32
+    max_new_tokens: int = 64
+    max_rejected_share: float = 0.05
+
+
+def config_kwargs(out_dir: Path, t: TrainParams, o: Options, device: str, attn: str | None) -> dict[str, Any]:
+    return {"beta": o.beta, "loss_type": [o.loss_type]}  # TRL takes a list of losses (weighted sum)
+
+
+def trainer_kwargs(o: Options) -> dict[str, Any]:
+    return {}  # the model is already the SFT adapter; TRL adds its frozen `ref` copy
+
+
+def dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+
+
+def read_inputs(stage: runs.Stage) -> dict[str, Any]:
+    """Stage 01's pairs, train and eval rows and stage 02's adapter, hashed into the manifest."""
+    sft = stages.method(stages.method_of_stage(stage.name).builds_on)
+    adapter = stage.input(sft.stage, sft.adapter)
+    paths = {k: stage.input(stages.DATA, f"{k}.jsonl") for k in ("prefs", "train", "eval")}
+    stage.record_inputs({**paths, "sft_adapter": adapter / "adapter_model.safetensors"})
+    return {"adapter": adapter, **{k: data.read_jsonl(p) for k, p in paths.items()}}
+
+
+def load_policy(base_model: str, quantization: str, adapter: Path) -> Any:
+    """One base model with the SFT adapter on it, trainable: the policy DPO starts from."""
+    from peft import PeftModel
+
+    from ftlab import models
+
+    return PeftModel.from_pretrained(
+        models.load_model(base_model, quantization=quantization), str(adapter), is_trainable=True
+    )
+
+
+# ---- pairs -------------------------------------------------------------------------------------------------------
+
+
+def prompt_length(tokenizer: Any, prompt: list[dict[str, str]]) -> int:
+    enc = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+    return len(enc["input_ids"])
+
+
+def check_pairs(
+    rows: list[dict[str, Any]], tokenizer: Any, max_length: int, max_prompt_length: int
+) -> tuple[list[dict[str, Any]], list[data.Rejected]]:
+    """Pairs DPO can train on whole. TRL would silently cut long prompts or drop fully truncated rows; here such
+    rows are reported (with their line numbers) instead. Returns (kept rows, rejected records)."""
+    keep, rejected = [], []
+    for r in rows:
+        p = prompt_length(tokenizer, r["prompt"])
+        full = max(len(encode(tokenizer, r["prompt"] + r[k]).input_ids) for k in ("chosen", "rejected"))
+        line, src = r.get("_line", 0), r.get("_source", "")
+        if p > max_prompt_length:
+            rejected.append(
+                data.Rejected(line, "prompt_too_long", f"{p} > max_prompt_length {max_prompt_length}", r, src)
+            )
+        elif full > max_length:
+            rejected.append(data.Rejected(line, "too_long", f"{full} tokens > max_length {max_length}", r, src))
+        else:
+            keep.append({**r, "_tokens": full})
+    return keep, rejected
+
+
+def self_pairs(rows: list[dict[str, Any]], answers: list[str]) -> tuple[list[dict[str, Any]], list[data.Rejected]]:
+    """On-the-fly pairs: chosen = the reference answer, rejected = the model's own greedy answer where it differs.
+    An empty answer (the model stopped at once) is kept as a rejected answer: it is a real failure to push down."""
+    pairs, same = [], []
+    for r, a in zip(rows, answers, strict=True):
+        prompt, ref = r["messages"][:-1], r["messages"][-1]["content"]
+        line, src = r.get("_line", 0), r.get("_source", "")
+        if scoring.exact_match(a, ref):
+            same.append(data.Rejected(line, "self_answer_matches", f"model answer {a[:60]!r}", r, src))
+            continue
+        pairs.append(
+            {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": ref}],
+                "rejected": [{"role": "assistant", "content": a}],
+                "_line": line,
+                "_source": "self:" + str(src),
+            }
+        )
+    return pairs, same
+
+
+@dataclass
+class Pairs:
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    too_long: list[data.Rejected]
+    skipped: list[data.Rejected]  # self pairs whose answer already equals the reference
+
+    def __repr__(self) -> str:
+        return (
+            f"{len(self.train)} training pairs, {len(self.eval)} held-out pairs, {len(self.too_long)} too long, "
+            f"{len(self.skipped)} self answers equal to the reference"
+        )
+
+
+def make_pairs(stage: runs.Stage, rows: dict[str, Any], model: Any, tokenizer: Any, done: bool) -> Pairs:
+    """Stage 01's pairs and/or self pairs, checked against the length limits (rejects go to pairs_rejected.jsonl),
+    split into training pairs and a seeded held-out set for reward accuracy."""
+    o, t = _opts(stage), stage.params
+    pool, skipped = (rows["prefs"] if o.pairs in ("prefs", "both") else []), []
+    if o.pairs in ("self", "both") and not done:
+        src = data.sample([data.Row(r["_line"], r) for r in rows["train"]], o.self_pairs_max, t["seed"])
+        answers = generate.greedy(model, tokenizer, [r.data["messages"][:-1] for r in src], o.max_new_tokens)
+        made, skipped = self_pairs([r.data for r in src], [a.text for a in answers])
+        pool = pool + made
+        print(f"self pairs: {len(made)} made, {len(skipped)} skipped (answer already equals the reference)")
+    kept, too_long = check_pairs(pool, tokenizer, t["max_length"], o.max_prompt_length)
+    if not kept:
+        raise data.DataError(
+            f"no preference pairs to train on (pairs={o.pairs!r}: {len(pool)} candidates, "
+            f"{len(too_long)} too long, {len(skipped)} self answers equal to the reference); "
+            "see pairs_rejected.jsonl"
+        )
+    data.write_jsonl(stage.path("pairs_rejected.jsonl"), data.rejected_json(too_long + skipped))
+    if not done:
+        data.check_rejected_share("pairs", len(kept), too_long, o.max_rejected_share)
+    n_held = min(o.eval_pairs, len(kept) // 5)
+    held = data.sample([data.Row(i, r) for i, r in enumerate(kept)], n_held, t["seed"]) if n_held else []
+    held_ids = {r.line for r in held}
+    return Pairs([r for i, r in enumerate(kept) if i not in held_ids], [r.data for r in held], too_long, skipped)
+
+
+def _opts(stage: runs.Stage) -> Options:
+    from ftlab.train.config import from_params
+
+    return from_params(Options, stage.params)
+
+
+# ---- the reference and the regression guard ------------------------------------------------------------------------
+
+
+def reference_is_sft(model: Any) -> dict[str, Any]:
+    """The frozen reference must be a copy of the SFT adapter (TRL's "ref"), not the raw base: check the weights."""
+    import torch
+
+    from ftlab.train.preflight import TrainingStopped
+
+    ref = {n: p for n, p in model.named_parameters() if ".ref." in n}
+    if not ref:
+        raise TrainingStopped(
+            "no frozen 'ref' adapter: DPO would compare against the raw base model, not the SFT policy"
+        )
+    pol = dict(model.named_parameters())
+    diff = max(float((p - pol[n.replace(".ref.", ".default.")]).abs().max()) for n, p in ref.items())
+    return {
+        "ref_tensors": len(ref),
+        "ref_trainable": sum(p.requires_grad for p in ref.values()),
+        "max_abs_diff_to_policy": diff,
+        "ref_nonzero": any(bool(torch.any(p != 0)) for p in ref.values()),
+    }
+
+
+def check_reference(trainer: Any) -> dict[str, Any]:
+    """At step 0 the reference equals the policy, is frozen and is not empty; anything else stops the stage."""
+    from ftlab.train.preflight import TrainingStopped
+
+    ref = reference_is_sft(trainer.model)
+    if not (ref["max_abs_diff_to_policy"] == 0 and ref["ref_trainable"] == 0 and ref["ref_nonzero"]):
+        raise TrainingStopped(f"the DPO reference is not a frozen copy of the SFT adapter: {ref}")
+    return ref
+
+
+def guard_score(stage: runs.Stage, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Held-out NLL (every eval row) and greedy answers on `guard_rows` of them: the regression guard's score."""
+    o = _opts(stage)
+    return scoring.score(
+        model,
+        tokenizer,
+        rows,
+        max_length=stage.params["max_length"],
+        n_generate=o.guard_rows,
+        max_new_tokens=o.max_new_tokens,
+    )
+
+
+def guard_before(stage: runs.Stage, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The SFT model's score before any preference step; kept in guard_before.json so a resumed run reuses it."""
+    path = stage.path("guard_before.json")
+    if path.exists() and runs.read_json(path)["params"] == stage.params:
+        return runs.read_json(path)["score"]
+    before = guard_score(stage, model, tokenizer, rows)
+    stage.write_json("guard_before.json", {"params": stage.params, "score": before})
+    return before
+
+
+def guard_after(
+    stage: runs.Stage, job: Any, before: dict[str, Any] | None, rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The same score with the DPO policy, compared with `before` (paired bootstrap): guard.json and its verdict."""
+    if job.done:
+        return runs.read_json(stage.path("guard.json"))
+    after = guard_score(stage, job.trainer.model, job.tokenizer, rows)
+    names = tuple(m.title for m in stages.lineage(job.method.name)[-2:])
+    guard = {
+        "before": scoring.summary(before),
+        "after": scoring.summary(after),
+        **scoring.compare(before, after, names),
+    }
+    stage.write_json("guard.json", guard)
+    return guard
+
+
+def summary(
+    job: Any, metrics: list[dict[str, Any]], pairs: Pairs, reference: dict[str, Any], guard: dict[str, Any]
+) -> dict[str, Any]:
+    """Stage 03's own summary entries: pairs, reward margins, the reference check and the guard's verdict."""
+    margins = [m for m in metrics if "rewards/margins" in m]
+    return {
+        "train_pairs": len(pairs.train),
+        "eval_pairs": len(pairs.eval),
+        "pairs_rejected": len(pairs.too_long),
+        "self_pairs_skipped": len(pairs.skipped),
+        "first_margin": margins[0]["rewards/margins"],
+        "last_margin": margins[-1]["rewards/margins"],
+        "reference": reference,
+        "guard": {k: guard[k] for k in ("before", "after", "nll_diff", "rouge_l_diff", "verdict", "regressed")},
+    }

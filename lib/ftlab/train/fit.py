@@ -1,0 +1,263 @@
+"""One training stage as a few calls: `build` (or skip a finished stage), `Job.preflight`, `Job.fit`, `Job.summary`.
+
+`fit` does the bookkeeping every method needs, in order: move aside checkpoints of other parameters, find the resume
+point and cut the metrics back to it, evaluate before training (methods that ask for it), train with the GPU sampler
+and disk watch, stop on a guard, evaluate after, save the adapter. The method's own pieces (its TRL config and
+trainer, its dataset, its options) come from the registry entry (`ftlab.stages`) and its module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ftlab import devices, memory, models, runs, stages
+from ftlab.train import checkpoints as ck
+from ftlab.train.callbacks import CheckpointComplete, LiveMetrics, extra_callbacks, quiet, read_metrics
+from ftlab.train.config import Economics, TrainParams, from_params, trainer_args
+from ftlab.train.preflight import TrainingStopped, forecast_and_disk, preflight
+from ftlab.train.watch import (
+    attention_warning,
+    evaluate_before_training,
+    final_eval,
+    save_adapter,
+    telemetry_summary,
+    train_watched,
+)
+
+
+def inputs(stage: runs.Stage) -> dict[str, Any]:
+    """What the method's stage reads from earlier stages (rows, and the adapter it builds on) plus stage 01's
+    stats; hashed into the manifest."""
+    method = stages.method_of_stage(stage.name)
+    got = stages.load(method.module).read_inputs(stage)
+    got["stats"] = runs.read_json(stage.input(stages.DATA, "stats.json"))
+    return got
+
+
+def finished(stage: runs.Stage) -> bool:
+    """The stage already completed with these parameters and its adapter is there: nothing to train again."""
+    method = stages.method_of_stage(stage.name)
+    return stage.previous() is not None and (stage.path(method.adapter) / "adapter_config.json").exists()
+
+
+def memory_plan(
+    stage: runs.Stage,
+    quant: str,
+    device: str,
+    seq_len: int,
+    *,
+    batch_rows: int | None = None,
+    lora: Any = None,
+    liger: bool = False,
+) -> tuple[Any, str]:
+    """The planner's estimate for this stage's configuration, printed as a table, and the advice an OOM would print;
+    stops at once when the estimate does not fit the device. `batch_rows` defaults to batch_size (DPO passes two
+    sequences per pair); `lora` (a peft LoraConfig) defaults to the stage's lora_r and lora_targets."""
+    p = stage.params
+    r, targets = (p["lora_r"], p["lora_targets"]) if lora is None else (lora.r, lora.target_modules)
+    targets = "all-linear" if isinstance(targets, str) else list(targets)
+    shape = memory.Shape.from_config(models.model_config(p["base_model"]))
+    cfg = dict(
+        quantization=quant,
+        batch_size=batch_rows or p["batch_size"],
+        seq_len=seq_len,
+        lora_r=r,
+        lora_targets=targets,
+        dtype_bytes=devices.dtype_bytes(device),
+        gradient_checkpointing=p["gradient_checkpointing"],
+        optim=p["optim"],
+        cuda=device == "cuda",
+        liger=liger,
+        fp16_compute=devices.precision(device)["fp16"],
+    )
+    plan = memory.estimate(shape, **cfg)
+    limit, limit_name = memory.device_limit()
+    print(memory.table(plan, limit, limit_name))
+    advice = memory.advice(plan, limit, memory.suggest(shape, limit * 0.9, **cfg))
+    if plan.total > limit * 0.95:
+        raise TrainingStopped("the configuration does not fit: " + advice)
+    return plan, advice
+
+
+@dataclass
+class Job:
+    """One training stage's state: the trainer (None when the stage had already finished), what the preflight and
+    the run measured. Its methods print what a reader looks at and return it."""
+
+    stage: runs.Stage
+    method: stages.Method
+    tokenizer: Any
+    steps: int
+    quantization: str
+    device: str
+    trainer: Any = None
+    live: LiveMetrics | None = None
+    pre: dict[str, Any] = field(default_factory=dict)
+    forecast: dict[str, Any] = field(default_factory=dict)
+    need_bytes: int = 0
+    disk: str = ""
+    resume: str | None = None
+    eval_before: float | None = None
+    final: dict[str, float] = field(default_factory=dict)
+    result: Any = None
+
+    @property
+    def done(self) -> bool:
+        return self.trainer is None
+
+    @property
+    def params(self) -> TrainParams:
+        return from_params(TrainParams, self.stage.params)
+
+    def preflight(self, advice: str, plan: Any) -> dict[str, Any]:
+        """The worst-case batch, then a few timed batches for the wall-time forecast and the disk check."""
+        if self.done:
+            return runs.read_json(self.stage.path("summary.json"))["preflight"]
+        self.pre = preflight(self.trainer, advice)
+        print(self.pre)
+        e = from_params(Economics, self.stage.params)
+        self.forecast, self.need_bytes, self.disk = forecast_and_disk(
+            self.trainer,
+            self.pre,
+            self.steps,
+            e.forecast_rows,
+            plan.gib()["trainable_params"],
+            self.params.optim,
+            self.stage.path("checkpoints"),
+        )
+        return self.pre
+
+    def fit(self) -> dict[str, float]:
+        """Stale guard -> resume point -> eval before -> watched training -> stop check -> eval after -> save."""
+        if self.done:
+            print(f"{self.stage.name} already finished with these parameters: nothing to train")
+            return runs.read_json(self.stage.path("summary.json")).get("eval", {})
+        folder, metrics = self.stage.path("checkpoints"), self.stage.path("metrics.jsonl")
+        ck.guard_stale_checkpoints(folder, self.stage.params)
+        self.resume = ck.last_complete_checkpoint(folder)
+        ck.truncate_metrics(metrics, ck.resume_step(self.resume))
+        if self.method.eval_before:
+            self._eval_before()
+        self.result = train_watched(self.trainer, self.live, self.need_bytes, self.resume)
+        if self.live.stopped_reason:
+            raise TrainingStopped(self.live.stopped_reason)
+        self.final = final_eval(self.trainer, self.live)
+        save_adapter(self.trainer, self.tokenizer, self.stage.path(self.method.adapter))
+        print(
+            "after training:",
+            {k: round(v, 4) for k, v in self.final.items()},
+            f"(eval loss before: {self.eval_before:.4f})" if self.eval_before is not None else "",
+        )
+        return self.final
+
+    def _eval_before(self) -> None:
+        if self.resume:
+            self.eval_before = runs.read_json(self.stage.path("eval_before.json"))["eval_loss"]
+        else:
+            self.eval_before = evaluate_before_training(self.trainer)
+        self.stage.write_json("eval_before.json", {"eval_loss": self.eval_before})
+        print(
+            f"eval loss before training: {self.eval_before:.4f}"
+            + (f"; resuming from {self.resume}" if self.resume else "")
+        )
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.stage.path("metrics.jsonl"))
+
+    def summary(self, plan: Any, **extra: Any) -> dict[str, Any]:
+        """summary.json: steps, losses, evals, memory (estimate vs measured), speed, forecast, telemetry and cost, and
+        the method's own `extra` entries; a finished stage's saved summary."""
+        if self.done:
+            return runs.read_json(self.stage.path("summary.json"))
+        metrics, runtime = self.metrics(), self.result.metrics["train_runtime"]
+        losses = [m["loss"] for m in metrics if "loss" in m]
+        measured = max(m.get("vram_peak_gib", m.get("ram_rss_gib", 0)) for m in [self.pre, *metrics])  # preflight too
+        s: dict[str, Any] = {
+            "steps": self.result.global_step,
+            "train_tokens": metrics[-1]["tokens_seen"] if metrics else 0,
+            "train_seconds": round(runtime, 1),
+            "first_loss": losses[0],
+            "last_loss": losses[-1],
+        }
+        if self.eval_before is not None:
+            s.update(eval_loss_before=self.eval_before, eval_loss_after=self.final["eval_loss"])
+        s.update(
+            eval=self.final,
+            resumed_from=self.resume,
+            quantization=self.quantization,
+            device=self.device,
+            preflight=self.pre,
+            warnings=self.live.warnings,
+            memory={
+                "estimate_gib": plan.gib(),
+                "measured_peak_gib": measured,
+                "measured_what": "torch.cuda.max_memory_allocated" if self.device == "cuda" else "process RSS",
+            },
+            tokens_per_s=round(metrics[-1]["tokens_seen"] / runtime, 1) if metrics else None,
+            forecast=self.forecast,
+            disk=self.disk,
+            processes=devices.process_rank()[2],
+            train_peak_gib=self.live.train_peak,
+            **extra,
+        )
+        return s | telemetry_summary(self.live, runtime, from_params(Economics, self.stage.params))
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if not self.done:
+            self.stage.finish(summary)
+
+
+def method_args(method: stages.Method, out_dir: Any, p: dict[str, Any], device: str, attn: str | None = None) -> Any:
+    """The method's TRL config (SFTConfig, DPOConfig, ...) from a parameter dict: the shared arguments, then the
+    method's own. `attn` is the model's attention implementation (padding-free 'auto' depends on it)."""
+    mod = stages.load(method.module)
+    t, o = from_params(TrainParams, p), from_params(mod.Options, p)
+    return stages.load(method.config)(
+        **{**trainer_args(out_dir, t, device), **mod.config_kwargs(out_dir, t, o, device, attn)}
+    )
+
+
+def build(
+    stage: runs.Stage,
+    tokenizer: Any,
+    train_rows: list[dict[str, Any]],
+    eval_rows: list[dict[str, Any]],
+    *,
+    quantization: str,
+    device: str,
+    model: Any = None,
+    load: Callable[[], Any] | None = None,
+    dashboard: Callable[[stages.Method, int], Callable[[dict[str, Any]], None]] | None = None,
+) -> Job:
+    """The stage's trainer: the method's TRL config and trainer from the registry, its datasets, live metrics (shown
+    by `dashboard(method, steps)`), extra callbacks and checkpoint marks. `model` or `load()` gives the model; a
+    finished stage loads nothing and returns a Job whose calls read its saved results."""
+    method = stages.method_of_stage(stage.name)
+    t = from_params(TrainParams, stage.params)
+    job = Job(stage, method, tokenizer, t.total_steps(len(train_rows)), quantization, device)
+    print(f"{job.steps} optimizer steps of {t.batch_size} x {t.grad_accum} rows")
+    if finished(stage):
+        print("this stage already finished with these parameters: training is skipped")
+        return job
+    mod = stages.load(method.module)
+    opts = from_params(mod.Options, stage.params)
+    model = model if model is not None else load()
+    attn = getattr(model.config, "_attn_implementation", None)
+    print(attention_warning(model) or f"attention kernel: {attn}")
+    job.live = LiveMetrics(stage.path("metrics.jsonl"), dashboard(method, job.steps) if dashboard else None)
+    args = method_args(method, stage.path("checkpoints"), stage.params, device, attn)
+    job.trainer = stages.load(method.trainer)(
+        model=model,
+        args=args,
+        train_dataset=mod.dataset(tokenizer, train_rows, t.max_length),
+        eval_dataset=mod.dataset(tokenizer, eval_rows, t.max_length),
+        processing_class=tokenizer,
+        callbacks=[job.live, *extra_callbacks(), CheckpointComplete()],
+        **mod.trainer_kwargs(opts),
+    )
+    quiet(job.trainer)
+    if hasattr(job.trainer.model, "print_trainable_parameters"):
+        job.trainer.model.print_trainable_parameters()
+    return job

@@ -1,0 +1,127 @@
+"""The stage and method registry: a method registered from outside flows through the parameter checks, the choice
+of the run's final adapter, the live metrics, the verdicts, the report's compute rows, the model card and the
+comparison of runs, with no other code touched. Run: .venv/bin/python -m pytest tests/test_stages.py
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ftlab import compare, evaluation, report, stages, telemetry
+from ftlab import params as P
+from ftlab.export import card
+from ftlab.paths import stage_dir
+from ftlab.train import LiveMetrics
+
+TOY = stages.Method(
+    "toy",
+    "07_train_toy",
+    "TOY",
+    "toy tuning",
+    "trl:SFTConfig",
+    "trl:SFTTrainer",
+    "ftlab.train.sft",
+    builds_on="dpo",
+    metrics=("toy/score",),
+    columns={"seconds": "train_seconds", "score": "toy_score"},
+)
+TOY_STAGE = stages.StageInfo("07_train_toy", "toy tuning")
+
+
+def _defaults(stage: str) -> dict:
+    from ftlab.paths import notebooks_dir
+
+    return {d.name: d.default for d in P.notebook_parameters(notebooks_dir() / f"{stage}.ipynb")}
+
+
+def _fake_run(outputs, run: str, with_toy: bool) -> None:
+    """Adapters and summaries as the training stages leave them (no training needed for the registry's logic)."""
+    methods = [m for m in stages.methods() if with_toy or m.name != TOY.name]
+    for i, m in enumerate(methods):
+        d = stage_dir(run, m.stage)
+        (d / "adapter").mkdir(parents=True)
+        (d / "adapter" / "adapter_config.json").write_text("{}")
+        econ = telemetry.economics(None, 60.0 * (i + 1), 65.0, 0.3, 0.0)
+        summary = {
+            "train_seconds": 60.0 * (i + 1),
+            "economics": econ,
+            "toy_score": 0.75,
+            "last_margin": 0.5,
+            "eval_loss_before": 3.0,
+            "eval_loss_after": 2.5,
+            "memory": {"measured_peak_gib": 1.0},
+        }
+        (d / "summary.json").write_text(json.dumps(summary))
+    manifest = {
+        "run_name": run,
+        "stages": {m.stage: {"status": "complete", "params": {"run_name": run}} for m in methods},
+    }
+    (outputs / run / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _score(nll: float) -> dict:
+    return {
+        "nll": nll,
+        "rouge_l": 0.3,
+        "per_example": {"nll": [nll + 0.01 * i for i in range(30)], "rouge_l": [0.3] * 30},
+    }
+
+
+def test_the_series_as_registered():
+    assert stages.method_names() == ("sft", "dpo")
+    assert stages.first_method().name == "sft" and [m.name for m in stages.lineage("dpo")] == ["sft", "dpo"]
+    assert stages.multi_process_stages() == (stages.TRAIN_SFT,)
+    assert stages.adapter_choices() == ("auto", "sft", "dpo")
+    assert stages.compare_choices() == ("base", "sft", "dpo", "merged")
+
+
+def test_a_registered_toy_method_flows_through_params_final_adapter_metrics_verdicts_report_card_and_comparison(
+    outputs, tmp_path
+):
+    _fake_run(outputs, "before", with_toy=False)
+    with stages.registered(TOY, TOY_STAGE, after=stages.TRAIN_DPO):
+        # params: a new adapter choice and a new model to compare, asked of the registry at validation time
+        P.validate(stages.EXPORT, {**_defaults(stages.EXPORT), "adapter": "toy"})
+        P.validate(stages.EVALUATE, {**_defaults(stages.EVALUATE), "compare_models": ["base", "toy"]})
+        with pytest.raises(P.ParamError, match="'toy'"):
+            P.validate(stages.EXPORT, {**_defaults(stages.EXPORT), "adapter": "toy2"})  # the message lists toy
+        # the final adapter: the last method whose stage produced one
+        _fake_run(outputs, "r", with_toy=True)
+        assert stages.final_method(lambda s: stage_dir("r", s)).name == "toy"
+        assert stages.final_method(lambda s: stage_dir("before", s)).name == "dpo"  # toy did not run there
+        with pytest.raises(FileNotFoundError, match="07_train_toy"):
+            stages.final_method(lambda s: stage_dir("before", s), "toy")
+        # live metrics keep the method's own log keys
+        live = LiveMetrics(tmp_path / "m.jsonl")
+
+        class S:
+            global_step, epoch, num_input_tokens_seen, max_steps, is_world_process_zero = 1, 0.1, 10, 5, True
+
+        live.on_log(None, S(), type("C", (), {"should_training_stop": False})(), logs={"loss": 1.0, "toy/score": 0.5})
+        assert json.loads((tmp_path / "m.jsonl").read_text())["toy/score"] == 0.5
+        # verdicts: toy against what it built on and against the base; it is the run's final model
+        v = evaluation.verdicts({"base": _score(3.0), "sft": _score(2.0), "dpo": _score(1.9), "toy": _score(1.5)}, 0.02)
+        assert v.final == "toy" and {"toy_vs_dpo", "toy_vs_base"} <= set(v.comparisons) and v.passed
+        # the report's compute rows, the model card and the comparison of runs
+        assert [r["stage"] for r in telemetry.compute_rows("r")] == [stages.TRAIN_SFT, stages.TRAIN_DPO, "07_train_toy"]
+        assert "07_train_toy" in report.compute_table(telemetry.compute_rows("r"))
+        summary = {
+            "adapter": "toy",
+            "base_model_id": "x",
+            "license": "apache-2.0",
+            "name": "n",
+            "gguf_types": ["f16"],
+            "gguf": [],
+            "ollama_commands": {},
+        }
+        text = card.model_card({"stages": {}}, summary)
+        assert "- toy" in text and "supervised fine-tuning then DPO then toy tuning" in text
+        row = compare.collect(outputs / "r")
+        assert row["toy_seconds"] == 180.0 and row["toy_score"] == 0.75 and "toy_score" in compare.columns()
+    # gone again: nothing else changed
+    assert "toy" not in stages.method_names() and "07_train_toy" not in stages.stage_names()
+    assert "toy_score" not in compare.columns()
+    with pytest.raises(P.ParamError):
+        P.validate(stages.EXPORT, {**_defaults(stages.EXPORT), "adapter": "toy"})
