@@ -188,5 +188,4 @@ def write(
     page_html = page(title, board, diff if diff is not None else board.iloc[:0], pairs, stage.path("curves.png"))
     html_path.write_text(page_html, encoding="utf-8")
     best = board.iloc[0]["run"] if len(board) else None
-    stage.finish({"runs": [r["run"] for r in rows], "best": best, "html": str(html_path), "csv": str(csv_path)})
-    return html_path, csv_path
+    return {"runs": [r["run"] for r in rows], "best": best, "html": str(html_path), "csv": str(csv_path)}

@@ -242,14 +242,15 @@ def write_results(
     return metrics
 
 
-def finish(stage: runs.Stage, scores: dict[str, Any], v: Verdict) -> None:
-    stage.finish(
-        {
-            "final": v.final,
-            "passed": v.passed,
-            "verdict": v.lines,
-            "warnings": v.warnings,
-            "nll": {m: round(s["nll"], 4) for m, s in scores.items()},
-            "rouge_l": {m: round(s["rouge_l"], 4) for m, s in scores.items()},
-        }
-    )
+def summary(scores: dict[str, Any], v: Verdict) -> dict[str, Any]:
+    """Stage 05's summary.json: the final model, whether it passed, the verdict and each model's headline numbers."""
+    nll = {m: round(s["nll"], 4) for m, s in scores.items()}
+    rouge = {m: round(s["rouge_l"], 4) for m, s in scores.items()}
+    return {
+        "final": v.final,
+        "passed": v.passed,
+        "verdict": v.lines,
+        "warnings": v.warnings,
+        "nll": nll,
+        "rouge_l": rouge,
+    }

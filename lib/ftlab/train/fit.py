@@ -204,10 +204,6 @@ class Job:
         )
         return s | telemetry_summary(self.live, runtime, from_params(Economics, self.stage.params))
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        if not self.done:
-            self.stage.finish(summary)
-
 
 def method_args(method: stages.Method, out_dir: Any, p: dict[str, Any], device: str, attn: str | None = None) -> Any:
     """The method's TRL config (SFTConfig, DPOConfig, ...) from a parameter dict: the shared arguments, then the
