@@ -71,7 +71,8 @@ def test_embedded_default_series_trains_exports_and_evaluates_a_better_model(out
     assert m["dpo"]["stopped_share"] == 1.0
     html = (run / "05_evaluate" / "report.html").read_text()
     assert "<h2>Side by side</h2>" in html and html.count("<tr>") > 30 and "data:image/png;base64," in html
-    card = (run / "04_merge_export" / "MODEL_CARD.md").read_text()
+    card = (run / "05_evaluate" / "MODEL_CARD.md").read_text()  # stage 04's card completed with the metrics
     assert "model-index" in yaml.safe_load(card.split("---")[1]) and "Verdict:" in card
+    assert "Not evaluated yet" in (run / "04_merge_export" / "MODEL_CARD.md").read_text()  # 05 wrote only its folder
     cmp = _j(run, "06_compare_runs", "summary.json")  # the only run under outputs/: nothing else to compare with
     assert cmp["runs"] == [] and (run / "06_compare_runs" / "comparison.html").exists()

@@ -128,10 +128,6 @@ def stage(name: str) -> StageInfo:
     raise ValueError(f"unknown stage {name!r}; the stages are: {', '.join(stage_names())}")
 
 
-def by_number(number: str) -> StageInfo | None:
-    return next((s for s in _STAGES if s.number == number), None)
-
-
 def multi_process_stages() -> tuple[str, ...]:
     return tuple(s.name for s in _STAGES if s.multi_process)
 
@@ -193,11 +189,6 @@ def final_method(stage_dir: Callable[[str], Path], choice: str = "auto") -> Meth
             f"first (adapters found: {[m.name for m in have] or 'none'})."
         )
     return pick
-
-
-def final_method_or_none(stage_dir: Callable[[str], Path]) -> Method | None:
-    have = [m for m in methods() if m.has_adapter(stage_dir)]
-    return have[-1] if have else None
 
 
 def contenders(stage_dir: Callable[[str], Path]) -> dict[str, Path]:
