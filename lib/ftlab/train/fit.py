@@ -145,11 +145,10 @@ class Job:
             raise TrainingStopped(self.live.stopped_reason)
         self.final = final_eval(self.trainer, self.live)
         save_adapter(self.trainer, self.tokenizer, self.stage.path(self.method.adapter))
-        print(
-            "after training:",
-            {k: round(v, 4) for k, v in self.final.items()},
-            f"(eval loss before: {self.eval_before:.4f})" if self.eval_before is not None else "",
-        )
+        if self.eval_before is not None:
+            print(f"eval loss after training: {self.final['eval_loss']:.4f} (before {self.eval_before:.4f})")
+        else:
+            print({k: round(v, 4) for k, v in self.final.items()})
         return self.final
 
     def _eval_before(self) -> None:
