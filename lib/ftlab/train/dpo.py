@@ -12,7 +12,7 @@ from typing import Any
 
 from ftlab import data, generate, runs, scoring, stages
 from ftlab.audit import encode
-from ftlab.train.config import TrainParams
+from ftlab.train.config import TrainParams, from_params
 
 
 @dataclass(frozen=True)
@@ -157,8 +157,6 @@ def make_pairs(stage: runs.Stage, rows: dict[str, Any], model: Any, tokenizer: A
 
 
 def _opts(stage: runs.Stage) -> Options:
-    from ftlab.train.config import from_params
-
     return from_params(Options, stage.params)
 
 
