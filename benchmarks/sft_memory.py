@@ -80,11 +80,13 @@ def long_rows(tokenizer, target: int, n: int) -> list[dict]:
     return out
 
 
-def build(shape: str, folder: Path, tokenizer) -> Path:
+def build(shape: str, folder: Path, tokenizer, vocab: int | None = None) -> Path:
+    """A random-weight checkpoint of `shape`; `vocab` (default: the tokenizer's) sets the embedding and lm_head rows,
+    so a model family's real vocabulary can be timed with the bundled tokenizer's ids."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab or len(tokenizer),
         max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

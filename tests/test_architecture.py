@@ -24,7 +24,7 @@ LAYERS = [
     {"stages", "formats"},  # the registry and the input layouts: import nothing of ftlab
     {"paths"},
     {"params"},  # parameter specs and the vocabularies
-    {"devices", "runs", "telemetry"},
+    {"devices", "attention", "runs", "telemetry"},
     {"generate", "audit", "memory", "models", "env"},
     {"data", "scoring", "teach", "prepare"},
     {"plots"},

@@ -80,6 +80,27 @@ def test_planner_suggests_settings_that_fit():
     assert fits[0]["batch_size"] * fits[0]["grad_accum_factor"] == 16  # same effective batch
 
 
+def test_activation_offloading_is_planned_only_where_the_run_would_not_fit_without_it():
+    """Offloading halves the speed of short rows on an H200 (benchmarks/results/speed_h200_real_vocab.json): 'auto'
+    turns it on only when the plan without it does not fit and the plan with it does."""
+    from ftlab.train import sft
+
+    shape = memory.Shape.from_config(LLAMA8B)
+    cfg = {**BASE, "batch_size": 8, "liger": True}
+    without, kept = memory.estimate(shape, **cfg), memory.estimate(shape, **cfg, offload=True)
+    # the checkpointed block inputs (tokens x hidden x 2 bytes x 32 layers) leave the GPU but two blocks' worth
+    assert without.activations - kept.activations == pytest.approx(8 * 2048 * 4096 * 2 * 30)
+    assert kept.offload and not without.offload
+    between = (kept.total + without.total) / 2 / 0.95  # a GPU on which only the offloaded plan fits
+    assert memory.with_offloading(shape, between, "auto", **cfg).offload
+    assert not memory.with_offloading(shape, 80 * memory.GIB, "auto", **cfg).offload  # fits: no slow default
+    assert not memory.with_offloading(shape, kept.total / 2, "auto", **cfg).offload  # fits neither way: unchanged
+    assert memory.with_offloading(shape, 80 * memory.GIB, "on", **cfg).offload
+    assert not memory.with_offloading(shape, between, "off", **cfg).offload
+    assert sft.offload_activations("auto", "cuda", needed=True) and not sft.offload_activations("auto", "cuda")
+    assert not sft.offload_activations("on", "cpu")
+
+
 def test_nan_loss_stops_training_with_a_message(tmp_path, resilience):
     live = train.LiveMetrics(tmp_path / "m.jsonl", log=lambda s: None)
     state = type("S", (), {"global_step": 3, "epoch": 0.1, "num_input_tokens_seen": 0, "max_steps": 10})()
@@ -273,6 +294,24 @@ def test_preflight_oom_stops_with_the_planners_advice(monkeypatch, resilience):
     ):
         train.preflight(FakeTrainer(), "Settings that fit: batch_size=2, grad_accum_factor=2")
     resilience("fault")
+
+
+def test_packed_stage_02_trains_one_epoch_of_every_token_in_fewer_steps(outputs, prepared):
+    """packing='on' (the CUDA default under a varlen kernel; under sdpa on a CPU the block-diagonal mask keeps the
+    conversations apart): the steps follow the packed rows, and one epoch sees every token of train.jsonl once."""
+    from trl.data_utils import pack_dataset
+
+    from ftlab import data, models
+
+    st = _run02(outputs, prepared, "packed", packing="on", max_steps=0, epochs=1.0, eval_steps=0, save_steps=50)
+    s = json.loads((st / "summary.json").read_text())
+    rows = data.read_jsonl(prepared / "train.jsonl")
+    ds = train.encode_dataset(models.load_tokenizer("tiny-random"), rows, 512)
+    bins = len(pack_dataset(ds, 512, "bfd"))
+    assert bins < len(rows) / 2  # short conversations: several to a row
+    assert s["steps"] == math.ceil(bins / FAST["batch_size"]) < math.ceil(len(rows) / FAST["batch_size"])
+    assert s["train_tokens"] == sum(len(x) for x in ds["input_ids"])  # nothing dropped, nothing seen twice
+    assert s["last_loss"] < s["first_loss"]
 
 
 def test_tensorboard_logging_stays_in_the_stage_folder(outputs, prepared):

@@ -84,6 +84,7 @@ class Plan:
     total: float
     trainable_params: int
     base_params: int
+    offload: bool = False  # checkpointed activations kept in CPU memory (activation offloading)
 
     def gib(self) -> dict[str, float]:
         return {k: round(v / GIB, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -104,9 +105,12 @@ def estimate(
     chunked_loss: bool = True,
     liger: bool = False,
     fp16_compute: bool = False,
+    offload: bool = False,
 ) -> Plan:
     """Estimated peak memory in bytes for one training step at (batch_size, seq_len). `liger`: Liger's fused
-    linear cross-entropy computes the loss (stage 02 on CUDA); `fp16_compute`: fp16 mixed precision (no bf16)."""
+    linear cross-entropy computes the loss (stage 02 on CUDA); `fp16_compute`: fp16 mixed precision (no bf16);
+    `offload`: activation offloading keeps the checkpointed block inputs in CPU memory (two stay on the GPU: the
+    block in use and the next one being fetched)."""
     lin, other = shape.linear_params(), shape.other_params()
     weights = lin * (0.52 if quantization == "4bit" else dtype_bytes) + other * dtype_bytes
     targets = (
@@ -124,6 +128,8 @@ def estimate(
     # block's input stays, plus one block in flight
     per_layer = tokens * (7 * h + 3 * inter + 2 * lora_r * len(targets)) * dtype_bytes
     kept = tokens * h * dtype_bytes * shape.layers if gradient_checkpointing else per_layer * shape.layers
+    if offload and gradient_checkpointing:
+        kept = tokens * h * dtype_bytes * min(2, shape.layers)
     activations = kept + (per_layer if gradient_checkpointing else 0)
     if fp16_compute:  # measured: fp16 mixed precision kept about twice the activation memory of bf16 (0.96-1.03x)
         activations *= 2
@@ -149,7 +155,19 @@ def estimate(
         float(total),
         int(trainable),
         int(lin + other),
+        offload and gradient_checkpointing,
     )
+
+
+def with_offloading(shape: Shape, limit_bytes: float, setting: str, **cfg: Any) -> Plan:
+    """The plan for activation offloading `setting`: 'on', 'off', or 'auto': on only when the plan without it does
+    not fit under 95% of `limit_bytes` and the plan with it does (offloading slows short rows: it is no default)."""
+    plan = estimate(shape, **cfg, offload=setting == "on")
+    if setting == "auto" and plan.total > limit_bytes * 0.95:
+        kept = estimate(shape, **cfg, offload=True)
+        if kept.total <= limit_bytes * 0.95:
+            return kept
+    return plan
 
 
 def suggest(shape: Shape, limit_bytes: float, **cfg: Any) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ftlab import devices, generate
+from ftlab import attention, devices, generate
 from ftlab.paths import cache_dir
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -212,7 +212,8 @@ def load_model(
     attn_implementation: str | None = None,
 ) -> Any:
     """Load a causal LM for training or inference; `quantization="4bit"` loads NF4 with double quantization.
-    `attn_implementation` (sdpa, flex_attention, flash_attention_2, ...) defaults to transformers' choice."""
+    `attn_implementation` (sdpa, flex_attention, flash_attention_2, "varlen", or "auto": `ftlab.attention.resolve`)
+    defaults to transformers' choice."""
     from transformers import AutoModelForCausalLM
 
     device = device or devices.kind()
@@ -220,7 +221,9 @@ def load_model(
     q = devices.resolve_quantization(quantization, device)
     kwargs: dict[str, Any] = {"dtype": dtype, **safe_kwargs()}
     if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+        kwargs["attn_implementation"] = attention.resolve(attn_implementation, device)
+        if kwargs["attn_implementation"] == attention.VARLEN:
+            attention.register()
     device = devices.torch_device(device)  # under `accelerate launch` each process trains on its own GPU
     if q == "4bit":
         kwargs["quantization_config"] = bnb_config(dtype)

@@ -65,6 +65,7 @@ MERGED_DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw_bnb_8bit", "adamw_torch", "paged_adamw_8bit")
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "apo_zero")
 AUTO_ON_OFF = ("auto", "on", "off")
+ATTENTION = ("auto", "sdpa", "eager", "varlen", "flash_attention_2")  # "varlen": torch's own varlen flash kernel
 REPORT_TO = ("none", "tensorboard", "mlflow")
 SELF_PAIRS = ("prefs", "self", "both")
 
@@ -168,6 +169,8 @@ SPECS: dict[str, dict[str, Param]] = {
         "learning_rate": Param(float, lo=1e-7, hi=1e-2),
         **TRAINING,
         "liger": Param(bool),
+        "attention": Param(str, choices=ATTENTION),
+        "packing": Param(str, choices=AUTO_ON_OFF),
         "padding_free": Param(str, choices=AUTO_ON_OFF),
         "activation_offloading": Param(str, choices=AUTO_ON_OFF),
         "report_to": Param(str, choices=REPORT_TO),

@@ -30,7 +30,7 @@ class StageInfo:
 class Method:
     """A training method: the stage that runs it, the TRL pieces it uses and what it leaves behind.
 
-    `module` (under ftlab.train) provides `config_kwargs(opts, device, attn)`, `trainer_kwargs(opts)` and the
+    `module` (under ftlab.train) provides `config_kwargs(out_dir, t, opts, device, attn, offload_needed)`, `trainer_kwargs(opts)` and the
     method's dataset builder; `options` names the dataclass of its own parameters in that module."""
 
     name: str  # "sft": the adapter's name in params (`adapter`, `compare_models`) and in reports

@@ -30,7 +30,9 @@ class Options:
     max_rejected_share: float = 0.05
 
 
-def config_kwargs(out_dir: Path, t: TrainParams, o: Options, device: str, attn: str | None) -> dict[str, Any]:
+def config_kwargs(
+    out_dir: Path, t: TrainParams, o: Options, device: str, attn: str | None, offload_needed: bool = False
+) -> dict[str, Any]:
     return {"beta": o.beta, "loss_type": [o.loss_type]}  # TRL takes a list of losses (weighted sum)
 
 

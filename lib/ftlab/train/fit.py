@@ -54,8 +54,12 @@ def memory_plan(
 ) -> tuple[Any, str]:
     """The planner's estimate for this stage's configuration, printed as a table, and the advice an OOM would print;
     stops at once when the estimate does not fit the device. `batch_rows` defaults to batch_size (DPO passes two
-    sequences per pair); `lora` (a peft LoraConfig) defaults to the stage's lora_r and lora_targets."""
+    sequences per pair); `lora` (a peft LoraConfig) defaults to the stage's lora_r and lora_targets. A method module
+    may define `planned_length(params, device, seq_len)` (packed rows fill max_length). Activation offloading
+    'auto' is decided here: on only when the plan does not fit without it and fits with it (`Plan.offload`)."""
     p = stage.params
+    mod = stages.load(stages.method_of_stage(stage.name).module)
+    seq_len = mod.planned_length(p, device, seq_len) if hasattr(mod, "planned_length") else seq_len
     r, targets = (p["lora_r"], p["lora_targets"]) if lora is None else (lora.r, lora.target_modules)
     targets = "all-linear" if isinstance(targets, str) else list(targets)
     shape = memory.Shape.from_config(models.model_config(p["base_model"]))
@@ -72,8 +76,11 @@ def memory_plan(
         liger=liger,
         fp16_compute=devices.precision(device)["fp16"],
     )
-    plan = memory.estimate(shape, **cfg)
     limit, limit_name = memory.device_limit()
+    offload = p.get("activation_offloading", "off") if device == "cuda" else "off"  # a CPU has nowhere to offload
+    plan = memory.with_offloading(shape, limit, offload, **cfg)
+    if plan.offload:
+        print("activation offloading: on (checkpointed activations wait in CPU memory)")
     print(memory.table(plan, limit, limit_name))
     advice = memory.advice(plan, limit, memory.suggest(shape, limit * 0.9, **cfg))
     if plan.total > limit * 0.95:
@@ -204,14 +211,21 @@ class Job:
         return s | telemetry_summary(self.live, runtime, from_params(Economics, self.stage.params))
 
 
-def method_args(method: stages.Method, out_dir: Any, p: dict[str, Any], device: str, attn: str | None = None) -> Any:
+def method_args(
+    method: stages.Method,
+    out_dir: Any,
+    p: dict[str, Any],
+    device: str,
+    attn: str | None = None,
+    offload_needed: bool = False,
+) -> Any:
     """The method's TRL config (SFTConfig, DPOConfig, ...) from a parameter dict: the shared arguments, then the
-    method's own. `attn` is the model's attention implementation (padding-free 'auto' depends on it)."""
+    method's own. `attn` is the model's attention implementation (packing and padding-free 'auto' depend on it);
+    `offload_needed` is the planner's verdict for activation offloading 'auto' (`Plan.offload`)."""
     mod = stages.load(method.module)
     t, o = from_params(TrainParams, p), from_params(mod.Options, p)
-    return stages.load(method.config)(
-        **{**trainer_args(out_dir, t, device), **mod.config_kwargs(out_dir, t, o, device, attn)}
-    )
+    own = mod.config_kwargs(out_dir, t, o, device, attn, offload_needed)
+    return stages.load(method.config)(**{**trainer_args(out_dir, t, device), **own})
 
 
 def build(
@@ -225,14 +239,15 @@ def build(
     model: Any = None,
     load: Callable[[], Any] | None = None,
     dashboard: Callable[[stages.Method, int], Callable[[dict[str, Any]], None]] | None = None,
+    plan: Any = None,
 ) -> Job:
     """The stage's trainer: the method's TRL config and trainer from the registry, its datasets, live metrics (shown
-    by `dashboard(method, steps)`), extra callbacks and checkpoint marks. `model` or `load()` gives the model; a
-    finished stage loads nothing and returns a Job whose calls read its saved results."""
+    by `dashboard(method, steps)`), extra callbacks and checkpoint marks. `model` or `load()` gives the model; `plan`
+    (from `memory_plan`) says whether activation offloading is needed; a finished stage loads nothing and returns a
+    Job whose calls read its saved results."""
     method = stages.method_of_stage(stage.name)
     t = from_params(TrainParams, stage.params)
     job = Job(stage, method, tokenizer, t.total_steps(len(train_rows)), quantization, device)
-    print(f"{job.steps} optimizer steps of {t.batch_size} x {t.grad_accum} rows")
     if finished(stage):
         print("this stage already finished with these parameters: training is skipped")
         return job
@@ -241,8 +256,9 @@ def build(
     model = model if model is not None else load()
     attn = getattr(model.config, "_attn_implementation", None)
     print(attention_warning(model) or f"attention kernel: {attn}")
-    job.live = LiveMetrics(stage.path("metrics.jsonl"), dashboard(method, job.steps) if dashboard else None)
-    args = method_args(method, stage.path("checkpoints"), stage.params, device, attn)
+    job.live = LiveMetrics(stage.path("metrics.jsonl"))
+    offload = bool(plan is not None and plan.offload)
+    args = method_args(method, stage.path("checkpoints"), stage.params, device, attn, offload)
     job.trainer = stages.load(method.trainer)(
         model=model,
         args=args,
@@ -253,6 +269,12 @@ def build(
         **mod.trainer_kwargs(opts),
     )
     quiet(job.trainer)
+    rows = len(job.trainer.train_dataset)
+    if getattr(args, "packing", False):  # token-budget batches: the steps follow the packed rows
+        job.steps = t.total_steps(rows)
+        print(f"packed {len(train_rows)} conversations into {rows} rows of up to {t.max_length} tokens")
+    print(f"{job.steps} optimizer steps of {t.batch_size} x {t.grad_accum} rows")
+    job.live.on_record = dashboard(method, job.steps) if dashboard else None
     if hasattr(job.trainer.model, "print_trainable_parameters"):
         job.trainer.model.print_trainable_parameters()
     return job

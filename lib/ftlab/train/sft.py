@@ -11,12 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftlab import devices, stages
+from ftlab import attention, devices, stages
+from ftlab.attention import PACKED_KERNELS
 from ftlab.audit import encode
 from ftlab.train.config import TrainParams, lora_config
-
-# attention kernels that run packed rows as separate sequences (cu_seqlens), so padding-free costs nothing extra
-VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 
 @dataclass(frozen=True)
@@ -28,6 +26,8 @@ class Options:
     lora_dropout: float = 0.05
     lora_targets: str | tuple[str, ...] | list[str] = "all-linear"
     liger: bool = True
+    attention: str = "auto"
+    packing: str = "auto"
     padding_free: str = "auto"
     activation_offloading: str = "auto"
     report_to: str = "none"
@@ -43,17 +43,34 @@ def dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> Any:
     )
 
 
-def offload_activations(setting: str, device: str) -> bool:
-    """'on' / 'off', or 'auto': on CUDA (an 8B QLoRA step on an H100 kept 1.8 GiB less at about 1% of the speed,
-    benchmarks/results/speed_h100.json); a CPU has nothing to offload to."""
-    return device == "cuda" and setting in ("on", "auto")
+def offload_activations(setting: str, device: str, needed: bool = False) -> bool:
+    """'on' / 'off', or 'auto': on only where the memory planner found the run would not fit without it
+    (`train.memory_plan`). Offloading costs speed where rows are short: on an H200 (8B, rows of ~900 tokens) it halved
+    the tokens/s (benchmarks/results/speed_h200_real_vocab.json); a CPU has nothing to offload to."""
+    return device == "cuda" and (setting == "on" or (setting == "auto" and needed))
+
+
+def packing(setting: str, device: str, attn: str | None = None) -> bool:
+    """Token-budget batches: 'on', 'off', or 'auto': on on CUDA under a kernel that runs packed rows as separate
+    sequences (torch's varlen, flash-attn). Each micro-batch then holds batch_size bins of up to max_length tokens of
+    whole conversations (TRL's best-fit-decreasing packing, padding-free), so short rows fill the step instead of
+    padding it; the loss stays the mean over every trained token of the step, as for padded batches."""
+    return setting == "on" or (setting == "auto" and device == "cuda" and attn in PACKED_KERNELS)
+
+
+def planned_length(p: dict[str, Any], device: str, seq_len: int) -> int:
+    """The row length the memory planner must assume: packed rows fill up to max_length tokens whatever the longest
+    conversation; otherwise the longest batch's rows (`seq_len`)."""
+    kernel = attention.resolve(p.get("attention", "auto"), device)
+    return p["max_length"] if packing(p.get("packing", "off"), device, kernel) else seq_len
 
 
 def padding_free(setting: str, device: str, attn: str | None = None) -> bool:
-    """'on' / 'off', or 'auto': on only on CUDA with a varlen attention kernel. Under sdpa a padding-free row gets a
-    dense block-diagonal mask whose cost grows with the square of the packed length: on an H100 it lost to padded
-    batches (benchmarks/results/speed_h100_padding_free_sdpa.json), so 'auto' leaves it off there."""
-    return setting == "on" or (setting == "auto" and device == "cuda" and attn in VARLEN_ATTENTION)
+    """Rows of a batch laid end to end (no padding) when packing is off: 'on' / 'off', or 'auto': with a kernel that
+    runs packed rows as separate sequences. Under sdpa a padding-free row gets a dense block-diagonal mask whose cost
+    grows with the square of the packed length: on an H100 it lost to padded batches
+    (benchmarks/results/speed_h100_padding_free_sdpa.json), so 'auto' leaves it off there."""
+    return setting == "on" or (setting == "auto" and device == "cuda" and attn in PACKED_KERNELS)
 
 
 def report_to(setting: str, out_dir: Path) -> list[str]:
@@ -67,18 +84,23 @@ def report_to(setting: str, out_dir: Path) -> list[str]:
     return [] if setting == "none" else [setting]
 
 
-def config_kwargs(out_dir: Path, t: TrainParams, o: Options, device: str, attn: str | None) -> dict[str, Any]:
-    """SFTConfig's method-specific arguments. Padding-free: a batch becomes one row with position_ids restarting per
-    conversation; attention stays within each conversation and no step is spent on padding tokens. Stage 01 already
-    rejected rows over max_length, so TRL need not enforce it then."""
-    free = padding_free(o.padding_free, device, attn)
+def config_kwargs(
+    out_dir: Path, t: TrainParams, o: Options, device: str, attn: str | None, offload_needed: bool = False
+) -> dict[str, Any]:
+    """SFTConfig's method-specific arguments. Packed or padding-free: a batch becomes one row with position_ids
+    restarting per conversation; attention stays within each conversation and no step is spent on padding tokens.
+    Stage 01 already rejected rows over max_length, so TRL need not enforce it on padding-free rows."""
+    packed = packing(o.packing, device, attn)
+    free = packed or padding_free(o.padding_free, device, attn)
     out: dict[str, Any] = {
         "report_to": report_to(o.report_to, out_dir),
+        "packing": packed,
+        "packing_strategy": "bfd",  # whole conversations, never split across bins
         "padding_free": free,
         "use_liger_kernel": devices.liger_available() and o.liger,
-        "activation_offloading": offload_activations(o.activation_offloading, device),
+        "activation_offloading": offload_activations(o.activation_offloading, device, offload_needed),
     }
-    if free:
+    if free and not packed:
         out["max_length"] = None
     return out
 
