@@ -131,8 +131,8 @@ def test_bom_crlf_and_blank_lines_are_fine(tmp_path):
 
 def test_sharegpt_unknown_role_and_preference_checks():
     with pytest.raises(data.RowError) as e:
-        data.normalize({"conversations": [{"from": "tool", "value": "x"}, {"from": "gpt", "value": "y"}]})
-    assert e.value.reason == "unknown_role"
+        data.normalize({"conversations": [{"from": "narrator", "value": "x"}, {"from": "gpt", "value": "y"}]})
+    assert e.value.reason == "unknown_role"  # tool roles have their own reason (tests/test_layouts.py)
     with pytest.raises(data.RowError) as e:
         data.normalize({"prompt": "q", "chosen": "same", "rejected": "same "})
     assert e.value.reason == "chosen_equals_rejected"

@@ -18,8 +18,8 @@ from ftlab.paths import notebooks_dir, repo_root
 CI = repo_root() / "params" / "ci.yaml"
 
 
-def _ftlab(*args, outputs):
-    env = {**os.environ, "FTLAB_OUTPUTS": str(outputs)}
+def _ftlab(*args, outputs, **env_extra):
+    env = {**os.environ, "FTLAB_OUTPUTS": str(outputs), **env_extra}
     return subprocess.run(
         [sys.executable, "-m", "ftlab", *args], capture_output=True, text=True, env=env, cwd=repo_root(), timeout=600
     )
@@ -39,9 +39,12 @@ def test_bad_value_fails_before_running(outputs):
         pipeline.plan(pipeline.list_notebooks(), {"min_ram_gb": "lots"})
 
 
-def test_stage_00_runs_headless_on_the_tiny_model(outputs):
-    r = _ftlab("run", "--to", "00", "-f", str(CI), outputs=outputs)
+def test_stage_00_runs_headless_on_the_tiny_model(outputs, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    r = _ftlab("run", "--to", "00", "-f", str(CI), outputs=outputs, HOME=str(home))
     assert r.returncode == 0, r.stdout + r.stderr
+    assert not list(home.rglob("*")), list(home.rglob("*"))  # IPython, matplotlib, Jupyter: nothing in the home
     run = outputs / "ci-tiny"
     assert "[1/1] 00_check_environment ok" in r.stdout and f"run folder: {run}" in r.stdout
     report = json.loads((run / "00_check_environment" / "report.json").read_text())

@@ -6,35 +6,21 @@ reason from `REASONS` and the raw record, and stage 01 writes them all to `rejec
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import random
 import string
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ftlab import formats
+from ftlab.files import DataError, Rejected, read_records  # noqa: F401 - used as data.*
 from ftlab.formats import REASONS, RowError, check_order, detect_format, normalize  # noqa: F401 - used as data.*
 
 # rejections that follow from choices made here (the split, a filter), not from bad data: not counted by the gate
 CHOSEN_REASONS = {"prompt_in_eval", "low_perplexity", "self_answer_matches"}
-
-
-class DataError(ValueError):
-    """The input as a whole cannot be used (missing file, unreadable format, too many rejected rows)."""
-
-
-@dataclass
-class Rejected:
-    line: int  # 1-based line (JSONL, CSV) or row/record number (JSON, Parquet, datasets folder)
-    reason: str
-    detail: str
-    raw: Any
-    source: str = ""
 
 
 @dataclass
@@ -46,107 +32,6 @@ class Row:
 
     def to_json(self) -> dict[str, Any]:
         return {**self.data, **self.extra, "_line": self.line, "_source": self.source}
-
-
-# ---- reading files ----------------------------------------------------------------------------------------------
-
-
-def read_records(path: str | Path) -> tuple[list[tuple[int, Any]], list[Rejected]]:
-    """Read a JSONL, JSON, CSV or Parquet file, or a `datasets` folder, into (line, record) pairs."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(
-            f"data file {path} does not exist; expected a .jsonl, .json, .csv, .parquet file or a "
-            "folder saved with datasets' save_to_disk. Check the data_path parameter."
-        )
-    if path.is_dir():
-        return _read_datasets_folder(path), []
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        return _read_jsonl(path)
-    if suffix == ".json":
-        return _read_json(path)
-    if suffix in (".csv", ".tsv"):
-        return _read_csv(path, "\t" if suffix == ".tsv" else ",")
-    if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        return [(i + 1, r) for i, r in enumerate(pq.read_table(path).to_pylist())], []
-    raise DataError(
-        f"{path}: unsupported file type {suffix!r}; expected .jsonl, .json, .csv, .tsv, .parquet or a datasets folder."
-    )
-
-
-def _read_jsonl(path: Path) -> tuple[list[tuple[int, Any]], list[Rejected]]:
-    records, rejected = [], []
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]  # a UTF-8 byte-order mark is harmless; drop it
-    for n, line in enumerate(raw.split(b"\n"), 1):
-        line = line.rstrip(b"\r")
-        if not line.strip():
-            continue  # blank lines are not rows
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            rejected.append(Rejected(n, "invalid_utf8", f"byte {e.start}: {e.reason}", line.decode("utf-8", "replace")))
-            continue
-        try:
-            records.append((n, json.loads(text)))
-        except json.JSONDecodeError as e:
-            rejected.append(Rejected(n, "invalid_json", f"{e.msg} at column {e.colno}", text))
-    return records, rejected
-
-
-def _read_json(path: Path) -> tuple[list[tuple[int, Any]], list[Rejected]]:
-    try:
-        doc = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(
-            f"{path}: not valid UTF-8 JSON ({e}); expected a list of records. For one record per "
-            "line use .jsonl, which reports bad lines one by one."
-        ) from None
-    if isinstance(doc, dict):
-        lists = [k for k in ("data", "rows", "train", "examples") if isinstance(doc.get(k), list)]
-        if not lists:
-            raise DataError(
-                f"{path}: expected a JSON list of records or an object with a 'data' list, found keys "
-                f"{sorted(doc)[:10]}"
-            )
-        doc = doc[lists[0]]
-    if not isinstance(doc, list):
-        raise DataError(f"{path}: expected a JSON list of records, found {type(doc).__name__}")
-    return [(i + 1, r) for i, r in enumerate(doc)], []
-
-
-def _read_csv(path: Path, delimiter: str) -> tuple[list[tuple[int, Any]], list[Rejected]]:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}: invalid UTF-8 at line {line} (byte {e.start}); re-save the file as UTF-8.") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    records = []
-    start = 2  # line 1 is the header
-    for rec in reader:
-        records.append((start, {k: v for k, v in rec.items() if k is not None}))
-        start = reader.line_num + 1
-    return records, []
-
-
-def _read_datasets_folder(path: Path) -> list[tuple[int, Any]]:
-    from datasets import DatasetDict, load_from_disk
-
-    try:
-        ds = load_from_disk(str(path))
-    except FileNotFoundError as e:
-        raise DataError(f"{path} is a folder but not one saved with datasets' save_to_disk ({e}).") from None
-    if isinstance(ds, DatasetDict):
-        if "train" not in ds:
-            raise DataError(f"{path}: a DatasetDict without a 'train' split (splits: {list(ds)})")
-        ds = ds["train"]
-    return [(i + 1, r) for i, r in enumerate(ds)]
 
 
 def load(path: str | Path, fmt: str = "auto", kind: str = "chat") -> tuple[list[Row], list[Rejected], str]:
@@ -164,7 +49,10 @@ def load(path: str | Path, fmt: str = "auto", kind: str = "chat") -> tuple[list[
             f = fmt if fmt != "auto" else formats.detect_format(rec) if isinstance(rec, dict) else "auto"
             data, extra = formats.normalize(rec, f)
         except RowError as e:
-            rejected.append(Rejected(line, e.reason, e.detail, rec, str(path)))
+            rejected.append(Rejected(line, e.reason, e.detail, _writable(rec), str(path)))
+            continue
+        except RecursionError:
+            rejected.append(Rejected(line, "too_deep", "a value nested too deeply to check", _writable(rec), str(path)))
             continue
         is_pref = "chosen" in data
         if is_pref != (kind == "prefs"):
@@ -176,6 +64,18 @@ def load(path: str | Path, fmt: str = "auto", kind: str = "chat") -> tuple[list[
         used[f] += 1
         rows.append(Row(line, data, extra, str(path)))
     return rows, rejected, ", ".join(f"{k} ({v})" for k, v in used.most_common()) or "none"
+
+
+def _writable(rec: Any) -> Any:
+    """The record as rejected.jsonl can hold it: itself, or its ASCII-escaped JSON text where it holds lone
+    surrogates, or a note where it is nested too deeply to write at all."""
+    try:
+        json.dumps(rec, ensure_ascii=False).encode("utf-8")
+        return rec
+    except UnicodeEncodeError:
+        return json.dumps(rec)  # \ud800 stays an escape sequence
+    except (RecursionError, ValueError):
+        return "<record nested too deeply to copy; see its line in the data file>"
 
 
 # ---- dataset-level checks ------------------------------------------------------------------------------------
@@ -273,7 +173,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def rejected_json(rejected: list[Rejected]) -> list[dict[str, Any]]:
-    return [asdict(r) for r in sorted(rejected, key=lambda r: (r.source, r.line))]
+    keys = ("line", "reason", "detail", "raw", "source")  # not asdict: it deep-copies every raw record
+    return [{k: getattr(r, k) for k in keys} for r in sorted(rejected, key=lambda r: (r.source, r.line))]
 
 
 def reason_counts(rejected: list[Rejected]) -> dict[str, int]:
@@ -316,19 +217,45 @@ def tokenize_rows(rows: list[Row], tokenizer: Any, max_length: int) -> tuple[lis
     return keep, encoded, rejected
 
 
-def check_rejected_share(name: str, accepted: int, rejected: list[Rejected], limit: float) -> float:
-    """Fail when bad data (not the split or an opt-in filter) made up more than `limit` of a file."""
+FIXES = {  # the parameter that changes the outcome for a reason, where one does
+    "too_long": "raise max_length (stage 01 and 02) if the model's context allows it",
+}
+
+
+def rejection_summary(rejected: list[Rejected], examples: int = 3) -> str:
+    """Per reason: the count, the first few line numbers with their detail, and the fix where a parameter is one."""
+    out = []
+    for reason, n in reason_counts(rejected).items():
+        first = [r for r in rejected if r.reason == reason][:examples]
+        where = "; ".join(f"line {r.line}: {r.detail[:100]}" for r in first)
+        fix = f" -> {FIXES[reason]}" if reason in FIXES else ""
+        out.append(f"  {reason} x{n} ({where}{', ...' if n > examples else ''}){fix}")
+    return "\n".join(out)
+
+
+def check_rejected_share(
+    name: str, accepted: int, rejected: list[Rejected], limit: float, rejected_path: Path | None = None
+) -> float:
+    """Fail when bad data (not the split or an opt-in filter) made up more than `limit` of a file, saying per reason
+    which lines, where the rejected rows are written and what would change the outcome."""
     rejected = [r for r in rejected if r.reason not in CHOSEN_REASONS]
     total = accepted + len(rejected)
     share = len(rejected) / total if total else 0.0
     if total == 0:
         raise DataError(f"{name}: no rows at all; check the file and data_path")
+    where = f"every rejected row, with its line and raw record: {rejected_path}" if rejected_path else "rejected.jsonl"
     if accepted == 0 or share > limit:
-        raise DataError(
-            f"{name}: {len(rejected)} of {total} rows rejected ({share:.1%} > max_rejected_share {limit:.1%}); "
-            f"reasons: {reason_counts(rejected)}. Look at rejected.jsonl (line numbers and raw rows), fix the data "
-            "or raise max_rejected_share if these rejections are expected."
+        head = (
+            f"{name}: none of its {total} rows was accepted"
+            if accepted == 0
+            else f"{name}: {len(rejected)} of {total} rows rejected ({share:.1%} > max_rejected_share {limit:.1%})"
         )
+        raise DataError(
+            f"{head}; by reason:\n{rejection_summary(rejected)}\n{where}. Fix the data, or raise max_rejected_share "
+            "if these rejections are expected."
+        )
+    if rejected:
+        print(f"{name}: {accepted} rows accepted, {len(rejected)} rejected ({share:.1%}): {reason_counts(rejected)}")
     return share
 
 

@@ -22,6 +22,10 @@ REASONS = {
     "nul_byte": "a NUL byte (\\x00) in the text: trains into gibberish",
     "control_chars": "control characters other than tab/newline in the text",
     "unknown_role": "a role other than system/user/assistant",
+    "tool_turn": "a tool call or tool result turn (tool_calls, tool/function/observation roles): not trained here",
+    "media_part": "a non-text content part (image, audio, file): a text model cannot use it",
+    "kto_row": "an unpaired KTO row (a conversation with a true/false label): never an SFT target",
+    "too_deep": "JSON nested too deeply to read safely",
     "turn_order": "turns out of order (system first, then user/assistant alternating)",
     "no_final_assistant": "the conversation does not end with an assistant turn: nothing to learn",
     "chosen_equals_rejected": "a preference pair whose chosen and rejected answers are the same",
@@ -43,6 +47,7 @@ ROLE_MAP = {
     "bot": "assistant",
     "model": "assistant",
 }
+TOOL_ROLES = ("tool", "function", "function_call", "observation", "ipython")
 _CONTROL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
 Messages = list[dict[str, str]]
 
@@ -74,6 +79,24 @@ def text(value: Any, what: str) -> str:
     return value
 
 
+def content(value: Any, what: str) -> str:
+    """A turn's text: a string, or OpenAI's content parts with their text parts joined by newlines; any other part
+    (image_url, input_audio, file, ...) is rejected by its type."""
+    if isinstance(value, list):
+        parts = []
+        for j, part in enumerate(value):
+            if not isinstance(part, dict):
+                raise RowError("wrong_type", f"{what}[{j}] must be a content part object, found {type(part).__name__}")
+            kind = part.get("type")
+            if kind != "text":
+                raise RowError("media_part", f"{what}[{j}] is a {kind!r} part; only text parts can be trained")
+            parts.append(text(part.get("text"), f"{what}[{j}].text"))
+        if not parts:
+            raise RowError("empty_field", f"{what} is an empty list of parts")
+        return "\n".join(parts)
+    return text(value, what)
+
+
 def messages(turns: Any, what: str, role_key: str = "role", content_key: str = "content") -> Messages:
     if not isinstance(turns, list) or not turns:
         kind = "wrong_type" if not isinstance(turns, list) else "empty_field"
@@ -83,9 +106,18 @@ def messages(turns: Any, what: str, role_key: str = "role", content_key: str = "
         if not isinstance(t, dict):
             raise RowError("wrong_type", f"{what}[{i}] must be an object, found {type(t).__name__}")
         role = t.get(role_key)
+        if t.get("tool_calls") or t.get("function_call"):
+            calls = [c.get("function", c).get("name", "?") for c in t.get("tool_calls") or [] if isinstance(c, dict)]
+            raise RowError(
+                "tool_turn",
+                f"{what}[{i}] is a tool call ({', '.join(calls) or 'function_call'}) with no text answer; "
+                "tool use is not trained here: drop such rows or turn the call into the assistant's text",
+            )
+        if isinstance(role, str) and role.lower() in TOOL_ROLES:
+            raise RowError("tool_turn", f"{what}[{i}] has role {role!r} (a tool result); tool use is not trained here")
         if not isinstance(role, str) or role.lower() not in ROLE_MAP:
             raise RowError("unknown_role", f"{what}[{i}] role {role!r}; expected system, user or assistant")
-        out.append({"role": ROLE_MAP[role.lower()], "content": text(t.get(content_key), f"{what}[{i}].content")})
+        out.append({"role": ROLE_MAP[role.lower()], "content": content(t.get(content_key), f"{what}[{i}].content")})
     return out
 
 
@@ -101,10 +133,11 @@ def check_order(msgs: Messages, need_final_assistant: bool = True) -> None:
         raise RowError("no_final_assistant", f"last turn is {body[-1]['role']!r}")
 
 
-def answer(value: Any, what: str) -> Messages:
+def answer(value: Any, what: str, role_key: str = "role", content_key: str = "content") -> Messages:
+    """The final assistant turn of an answer: text, one message object, or a list of messages."""
     if isinstance(value, str):
         return [{"role": "assistant", "content": text(value, what)}]
-    msgs = messages(value, what)
+    msgs = messages([value] if isinstance(value, dict) else value, what, role_key, content_key)
     if msgs[-1]["role"] != "assistant":
         raise RowError("no_final_assistant", f"{what} does not end with an assistant message")
     return msgs[-1:]
@@ -121,20 +154,60 @@ def _messages(rec: dict[str, Any]) -> dict[str, Any]:
     return {"messages": messages(rec["messages"], "messages")}
 
 
+def _sharegpt_keys(turns: Any) -> tuple[str, str]:
+    first = turns[0] if isinstance(turns, list) and turns else None
+    return ("from", "value") if isinstance(first, dict) and "from" in first else ("role", "content")
+
+
+def _system(rec: dict[str, Any]) -> Messages:
+    """A top-level `system` field (LLaMA-Factory's ShareGPT and Alpaca layouts) as the first message."""
+    return [{"role": "system", "content": text(rec["system"], "system")}] if rec.get("system") else []
+
+
 def _sharegpt(rec: dict[str, Any]) -> dict[str, Any]:
     turns = rec["conversations"]
-    first = turns[0] if isinstance(turns, list) and turns else None
-    keys = ("from", "value") if isinstance(first, dict) and "from" in first else ("role", "content")
-    return {"messages": messages(turns, "conversations", *keys)}
+    msgs = messages(turns, "conversations", *_sharegpt_keys(turns))
+    if msgs[0]["role"] == "system" and rec.get("system"):
+        raise RowError("turn_order", "a top-level system field and a system turn: keep one")
+    return {"messages": _system(rec) + msgs}
+
+
+def _sharegpt_preference(rec: dict[str, Any]) -> dict[str, Any]:
+    """LLaMA-Factory / Axolotl ShareGPT preference rows: the conversation so far, then `chosen` and `rejected`
+    answers (message objects, lists of them, or text)."""
+    turns = rec["conversations"]
+    keys = _sharegpt_keys(turns)
+    return _pair(_system(rec) + messages(turns, "conversations", *keys), rec, keys)
 
 
 def _alpaca(rec: dict[str, Any]) -> dict[str, Any]:
     user = text(rec["instruction"], "instruction")
     if rec.get("input") not in (None, ""):
         user += "\n\n" + text(rec["input"], "input")
-    msgs = [{"role": "system", "content": text(rec["system"], "system")}] if rec.get("system") else []
+    msgs = _system(rec)
+    history = rec.get("history") or []
+    if not isinstance(history, list):
+        raise RowError(
+            "wrong_type", f"history must be a list of [instruction, answer] pairs, found {type(history).__name__}"
+        )
+    for i, pair in enumerate(history):  # earlier turns, oldest first
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            raise RowError("wrong_type", f"history[{i}] must be an [instruction, answer] pair")
+        msgs += [
+            {"role": "user", "content": text(pair[0], f"history[{i}][0]")},
+            {"role": "assistant", "content": text(pair[1], f"history[{i}][1]")},
+        ]
     msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": text(rec["output"], "output")}]
     return {"messages": msgs}
+
+
+def _kto(rec: dict[str, Any]) -> dict[str, Any]:
+    verdict = "desirable" if rec["label"] is True else "undesirable" if rec["label"] is False else repr(rec["label"])
+    raise RowError(
+        "kto_row",
+        f"a KTO row (label {verdict}): its answers are judged examples, not targets to imitate, so SFT must not "
+        "train them and no stage here trains KTO yet; give SFT rows without `label`, or preference pairs",
+    )
 
 
 def _prompt_completion(rec: dict[str, Any]) -> dict[str, Any]:
@@ -147,9 +220,12 @@ def _text(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _preference(rec: dict[str, Any]) -> dict[str, Any]:
-    pmsgs = prompt(rec["prompt"])
+    return _pair(prompt(rec["prompt"]), rec)
+
+
+def _pair(pmsgs: Messages, rec: dict[str, Any], keys: tuple[str, str] = ("role", "content")) -> dict[str, Any]:
     check_order(pmsgs + [{"role": "assistant", "content": "x"}])
-    chosen, rejected = answer(rec["chosen"], "chosen"), answer(rec["rejected"], "rejected")
+    chosen, rejected = answer(rec["chosen"], "chosen", *keys), answer(rec["rejected"], "rejected", *keys)
     if chosen[0]["content"].strip() == rejected[0]["content"].strip():
         raise RowError("chosen_equals_rejected", "identical answers teach nothing")
     return {"prompt": pmsgs, "chosen": chosen, "rejected": rejected}
@@ -181,18 +257,37 @@ FORMATS: tuple[Format, ...] = (
         ordered=False,
         example='{"prompt": "...", "chosen": "...", "rejected": "..."}',
     ),
+    Format(
+        "sharegpt_preference",
+        ("conversations", "chosen", "rejected"),
+        ("system",),
+        _sharegpt_preference,
+        preference=True,
+        ordered=False,
+        example='{"conversations": [{"from": "human", "value": "..."}], "chosen": {"from": "gpt", "value": "..."}, '
+        '"rejected": {"from": "gpt", "value": "..."}}',
+    ),
+    Format("kto", ("messages", "label"), (), _kto, ordered=False, example='{"messages": [...], "label": true}'),
+    Format(
+        "kto_prompt_completion",
+        ("prompt", "completion", "label"),
+        (),
+        _kto,
+        ordered=False,
+        example='{"prompt": "...", "completion": "...", "label": false}',
+    ),
     Format("messages", ("messages",), (), _messages, example='{"messages": [{"role": "user", "content": "..."}, ...]}'),
     Format(
         "sharegpt",
         ("conversations",),
-        (),
+        ("system",),
         _sharegpt,
-        example='{"conversations": [{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}]}',
+        example='{"system": "...", "conversations": [{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}]}',
     ),
     Format(
         "alpaca",
         ("instruction", "output"),
-        ("input", "system"),
+        ("input", "system", "history"),
         _alpaca,
         example='{"instruction": "...", "input": "", "output": "..."}',
     ),

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from ftlab import params as P
-from ftlab.paths import notebooks_dir, run_dir
+from ftlab.paths import cache_dir, notebooks_dir, run_dir
 
 KERNEL_NAME = "ftlab"
 KERNEL_DISPLAY = "Python (ftlab)"
@@ -79,6 +79,9 @@ def ensure_kernel() -> str:
     return KERNEL_NAME
 
 
+HOME_DIRS = {"IPYTHONDIR": "ipython", "MPLCONFIGDIR": "matplotlib", "JUPYTER_RUNTIME_DIR": "jupyter-runtime"}
+
+
 def run(
     start: str = "00",
     end: str = "99",
@@ -96,11 +99,13 @@ def run(
     steps = [(nb, {**inject, "run_name": run_name}) for nb, inject in steps]
     out_dir = run_dir(run_name) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    kernel = ensure_kernel()
-    saved = {k: os.environ.get(k) for k in ("FTLAB_HEADLESS", "PYTORCH_CUDA_ALLOC_CONF")}
+    saved = {k: os.environ.get(k) for k in ("FTLAB_HEADLESS", "PYTORCH_CUDA_ALLOC_CONF", *HOME_DIRS)}
     os.environ["FTLAB_HEADLESS"] = "1"  # the kernel inherits it: widgets print instead of waiting for a browser
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # fewer fragmentation OOMs
+    for k, sub in HOME_DIRS.items():  # IPython, matplotlib and Jupyter write into the cache, not the user's home
+        os.environ.setdefault(k, str(cache_dir() / sub))
     try:
+        kernel = ensure_kernel()
         _execute(steps, run_name, out_dir, kernel, verbose, log)
     finally:
         for k, v in saved.items():

@@ -22,8 +22,11 @@ def gate(
     limit = stage.params["max_rejected_share"]
     data.write_jsonl(stage.path("rejected.jsonl"), data.rejected_json(rejected + pref_rejected))
     sft_rej = [r for r in rejected if r.source == str(inputs["data"])]
-    sft = data.check_rejected_share(inputs["data"].name, accepted, sft_rej, limit)
-    pref = data.check_rejected_share(inputs["prefs"].name, prefs, pref_rejected, limit) if "prefs" in inputs else 0.0
+    path = stage.path("rejected.jsonl")
+    sft = data.check_rejected_share(inputs["data"].name, accepted, sft_rej, limit, path)
+    pref = (
+        data.check_rejected_share(inputs["prefs"].name, prefs, pref_rejected, limit, path) if "prefs" in inputs else 0.0
+    )
     return sft, pref
 
 

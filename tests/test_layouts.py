@@ -1,0 +1,137 @@
+"""The documented layouts of the tools users come from (LLaMA-Factory, Axolotl, OpenAI, TRL), converted exactly,
+and rows that no reader may choke on, each rejected with its line and reason while every good row is kept.
+
+Run: .venv/bin/python -m pytest tests/test_layouts.py
+"""
+
+import json
+
+import pytest
+
+from ftlab import data
+
+U, A = {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}
+SYS = {"role": "system", "content": "Answer briefly."}
+
+
+def test_sharegpt_top_level_system_is_the_first_message():
+    rec = {"system": "Answer briefly.", "conversations": [{"from": "human", "value": "What is 2+2?"},
+                                                          {"from": "gpt", "value": "4."}]}  # fmt: skip
+    assert data.normalize(rec) == ({"messages": [SYS, U, A]}, {})
+
+
+def test_sharegpt_system_twice_is_rejected():
+    rec = {"system": "x", "conversations": [{"from": "system", "value": "y"}, {"from": "human", "value": "q"},
+                                            {"from": "gpt", "value": "a"}]}  # fmt: skip
+    with pytest.raises(data.RowError, match="turn_order: a top-level system field and a system turn"):
+        data.normalize(rec)
+
+
+def test_alpaca_history_turns_come_first_in_order():
+    rec = {"system": "Answer briefly.", "instruction": "And 3+3?", "input": "", "output": "6.",
+           "history": [["What is 2+2?", "4."], ["And 2+3?", "5."]]}  # fmt: skip
+    msgs, extra = data.normalize(rec)
+    assert msgs["messages"] == [SYS, U, A, {"role": "user", "content": "And 2+3?"},
+                                {"role": "assistant", "content": "5."}, {"role": "user", "content": "And 3+3?"},
+                                {"role": "assistant", "content": "6."}]  # fmt: skip
+    assert extra == {}
+    with pytest.raises(data.RowError, match=r"wrong_type: history\[0\] must be an \[instruction, answer\] pair"):
+        data.normalize({**rec, "history": [["only one"]]})
+
+
+def test_sharegpt_preference_rows_are_pairs():
+    rec = {"conversations": [{"from": "human", "value": "What is 2+2?"}], "chosen": {"from": "gpt", "value": "4."},
+           "rejected": {"from": "gpt", "value": "5."}}  # fmt: skip
+    pair, _ = data.normalize(rec)
+    assert pair == {"prompt": [U], "chosen": [A], "rejected": [{"role": "assistant", "content": "5."}]}
+
+
+def test_sharegpt_preference_file_loads_as_prefs_and_is_named_in_a_chat_file(tmp_path):
+    rec = {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "good"},
+           "rejected": {"from": "gpt", "value": "bad"}}  # fmt: skip
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps(rec) + "\n")
+    rows, rejected, used = data.load(f, kind="prefs")
+    assert len(rows) == 1 and not rejected and used == "sharegpt_preference (1)"
+    rows, rejected, _ = data.load(f, kind="chat")
+    assert not rows and rejected[0].reason == "unknown_schema" and "sharegpt_preference row" in rejected[0].detail
+
+
+def test_openai_content_parts_are_joined_and_media_is_rejected_by_name():
+    parts = [{"type": "text", "text": "What is"}, {"type": "text", "text": "2+2?"}]
+    got, _ = data.normalize({"messages": [{"role": "user", "content": parts}, A]})
+    assert got["messages"][0] == {"role": "user", "content": "What is\n2+2?"}
+    img = [{"type": "image_url", "image_url": {"url": "x.png"}}, {"type": "text", "text": "what is this?"}]
+    with pytest.raises(data.RowError, match=r"media_part: messages\[0\].content\[0\] is a 'image_url' part"):
+        data.normalize({"messages": [{"role": "user", "content": img}, A]})
+
+
+def test_tool_calls_and_tool_roles_get_a_specific_reason():
+    call = {"role": "assistant", "content": None,
+            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}  # fmt: skip
+    with pytest.raises(data.RowError, match=r"tool_turn: messages\[1\] is a tool call \(get_weather\)"):
+        data.normalize({"messages": [U, call, A]})
+    for role in ("tool", "function_call", "observation"):
+        with pytest.raises(data.RowError, match=f"tool_turn: .*role '{role}'"):
+            data.normalize({"messages": [U, {"role": role, "content": "{}"}, A]})
+
+
+@pytest.mark.parametrize("label", [True, False])
+def test_kto_rows_are_never_sft_targets(tmp_path, label):
+    with pytest.raises(data.RowError, match="kto_row: a KTO row"):
+        data.normalize({"messages": [U, A], "label": label})
+    with pytest.raises(data.RowError, match="kto_row"):
+        data.normalize({"prompt": "q", "completion": "a", "label": label})
+    f = tmp_path / "kto.jsonl"
+    f.write_text(json.dumps({"messages": [U, A], "label": label}) + "\n" + json.dumps({"messages": [U, A]}) + "\n")
+    rows, rejected, _ = data.load(f)
+    assert [r.line for r in rows] == [2] and [(r.line, r.reason) for r in rejected] == [(1, "kto_row")]
+
+
+def test_no_single_row_stops_the_file(tmp_path):
+    """Deep nesting, a lone surrogate, an integer too long to convert, random bytes: each bad line is rejected with
+    its line and reason, every good line is kept, and rejected.jsonl can be written."""
+    good = json.dumps({"messages": [U, A]})
+    bad = {
+        2: ("[" * 100_000) + ("]" * 100_000),  # parses nowhere: too deep
+        4: json.dumps({"messages": [{"role": "user", "content": "\ud800"}, A]}),  # valid JSON, a lone surrogate
+        6: '{"messages": ' + "1" * 5000 + "}",  # more digits than Python converts
+        8: '{"messages": [{"role": "user", "content": ' + "[" * 500 + "]" * 500 + "}]}",  # deep, inside a field
+    }
+    lines = [bad.get(n, good) for n in range(1, 10)]
+    f = tmp_path / "mixed.jsonl"
+    f.write_bytes("\n".join(lines).encode("utf-8", "surrogatepass") + b"\n\xff\xfe garbage\n" + good.encode() + b"\n")
+    rows, rejected, _ = data.load(f)
+    assert [r.line for r in rows] == [1, 3, 5, 7, 9, 11]
+    got = {r.line: r.reason for r in rejected}
+    assert got == {2: "too_deep", 4: "invalid_utf8", 6: "invalid_json", 8: "wrong_type", 10: "invalid_utf8"}, got
+    out = tmp_path / "rejected.jsonl"
+    data.write_jsonl(out, data.rejected_json(rejected))  # the writer takes every rejected row
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 5
+
+
+def test_the_data_card_lists_every_layout():
+    from ftlab import formats
+    from ftlab.paths import repo_root
+
+    card = (repo_root() / "data" / "README.md").read_text()
+    missing = [f.name for f in formats.FORMATS if f"`{f.name}`" not in card]
+    assert not missing, f"data/README.md's layout table lacks {missing}"
+
+
+def test_the_gate_names_lines_reasons_the_file_and_the_fix(tmp_path, capsys):
+    rej = [data.Rejected(n, "too_long", f"{600 + n} tokens > max_length 512", {}) for n in (3, 8, 9, 12)]
+    rej.append(data.Rejected(5, "invalid_json", "Expecting value at column 1", "{"))
+    path = tmp_path / "rejected.jsonl"
+    with pytest.raises(data.DataError) as e:
+        data.check_rejected_share("sft.jsonl", 20, rej, 0.1, path)
+    msg = str(e.value)
+    assert "5 of 25 rows rejected (20.0% > max_rejected_share 10.0%)" in msg
+    assert (
+        "too_long x4 (line 3: 603 tokens > max_length 512; line 8: 608" in msg and ", ...) -> raise max_length" in msg
+    )
+    assert "invalid_json x1 (line 5: Expecting value at column 1)" in msg and str(path) in msg
+    with pytest.raises(data.DataError, match="none of its 5 rows was accepted"):
+        data.check_rejected_share("sft.jsonl", 0, rej, 1.0, path)
+    assert data.check_rejected_share("sft.jsonl", 95, rej, 0.1, path) == pytest.approx(0.05)
+    assert "sft.jsonl: 95 rows accepted, 5 rejected (5.0%)" in capsys.readouterr().out
