@@ -15,40 +15,65 @@ SYS = {"role": "system", "content": "Answer briefly."}
 
 
 def test_sharegpt_top_level_system_is_the_first_message():
-    rec = {"system": "Answer briefly.", "conversations": [{"from": "human", "value": "What is 2+2?"},
-                                                          {"from": "gpt", "value": "4."}]}  # fmt: skip
+    rec = {
+        "system": "Answer briefly.",
+        "conversations": [{"from": "human", "value": "What is 2+2?"}, {"from": "gpt", "value": "4."}],
+    }
     assert data.normalize(rec) == ({"messages": [SYS, U, A]}, {})
 
 
 def test_sharegpt_system_twice_is_rejected():
-    rec = {"system": "x", "conversations": [{"from": "system", "value": "y"}, {"from": "human", "value": "q"},
-                                            {"from": "gpt", "value": "a"}]}  # fmt: skip
+    rec = {
+        "system": "x",
+        "conversations": [
+            {"from": "system", "value": "y"},
+            {"from": "human", "value": "q"},
+            {"from": "gpt", "value": "a"},
+        ],
+    }
     with pytest.raises(data.RowError, match="turn_order: a top-level system field and a system turn"):
         data.normalize(rec)
 
 
 def test_alpaca_history_turns_come_first_in_order():
-    rec = {"system": "Answer briefly.", "instruction": "And 3+3?", "input": "", "output": "6.",
-           "history": [["What is 2+2?", "4."], ["And 2+3?", "5."]]}  # fmt: skip
+    rec = {
+        "system": "Answer briefly.",
+        "instruction": "And 3+3?",
+        "input": "",
+        "output": "6.",
+        "history": [["What is 2+2?", "4."], ["And 2+3?", "5."]],
+    }
     msgs, extra = data.normalize(rec)
-    assert msgs["messages"] == [SYS, U, A, {"role": "user", "content": "And 2+3?"},
-                                {"role": "assistant", "content": "5."}, {"role": "user", "content": "And 3+3?"},
-                                {"role": "assistant", "content": "6."}]  # fmt: skip
+    assert msgs["messages"] == [
+        SYS,
+        U,
+        A,
+        {"role": "user", "content": "And 2+3?"},
+        {"role": "assistant", "content": "5."},
+        {"role": "user", "content": "And 3+3?"},
+        {"role": "assistant", "content": "6."},
+    ]
     assert extra == {}
     with pytest.raises(data.RowError, match=r"wrong_type: history\[0\] must be an \[instruction, answer\] pair"):
         data.normalize({**rec, "history": [["only one"]]})
 
 
 def test_sharegpt_preference_rows_are_pairs():
-    rec = {"conversations": [{"from": "human", "value": "What is 2+2?"}], "chosen": {"from": "gpt", "value": "4."},
-           "rejected": {"from": "gpt", "value": "5."}}  # fmt: skip
+    rec = {
+        "conversations": [{"from": "human", "value": "What is 2+2?"}],
+        "chosen": {"from": "gpt", "value": "4."},
+        "rejected": {"from": "gpt", "value": "5."},
+    }
     pair, _ = data.normalize(rec)
     assert pair == {"prompt": [U], "chosen": [A], "rejected": [{"role": "assistant", "content": "5."}]}
 
 
 def test_sharegpt_preference_file_loads_as_prefs_and_is_named_in_a_chat_file(tmp_path):
-    rec = {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "good"},
-           "rejected": {"from": "gpt", "value": "bad"}}  # fmt: skip
+    rec = {
+        "conversations": [{"from": "human", "value": "q"}],
+        "chosen": {"from": "gpt", "value": "good"},
+        "rejected": {"from": "gpt", "value": "bad"},
+    }
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps(rec) + "\n")
     rows, rejected, used = data.load(f, kind="prefs")
@@ -67,8 +92,11 @@ def test_openai_content_parts_are_joined_and_media_is_rejected_by_name():
 
 
 def test_tool_calls_and_tool_roles_get_a_specific_reason():
-    call = {"role": "assistant", "content": None,
-            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}  # fmt: skip
+    call = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}],
+    }
     with pytest.raises(data.RowError, match=r"tool_turn: messages\[1\] is a tool call \(get_weather\)"):
         data.normalize({"messages": [U, call, A]})
     for role in ("tool", "function_call", "observation"):
@@ -135,3 +163,77 @@ def test_the_gate_names_lines_reasons_the_file_and_the_fix(tmp_path, capsys):
         data.check_rejected_share("sft.jsonl", 0, rej, 1.0, path)
     assert data.check_rejected_share("sft.jsonl", 95, rej, 0.1, path) == pytest.approx(0.05)
     assert "sft.jsonl: 95 rows accepted, 5 rejected (5.0%)" in capsys.readouterr().out
+
+
+def test_placeholders_media_tags_and_untrained_fields_are_warned_with_examples(tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": "Hi {{name}}, what is 2+2?"}, A]},
+        {"messages": [{"role": "user", "content": "<image>\nWhat is shown?"}, A], "images": ["a.png"]},
+        {"messages": [U, A]},
+    ]
+    f = tmp_path / "w.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = data.content_warnings(data.load(f)[0])
+    assert got == {
+        "template_placeholder": {"rows": 1, "examples": ["line 1: {{name}}"]},
+        "media_placeholder": {"rows": 1, "examples": ["line 2: <image>"]},
+        "ignored_field:images": {"rows": 1, "examples": ["line 2: images"]},
+    }
+    text = data.brief_warnings(got)
+    assert "WARNING template_placeholder: 1 rows would train it verbatim (line 1: {{name}})" in text
+    assert "note: field 'images' in 1 rows is kept beside the row, not trained" in text
+    assert data.brief_warnings({}) == "no content warnings"
+
+
+def test_compressed_files_and_arrays_in_jsonl_load_and_misnamed_ones_are_named(tmp_path, capsys):
+    import gzip
+
+    rows = [{"messages": [U, A]}, {"prompt": "q", "completion": "a"}]
+    body = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(body))
+    (tmp_path / "d.json.gz").write_bytes(gzip.compress(json.dumps(rows).encode()))
+    for name in ("d.jsonl.gz", "d.json.gz"):
+        got, rejected, _ = data.load(tmp_path / name)
+        assert [r.data["messages"][0]["role"] for r in got] == ["user", "user"] and not rejected, name
+    (tmp_path / "array.jsonl").write_text(json.dumps(rows, indent=2))
+    got, rejected, _ = data.load(tmp_path / "array.jsonl")
+    assert [r.line for r in got] == [1, 2] and not rejected
+    assert "array.jsonl holds one JSON array, not a record per line: read as 2 records" in capsys.readouterr().out
+    (tmp_path / "zipped.jsonl").write_bytes(gzip.compress(body))
+    with pytest.raises(data.DataError, match=r"zipped.jsonl is gzip-compressed but not named .gz; rename it zipped"):
+        data.load(tmp_path / "zipped.jsonl")
+    (tmp_path / "plain.jsonl.gz").write_bytes(body)
+    with pytest.raises(data.DataError, match="is named .gz but is not gzip-compressed"):
+        data.load(tmp_path / "plain.jsonl.gz")
+
+
+def test_fuzz_good_rows_all_kept_bad_rows_all_rejected_with_lines(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    good = [
+        json.dumps({"messages": [{"role": "user", "content": f"q{i} ünï"}, {"role": "assistant", "content": f"a{i}"}]})
+        for i in range(60)
+    ]
+    lines, bad = [], set()
+    for n, g in enumerate(good, 1):
+        raw = g.encode()
+        kind = rng.choice(["keep", "keep", "bytes", "cut", "deep", "surrogate"])
+        if kind == "bytes":  # random bytes spliced in, one of them never valid UTF-8
+            at = rng.randrange(len(raw))
+            raw = raw[:at] + bytes(rng.randrange(256) for _ in range(5)) + b"\xff" + raw[at:]
+        elif kind == "cut":
+            raw = raw[: rng.randrange(1, len(raw) - 1)]
+        elif kind == "deep":
+            raw = b'{"messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+        elif kind == "surrogate":
+            raw = g.replace(f"a{n - 1}", "\\udc80").encode()
+        if kind != "keep":
+            bad.add(n)
+        lines.append(raw.replace(b"\n", b" "))
+    f = tmp_path / "fuzz.jsonl"
+    f.write_bytes(b"\n".join(lines) + b"\n")
+    rows, rejected, _ = data.load(f)
+    assert bad and {r.line for r in rows} == set(range(1, 61)) - bad
+    assert {r.line for r in rejected} == bad and all(r.reason in data.REASONS for r in rejected)
+    data.write_jsonl(tmp_path / "rejected.jsonl", data.rejected_json(rejected))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import string
 from collections import Counter
 from dataclasses import dataclass, field
@@ -76,6 +77,39 @@ def _writable(rec: Any) -> Any:
         return json.dumps(rec)  # \ud800 stays an escape sequence
     except (RecursionError, ValueError):
         return "<record nested too deeply to copy; see its line in the data file>"
+
+
+# ---- content that is almost certainly a mistake: warned about, with counts and examples -------------------------
+
+_PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][\w.]*\s*\}\}")  # {{name}}: a template that was never filled in
+_MEDIA = re.compile(r"<\|?(image|video|audio)\|?>")  # LLaVA-style media placeholders
+
+
+def content_warnings(rows: list[Row], examples: int = 3) -> dict[str, dict[str, Any]]:
+    """Rows that will train something the author did not mean: unfilled template placeholders ({{name}}), media
+    placeholders (<image>) in a text-only run, and fields present but not trained (kept beside the row)."""
+    found: dict[str, list[tuple[int, str]]] = {}
+    for r in rows:
+        texts = [m["content"] for part in ("messages", "prompt", "chosen", "rejected") for m in r.data.get(part, [])]
+        for kind, pattern in (("template_placeholder", _PLACEHOLDER), ("media_placeholder", _MEDIA)):
+            hit = next((m.group() for t in texts for m in [pattern.search(t)] if m), None)
+            if hit:
+                found.setdefault(kind, []).append((r.line, hit))
+        for k in r.extra:
+            found.setdefault(f"ignored_field:{k}", []).append((r.line, k))
+    return {k: {"rows": len(v), "examples": [f"line {ln}: {x}" for ln, x in v[:examples]]} for k, v in found.items()}
+
+
+def brief_warnings(warnings: dict[str, dict[str, Any]]) -> str:
+    if not warnings:
+        return "no content warnings"
+    lines = []
+    for k, w in warnings.items():
+        if k.startswith("ignored_field:"):  # metadata is often meant; say so without alarm
+            lines.append(f"note: field {k.split(':', 1)[1]!r} in {w['rows']} rows is kept beside the row, not trained")
+        else:
+            lines.append(f"WARNING {k}: {w['rows']} rows would train it verbatim ({'; '.join(w['examples'])})")
+    return "\n".join(lines)
 
 
 # ---- dataset-level checks ------------------------------------------------------------------------------------

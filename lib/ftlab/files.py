@@ -40,27 +40,59 @@ def read_records(path: str | Path) -> tuple[list[tuple[int, Any]], list[Rejected
         )
     if path.is_dir():
         return _read_datasets_folder(path), []
-    suffix = path.suffix.lower()
+    suffixes = [x.lower() for x in path.suffixes[-2:]]
+    gz = suffixes[-1:] == [".gz"]
+    suffix = suffixes[0] if gz and len(suffixes) == 2 else path.suffix.lower()
+    with open(path, "rb") as f:
+        compressed = f.read(2) == GZIP_MAGIC
+    if compressed != gz:
+        raise DataError(
+            f"{path} is gzip-compressed but not named .gz; rename it {path.name}.gz (then it loads as is)"
+            if compressed
+            else f"{path} is named .gz but is not gzip-compressed; drop the .gz from its name"
+        )
     if suffix in (".jsonl", ".ndjson"):
-        return _read_jsonl(path)
+        return _read_jsonl(path, _bytes(path, gz))
     if suffix == ".json":
-        return _read_json(path)
-    if suffix in (".csv", ".tsv"):
+        return _read_json(path, _bytes(path, gz))
+    if suffix in (".csv", ".tsv") and not gz:
         return _read_csv(path, "\t" if suffix == ".tsv" else ",")
-    if suffix in (".parquet", ".pq"):
+    if suffix in (".parquet", ".pq") and not gz:
         import pyarrow.parquet as pq
 
         return [(i + 1, r) for i, r in enumerate(pq.read_table(path).to_pylist())], []
     raise DataError(
-        f"{path}: unsupported file type {suffix!r}; expected .jsonl, .json, .csv, .tsv, .parquet or a datasets folder."
+        f"{path}: unsupported file type {''.join(suffixes)!r}; expected .jsonl, .json (each also as .gz), .csv, .tsv, "
+        ".parquet or a datasets folder."
     )
 
 
-def _read_jsonl(path: Path) -> tuple[list[tuple[int, Any]], list[Rejected]]:
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _bytes(path: Path, gz: bool) -> bytes:
+    if not gz:
+        return path.read_bytes()
+    import gzip
+
+    try:
+        return gzip.decompress(path.read_bytes())
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: the gzip stream is damaged ({e}); re-compress or re-download the file") from None
+
+
+def _read_jsonl(path: Path, raw: bytes) -> tuple[list[tuple[int, Any]], list[Rejected]]:
     records, rejected = [], []
-    raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 byte-order mark is harmless; drop it
+    if raw.lstrip()[:1] == b"[":  # a JSON array saved as .jsonl: read it as one, numbered by record
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            doc = None  # not one array after all: read line by line, bad lines rejected one by one
+        if isinstance(doc, list):
+            print(f"note: {path.name} holds one JSON array, not a record per line: read as {len(doc)} records")
+            return [(i + 1, r) for i, r in enumerate(doc)], []
     for n, line in enumerate(raw.split(b"\n"), 1):
         line = line.rstrip(b"\r")
         if not line.strip():
@@ -81,9 +113,9 @@ def _read_jsonl(path: Path) -> tuple[list[tuple[int, Any]], list[Rejected]]:
     return records, rejected
 
 
-def _read_json(path: Path) -> tuple[list[tuple[int, Any]], list[Rejected]]:
+def _read_json(path: Path, raw: bytes) -> tuple[list[tuple[int, Any]], list[Rejected]]:
     try:
-        doc = json.loads(path.read_bytes().decode("utf-8-sig"))
+        doc = json.loads(raw.decode("utf-8-sig"))
     except RecursionError:
         raise DataError(
             f"{path}: a record is nested too deeply to read; a .json file is read whole, so save one record per "
