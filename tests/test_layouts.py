@@ -237,3 +237,13 @@ def test_fuzz_good_rows_all_kept_bad_rows_all_rejected_with_lines(tmp_path):
     assert bad and {r.line for r in rows} == set(range(1, 61)) - bad
     assert {r.line for r in rejected} == bad and all(r.reason in data.REASONS for r in rejected)
     data.write_jsonl(tmp_path / "rejected.jsonl", data.rejected_json(rejected))
+
+
+def test_alpaca_preference_rows_are_pairs():
+    rec = {"system": "Answer briefly.", "instruction": "What is", "input": "2+2?", "chosen": "4.", "rejected": "5."}
+    pair, _ = data.normalize(rec)
+    assert pair == {
+        "prompt": [SYS, {"role": "user", "content": "What is\n\n2+2?"}],
+        "chosen": [A],
+        "rejected": [{"role": "assistant", "content": "5."}],
+    }

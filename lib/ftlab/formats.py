@@ -180,10 +180,14 @@ def _sharegpt_preference(rec: dict[str, Any]) -> dict[str, Any]:
     return _pair(_system(rec) + messages(turns, "conversations", *keys), rec, keys)
 
 
+def _instruction(rec: dict[str, Any]) -> str:
+    """Alpaca's user turn: the instruction, then the input (if any) after a blank line."""
+    extra = "\n\n" + text(rec["input"], "input") if rec.get("input") not in (None, "") else ""
+    return text(rec["instruction"], "instruction") + extra
+
+
 def _alpaca(rec: dict[str, Any]) -> dict[str, Any]:
-    user = text(rec["instruction"], "instruction")
-    if rec.get("input") not in (None, ""):
-        user += "\n\n" + text(rec["input"], "input")
+    user = _instruction(rec)
     msgs = _system(rec)
     history = rec.get("history") or []
     if not isinstance(history, list):
@@ -199,6 +203,11 @@ def _alpaca(rec: dict[str, Any]) -> dict[str, Any]:
         ]
     msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": text(rec["output"], "output")}]
     return {"messages": msgs}
+
+
+def _alpaca_preference(rec: dict[str, Any]) -> dict[str, Any]:
+    """LLaMA-Factory's Alpaca preference rows: instruction (+ input), chosen and rejected answers."""
+    return _pair(_system(rec) + [{"role": "user", "content": _instruction(rec)}], rec)
 
 
 def _kto(rec: dict[str, Any]) -> dict[str, Any]:
@@ -238,8 +247,7 @@ class Format:
     optional: tuple[str, ...]  # further fields it reads; every other field is kept as an extra
     convert: Callable[[dict[str, Any]], dict[str, Any]]
     preference: bool = False  # a prompt with a chosen and a rejected answer (DPO), not a conversation to imitate
-    ordered: bool = True  # check the turn order of the converted conversation
-    example: str = ""
+    ordered: bool = True  # check the turn order of the converted conversation (data/README.md has an example each)
 
     @property
     def fields(self) -> set[str]:
@@ -255,7 +263,6 @@ FORMATS: tuple[Format, ...] = (
         _preference,
         preference=True,
         ordered=False,
-        example='{"prompt": "...", "chosen": "...", "rejected": "..."}',
     ),
     Format(
         "sharegpt_preference",
@@ -264,41 +271,43 @@ FORMATS: tuple[Format, ...] = (
         _sharegpt_preference,
         preference=True,
         ordered=False,
-        example='{"conversations": [{"from": "human", "value": "..."}], "chosen": {"from": "gpt", "value": "..."}, '
-        '"rejected": {"from": "gpt", "value": "..."}}',
     ),
-    Format("kto", ("messages", "label"), (), _kto, ordered=False, example='{"messages": [...], "label": true}'),
+    Format(
+        "alpaca_preference",
+        ("instruction", "chosen", "rejected"),
+        ("input", "system"),
+        _alpaca_preference,
+        preference=True,
+        ordered=False,
+    ),
+    Format("kto", ("messages", "label"), (), _kto, ordered=False),
     Format(
         "kto_prompt_completion",
         ("prompt", "completion", "label"),
         (),
         _kto,
         ordered=False,
-        example='{"prompt": "...", "completion": "...", "label": false}',
     ),
-    Format("messages", ("messages",), (), _messages, example='{"messages": [{"role": "user", "content": "..."}, ...]}'),
+    Format("messages", ("messages",), (), _messages),
     Format(
         "sharegpt",
         ("conversations",),
         ("system",),
         _sharegpt,
-        example='{"system": "...", "conversations": [{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}]}',
     ),
     Format(
         "alpaca",
         ("instruction", "output"),
         ("input", "system", "history"),
         _alpaca,
-        example='{"instruction": "...", "input": "", "output": "..."}',
     ),
     Format(
         "prompt_completion",
         ("prompt", "completion"),
         (),
         _prompt_completion,
-        example='{"prompt": "...", "completion": "..."}',
     ),
-    Format("text", ("text",), (), _text, ordered=False, example='{"text": "..."}'),
+    Format("text", ("text",), (), _text, ordered=False),
 )
 
 
