@@ -247,3 +247,13 @@ def test_alpaca_preference_rows_are_pairs():
         "chosen": [A],
         "rejected": [{"role": "assistant", "content": "5."}],
     }
+
+
+def test_json_arrays_number_records_and_say_so(tmp_path):
+    f = tmp_path / "d.json"
+    f.write_text(json.dumps([{"messages": [U, A]}, {"messages": [U]}]))
+    _, rejected, _ = data.load(f)
+    assert [(r.line, r.unit, r.reason) for r in rejected] == [(2, "record", "no_final_assistant")]
+    assert data.rejection_summary(rejected).startswith("  no_final_assistant x1 (record 2: ")
+    assert data.rejected_json(rejected)[0]["unit"] == "record"
+    assert data.unit(tmp_path / "x.jsonl.gz") == "line" and data.unit(tmp_path / "x.parquet") == "record"

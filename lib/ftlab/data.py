@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ftlab import formats
-from ftlab.files import DataError, Rejected, read_records  # noqa: F401 - used as data.*
+from ftlab.files import DataError, Rejected, read_records, unit  # noqa: F401 - used as data.*
 from ftlab.formats import REASONS, RowError, check_order, detect_format, normalize  # noqa: F401 - used as data.*
 
 # rejections that follow from choices made here (the split, a filter), not from bad data: not counted by the gate
@@ -50,16 +50,19 @@ def load(path: str | Path, fmt: str = "auto", kind: str = "chat") -> tuple[list[
             f = fmt if fmt != "auto" else formats.detect_format(rec) if isinstance(rec, dict) else "auto"
             data, extra = formats.normalize(rec, f)
         except RowError as e:
-            rejected.append(Rejected(line, e.reason, e.detail, _writable(rec), str(path)))
+            rejected.append(Rejected(line, e.reason, e.detail, _writable(rec), str(path), unit(path)))
             continue
         except RecursionError:
-            rejected.append(Rejected(line, "too_deep", "a value nested too deeply to check", _writable(rec), str(path)))
+            detail = "a value nested too deeply to check"
+            rejected.append(Rejected(line, "too_deep", detail, _writable(rec), str(path), unit(path)))
             continue
         is_pref = "chosen" in data
         if is_pref != (kind == "prefs"):
             want = "prompt/chosen/rejected" if kind == "prefs" else "an SFT format"
             rejected.append(
-                Rejected(line, "unknown_schema", f"expected {want} in this file, found a {f} row", rec, str(path))
+                Rejected(
+                    line, "unknown_schema", f"expected {want} in this file, found a {f} row", rec, str(path), unit(path)
+                )
             )
             continue
         used[f] += 1
@@ -207,7 +210,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def rejected_json(rejected: list[Rejected]) -> list[dict[str, Any]]:
-    keys = ("line", "reason", "detail", "raw", "source")  # not asdict: it deep-copies every raw record
+    keys = ("line", "unit", "reason", "detail", "raw", "source")  # not asdict: it deep-copies every raw record
     return [{k: getattr(r, k) for k in keys} for r in sorted(rejected, key=lambda r: (r.source, r.line))]
 
 
@@ -261,7 +264,7 @@ def rejection_summary(rejected: list[Rejected], examples: int = 3) -> str:
     out = []
     for reason, n in reason_counts(rejected).items():
         first = [r for r in rejected if r.reason == reason][:examples]
-        where = "; ".join(f"line {r.line}: {r.detail[:100]}" for r in first)
+        where = "; ".join(f"{r.unit} {r.line}: {r.detail[:100]}" for r in first)
         fix = f" -> {FIXES[reason]}" if reason in FIXES else ""
         out.append(f"  {reason} x{n} ({where}{', ...' if n > examples else ''}){fix}")
     return "\n".join(out)

@@ -25,6 +25,14 @@ class Rejected:
     detail: str
     raw: Any
     source: str = ""
+    unit: str = "line"  # what `line` counts: "line" of a text file, or "record" of a JSON array, Parquet, dataset
+
+
+def unit(path: str | Path) -> str:
+    """What a record's number counts in this file: lines (JSONL, CSV) or records (JSON arrays, Parquet, folders)."""
+    p = Path(path)
+    kinds = [x.lower() for x in p.suffixes[-2:] if x.lower() != ".gz"]
+    return "line" if not p.is_dir() and kinds[-1:] in ([".jsonl"], [".ndjson"], [".csv"], [".tsv"]) else "record"
 
 
 # ---- reading files ----------------------------------------------------------------------------------------------
