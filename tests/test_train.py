@@ -81,8 +81,8 @@ def test_planner_suggests_settings_that_fit():
 
 
 def test_activation_offloading_is_planned_only_where_the_run_would_not_fit_without_it():
-    """Offloading halves the speed of short rows on an H200 (benchmarks/results/speed_h200_real_vocab.json): 'auto'
-    turns it on only when the plan without it does not fit and the plan with it does."""
+    """Offloading costs 19% of the speed of packed rows on an H200 (benchmarks/results/speed_offload_h200_1b.json):
+    'auto' turns it on only when the plan without it does not fit and the plan with it does."""
     from ftlab.train import sft
 
     shape = memory.Shape.from_config(LLAMA8B)

@@ -45,8 +45,9 @@ def dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> Any:
 
 def offload_activations(setting: str, device: str, needed: bool = False) -> bool:
     """'on' / 'off', or 'auto': on only where the memory planner found the run would not fit without it
-    (`train.memory_plan`). Offloading costs speed where rows are short: on an H200 (8B, rows of ~900 tokens) it halved
-    the tokens/s (benchmarks/results/speed_h200_real_vocab.json); a CPU has nothing to offload to."""
+    (`train.memory_plan`). Offloading costs speed: on an H200 it took 19% of the tokens/s of packed 1B rows
+    (benchmarks/results/speed_offload_h200_1b.json) and over half on padded 8B rows of ~900 tokens; a CPU has
+    nothing to offload to."""
     return device == "cuda" and (setting == "on" or (setting == "auto" and needed))
 
 
