@@ -257,3 +257,14 @@ def test_json_arrays_number_records_and_say_so(tmp_path):
     assert data.rejection_summary(rejected).startswith("  no_final_assistant x1 (record 2: ")
     assert data.rejected_json(rejected)[0]["unit"] == "record"
     assert data.unit(tmp_path / "x.jsonl.gz") == "line" and data.unit(tmp_path / "x.parquet") == "record"
+
+
+def test_a_lone_list_line_and_bytes_that_only_look_gzipped_stay_numbered_lines(tmp_path):
+    f = tmp_path / "list.jsonl"
+    f.write_text("[]\n")
+    rows, rejected, _ = data.load(f)
+    assert not rows and [(r.line, r.reason) for r in rejected] == [(1, "wrong_type")]
+    g = tmp_path / "magic.jsonl"
+    g.write_bytes(b"\x1f\x8b not gzip at all\n" + json.dumps({"messages": [U, A]}).encode() + b"\n")
+    rows, rejected, _ = data.load(g)
+    assert [r.line for r in rows] == [2] and [(r.line, r.reason) for r in rejected] == [(1, "invalid_utf8")]

@@ -51,8 +51,7 @@ def read_records(path: str | Path) -> tuple[list[tuple[int, Any]], list[Rejected
     suffixes = [x.lower() for x in path.suffixes[-2:]]
     gz = suffixes[-1:] == [".gz"]
     suffix = suffixes[0] if gz and len(suffixes) == 2 else path.suffix.lower()
-    with open(path, "rb") as f:
-        compressed = f.read(2) == GZIP_MAGIC
+    compressed = _is_gzip(path)
     if compressed != gz:
         raise DataError(
             f"{path} is gzip-compressed but not named .gz; rename it {path.name}.gz (then it loads as is)"
@@ -78,6 +77,21 @@ def read_records(path: str | Path) -> tuple[list[tuple[int, Any]], list[Rejected
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+def _is_gzip(path: Path) -> bool:
+    """The gzip magic number and a readable first block (random bytes that merely start like gzip are not)."""
+    import gzip
+
+    with open(path, "rb") as f:
+        if f.read(2) != GZIP_MAGIC:
+            return False
+    try:
+        with gzip.open(path) as g:
+            g.read(1)
+    except (OSError, EOFError):
+        return False
+    return True
+
+
 def _bytes(path: Path, gz: bool) -> bytes:
     if not gz:
         return path.read_bytes()
@@ -98,7 +112,7 @@ def _read_jsonl(path: Path, raw: bytes) -> tuple[list[tuple[int, Any]], list[Rej
             doc = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):
             doc = None  # not one array after all: read line by line, bad lines rejected one by one
-        if isinstance(doc, list):
+        if isinstance(doc, list) and doc and all(isinstance(r, dict) for r in doc):  # records, not one bad row
             print(f"note: {path.name} holds one JSON array, not a record per line: read as {len(doc)} records")
             return [(i + 1, r) for i, r in enumerate(doc)], []
     for n, line in enumerate(raw.split(b"\n"), 1):
