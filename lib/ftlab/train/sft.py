@@ -46,8 +46,8 @@ def dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> Any:
 def offload_activations(setting: str, device: str, needed: bool = False) -> bool:
     """'on' / 'off', or 'auto': on only where the memory planner found the run would not fit without it
     (`train.memory_plan`). Offloading costs speed: on an H200 it took 19% of the tokens/s of packed 1B rows
-    (benchmarks/results/speed_offload_h200_1b.json) and over half on padded 8B rows of ~900 tokens; a CPU has
-    nothing to offload to."""
+    (benchmarks/results/speed_offload_h200_1b.json) and over half on padded 8B rows of ~900 tokens (issue 18's own
+    H200 table, not re-run); a CPU has nothing to offload to."""
     return device == "cuda" and (setting == "on" or (setting == "auto" and needed))
 
 
@@ -56,7 +56,7 @@ def packing(setting: str, device: str, attn: str | None = None) -> bool:
     sequences (torch's varlen, flash-attn). Each micro-batch then holds batch_size bins of up to max_length tokens of
     whole conversations (TRL's best-fit-decreasing packing, padding-free), so short rows fill the step instead of
     padding it; the loss stays the mean over every trained token of the step, as for padded batches."""
-    return setting == "on" or (setting == "auto" and device == "cuda" and attn in PACKED_KERNELS)
+    return _on_with_packed_kernel(setting, device, attn)
 
 
 def planned_length(p: dict[str, Any], device: str, seq_len: int) -> int:
@@ -71,6 +71,11 @@ def padding_free(setting: str, device: str, attn: str | None = None) -> bool:
     runs packed rows as separate sequences. Under sdpa a padding-free row gets a dense block-diagonal mask whose cost
     grows with the square of the packed length: on an H100 it lost to padded batches
     (benchmarks/results/speed_h100_padding_free_sdpa.json), so 'auto' leaves it off there."""
+    return _on_with_packed_kernel(setting, device, attn)
+
+
+def _on_with_packed_kernel(setting: str, device: str, attn: str | None) -> bool:
+    """'on', or 'auto' on CUDA under a kernel that keeps packed conversations apart (packing and padding-free)."""
     return setting == "on" or (setting == "auto" and device == "cuda" and attn in PACKED_KERNELS)
 
 
