@@ -256,7 +256,54 @@ def test_json_arrays_number_records_and_say_so(tmp_path):
     assert [(r.line, r.unit, r.reason) for r in rejected] == [(2, "record", "no_final_assistant")]
     assert data.rejection_summary(rejected).startswith("  no_final_assistant x1 (record 2: ")
     assert data.rejected_json(rejected)[0]["unit"] == "record"
-    assert data.unit(tmp_path / "x.jsonl.gz") == "line" and data.unit(tmp_path / "x.parquet") == "record"
+
+
+def test_an_array_in_a_jsonl_file_numbers_records_in_every_later_rejection(tmp_path):
+    f = tmp_path / "array.jsonl"
+    f.write_text(json.dumps([{"messages": [U, A]}, {"messages": [U]}, {"messages": [U, A]}], indent=2))
+    rows, rejected, _ = data.load(f)
+    assert [(r.line, r.unit, r.reason) for r in rejected] == [(2, "record", "no_final_assistant")]
+    _, dups = data.dedupe(rows)  # a rejection made after loading says what its number counts too
+    assert [(r.line, r.unit, r.detail) for r in dups] == [(3, "record", "same as record 1")]
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"messages": [U, A]}) + "\n" + json.dumps({"messages": [U, A]}) + "\n")
+    assert [(r.unit, r.detail) for r in data.dedupe(data.load(plain)[0])[1]] == [("line", "same as line 1")]
+
+
+def test_messages_preference_rows_are_pairs(tmp_path):
+    rec = {"messages": [SYS, U], "chosen": A, "rejected": {"role": "assistant", "content": "5."}}
+    pair, extra = data.normalize(rec)
+    assert pair == {"prompt": [SYS, U], "chosen": [A], "rejected": [{"role": "assistant", "content": "5."}]}
+    assert extra == {}
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps(rec) + "\n")
+    rows, rejected, used = data.load(f, kind="prefs")
+    assert len(rows) == 1 and not rejected and used == "messages_preference (1)"
+    rows, rejected, _ = data.load(f)  # never trained as an SFT conversation
+    assert not rows and "found a messages_preference row" in rejected[0].detail
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_utf16_and_utf32_files_are_converted_with_a_note(tmp_path, capsys, encoding):
+    """Windows tools save text as UTF-16 (with a byte-order mark, or without one); it is read, not called invalid."""
+    body = json.dumps({"messages": [{"role": "user", "content": "Grüße? 2+2"}, A]}, ensure_ascii=False) + "\n"
+    f = tmp_path / "w.jsonl"
+    f.write_bytes((body + body.replace("2+2", "3+3")).encode(encoding))
+    rows, rejected, _ = data.load(f)
+    assert [r.data["messages"][0]["content"] for r in rows] == ["Grüße? 2+2", "Grüße? 3+3"] and not rejected
+    assert "w.jsonl is UTF-" in capsys.readouterr().out
+    c = tmp_path / "w.csv"
+    c.write_bytes("instruction,output\nWhat is 2+2?,4.\n".encode(encoding))
+    assert [r.data["messages"] for r in data.load(c)[0]] == [[U, A]]
+
+
+def test_a_lone_surrogate_in_a_utf16_file_rejects_only_its_line(tmp_path):
+    good = json.dumps({"messages": [U, A]}).encode("utf-16-le")
+    bad = '{"messages": [{"role": "user", "content": "x'.encode("utf-16-le") + b"\x00\xd8" + '"}]}'.encode("utf-16-le")
+    f = tmp_path / "s.jsonl"
+    f.write_bytes(b"\xff\xfe" + good + "\n".encode("utf-16-le") + bad + "\n".encode("utf-16-le") + good)
+    rows, rejected, _ = data.load(f)
+    assert [r.line for r in rows] == [1, 3] and [(r.line, r.reason) for r in rejected] == [(2, "invalid_utf8")]
 
 
 def test_a_lone_list_line_and_bytes_that_only_look_gzipped_stay_numbered_lines(tmp_path):

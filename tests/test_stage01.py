@@ -106,3 +106,32 @@ def test_stage01_separate_eval_file_rejects_rows_leaking_from_train(tmp_path, ou
     assert (stats["train"], stats["eval"], stats["rejected_reasons"]) == (30, 2, {"eval_in_train": 1})
     rejected = [json.loads(x) for x in (run / "01_prepare_data" / "rejected.jsonl").read_text().splitlines()]
     assert [(r["line"], r["reason"], r["source"]) for r in rejected] == [(3, "eval_in_train", str(ev))]
+
+
+def test_stage01_reads_llama_factory_preference_rows_and_records_content_warnings(tmp_path, outputs):
+    """prefs_path in ShareGPT preference form (LLaMA-Factory's layout) becomes DPO pairs; a {{placeholder}} in the
+    SFT file and an extra field are counted, with examples, in stats.json."""
+    path = _write(tmp_path, "messages.jsonl")
+    lines = path.read_text().splitlines()
+    lines[2] = json.dumps(
+        {"messages": [{"role": "user", "content": "Hi {{name}}!"}, {"role": "assistant", "content": "Hello."}]}
+    )
+    lines[6] = json.dumps({**json.loads(lines[6]), "id": "row-7"})
+    path.write_text("\n".join(lines) + "\n")
+    prefs = tmp_path / "prefs.jsonl"
+    pair = {
+        "system": "Answer briefly.",
+        "conversations": [{"from": "human", "value": "q"}],
+        "chosen": {"from": "gpt", "value": "good"},
+        "rejected": {"from": "gpt", "value": "bad"},
+    }
+    prefs.write_text("".join(json.dumps({**pair, "conversations": [{"from": "human", "value": q}]}) + "\n" for q in Q))
+    run = _run(path, outputs, prefs_path=str(prefs), eval_fraction=0.1)
+    stats = json.loads((run / "01_prepare_data" / "stats.json").read_text())
+    assert stats["prefs"] > 0 and stats["warnings"]["data"] == {
+        "template_placeholder": {"rows": 1, "examples": ["line 3: {{name}}"]},
+        "ignored_field:id": {"rows": 1, "examples": ["line 7: id"]},
+    }
+    assert stats["warnings"]["prefs"] == {}
+    pref_rows = [json.loads(x) for x in (run / "01_prepare_data" / "prefs.jsonl").read_text().splitlines()]
+    assert pref_rows[0]["prompt"][0] == {"role": "system", "content": "Answer briefly."}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ftlab import formats
-from ftlab.files import DataError, Rejected, read_records, unit  # noqa: F401 - used as data.*
+from ftlab.files import DataError, Rejected, read_records  # noqa: F401 - used as data.*
 from ftlab.formats import REASONS, RowError, check_order, detect_format, normalize  # noqa: F401 - used as data.*
 
 # rejections that follow from choices made here (the split, a filter), not from bad data: not counted by the gate
@@ -30,9 +30,13 @@ class Row:
     data: dict[str, Any]  # {"messages": [...]} or {"prompt": [...], "chosen": [...], "rejected": [...]}
     extra: dict[str, Any] = field(default_factory=dict)  # fields beyond the schema, kept as they were
     source: str = ""
+    unit: str = "line"  # what `line` counts in its file: "line" or "record" (files.read_records)
 
     def to_json(self) -> dict[str, Any]:
         return {**self.data, **self.extra, "_line": self.line, "_source": self.source}
+
+    def reject(self, reason: str, detail: str) -> Rejected:
+        return Rejected(self.line, reason, detail, self.to_json(), self.source, self.unit)
 
 
 def load(path: str | Path, fmt: str = "auto", kind: str = "chat") -> tuple[list[Row], list[Rejected], str]:
@@ -40,9 +44,9 @@ def load(path: str | Path, fmt: str = "auto", kind: str = "chat") -> tuple[list[
     rows, rejected rows and the format used."""
     if fmt != "auto" and fmt not in formats.names():
         raise DataError(f"data_format must be one of {['auto', *formats.names()]}, got {fmt!r}")
-    records, rejected = read_records(path)
+    records, rejected, counts = read_records(path)
     for r in rejected:
-        r.source = str(path)
+        r.source, r.unit = str(path), counts
     rows: list[Row] = []
     used: Counter[str] = Counter()
     for line, rec in records:
@@ -50,23 +54,23 @@ def load(path: str | Path, fmt: str = "auto", kind: str = "chat") -> tuple[list[
             f = fmt if fmt != "auto" else formats.detect_format(rec) if isinstance(rec, dict) else "auto"
             data, extra = formats.normalize(rec, f)
         except RowError as e:
-            rejected.append(Rejected(line, e.reason, e.detail, _writable(rec), str(path), unit(path)))
+            rejected.append(Rejected(line, e.reason, e.detail, _writable(rec), str(path), counts))
             continue
         except RecursionError:
             detail = "a value nested too deeply to check"
-            rejected.append(Rejected(line, "too_deep", detail, _writable(rec), str(path), unit(path)))
+            rejected.append(Rejected(line, "too_deep", detail, _writable(rec), str(path), counts))
             continue
         is_pref = "chosen" in data
         if is_pref != (kind == "prefs"):
             want = "prompt/chosen/rejected" if kind == "prefs" else "an SFT format"
             rejected.append(
                 Rejected(
-                    line, "unknown_schema", f"expected {want} in this file, found a {f} row", rec, str(path), unit(path)
+                    line, "unknown_schema", f"expected {want} in this file, found a {f} row", rec, str(path), counts
                 )
             )
             continue
         used[f] += 1
-        rows.append(Row(line, data, extra, str(path)))
+        rows.append(Row(line, data, extra, str(path), counts))
     return rows, rejected, ", ".join(f"{k} ({v})" for k, v in used.most_common()) or "none"
 
 
@@ -91,16 +95,16 @@ _MEDIA = re.compile(r"<\|?(image|video|audio)\|?>")  # LLaVA-style media placeho
 def content_warnings(rows: list[Row], examples: int = 3) -> dict[str, dict[str, Any]]:
     """Rows that will train something the author did not mean: unfilled template placeholders ({{name}}), media
     placeholders (<image>) in a text-only run, and fields present but not trained (kept beside the row)."""
-    found: dict[str, list[tuple[int, str]]] = {}
+    found: dict[str, list[tuple[str, int, str]]] = {}
     for r in rows:
         texts = [m["content"] for part in ("messages", "prompt", "chosen", "rejected") for m in r.data.get(part, [])]
         for kind, pattern in (("template_placeholder", _PLACEHOLDER), ("media_placeholder", _MEDIA)):
             hit = next((m.group() for t in texts for m in [pattern.search(t)] if m), None)
             if hit:
-                found.setdefault(kind, []).append((r.line, hit))
+                found.setdefault(kind, []).append((r.unit, r.line, hit))
         for k in r.extra:
-            found.setdefault(f"ignored_field:{k}", []).append((r.line, k))
-    return {k: {"rows": len(v), "examples": [f"line {ln}: {x}" for ln, x in v[:examples]]} for k, v in found.items()}
+            found.setdefault(f"ignored_field:{k}", []).append((r.unit, r.line, k))
+    return {k: {"rows": len(v), "examples": [f"{u} {n}: {x}" for u, n, x in v[:examples]]} for k, v in found.items()}
 
 
 def brief_warnings(warnings: dict[str, dict[str, Any]]) -> str:
@@ -143,17 +147,9 @@ def dedupe(rows: list[Row]) -> tuple[list[Row], list[Rejected]]:
         k = key_text(r)
         nk = near_key(k)
         if k in exact:
-            rejected.append(Rejected(r.line, "duplicate", f"same as line {exact[k]}", r.to_json(), r.source))
+            rejected.append(r.reject("duplicate", f"same as {r.unit} {exact[k]}"))
         elif nk in near:
-            rejected.append(
-                Rejected(
-                    r.line,
-                    "near_duplicate",
-                    f"same as line {near[nk]} up to case/spacing/punctuation",
-                    r.to_json(),
-                    r.source,
-                )
-            )
+            rejected.append(r.reject("near_duplicate", f"same as {r.unit} {near[nk]} up to case/spacing/punctuation"))
         else:
             exact[k], near[nk] = r.line, r.line
             keep.append(r)
@@ -185,7 +181,7 @@ def drop_leaks(
     other = "train" if reason == "eval_in_train" else "eval"
     for r in rows:
         if prompt_key(r) in seen:
-            rejected.append(Rejected(r.line, reason, f"its prompt is also an {other} row", r.to_json(), r.source))
+            rejected.append(r.reject(reason, f"its prompt is also an {other} row"))
         else:
             keep.append(r)
     return keep, rejected
@@ -245,9 +241,7 @@ def tokenize_rows(rows: list[Row], tokenizer: Any, max_length: int) -> tuple[lis
         encs = [encode(tokenizer, msgs) for msgs in conversations(r)]
         longest = max(e.length for e in encs)
         if longest > max_length:
-            rejected.append(
-                Rejected(r.line, "too_long", f"{longest} tokens > max_length {max_length}", r.to_json(), r.source)
-            )
+            rejected.append(r.reject("too_long", f"{longest} tokens > max_length {max_length}"))
             continue
         keep.append(r)
         encoded.append(encs[0])
@@ -303,9 +297,7 @@ def perplexity_filter(rows: list[Row], nll: list[float], min_perplexity: float) 
     for r, x in zip(rows, nll, strict=True):
         ppl = math.exp(x) if x == x else math.inf
         if ppl < min_perplexity:
-            rejected.append(
-                Rejected(r.line, "low_perplexity", f"perplexity {ppl:.2f} < {min_perplexity}", r.to_json(), r.source)
-            )
+            rejected.append(r.reject("low_perplexity", f"perplexity {ppl:.2f} < {min_perplexity}"))
         else:
             keep.append(r)
     return keep, rejected

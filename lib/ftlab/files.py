@@ -28,18 +28,12 @@ class Rejected:
     unit: str = "line"  # what `line` counts: "line" of a text file, or "record" of a JSON array, Parquet, dataset
 
 
-def unit(path: str | Path) -> str:
-    """What a record's number counts in this file: lines (JSONL, CSV) or records (JSON arrays, Parquet, folders)."""
-    p = Path(path)
-    kinds = [x.lower() for x in p.suffixes[-2:] if x.lower() != ".gz"]
-    return "line" if not p.is_dir() and kinds[-1:] in ([".jsonl"], [".ndjson"], [".csv"], [".tsv"]) else "record"
-
-
 # ---- reading files ----------------------------------------------------------------------------------------------
 
 
-def read_records(path: str | Path) -> tuple[list[tuple[int, Any]], list[Rejected]]:
-    """Read a JSONL, JSON, CSV or Parquet file, or a `datasets` folder, into (line, record) pairs."""
+def read_records(path: str | Path) -> tuple[list[tuple[int, Any]], list[Rejected], str]:
+    """Read a JSONL, JSON, CSV or Parquet file, or a `datasets` folder, into (number, record) pairs, the rows that
+    could not be read, and what the numbers count: "line" (JSONL, CSV) or "record" (arrays, Parquet, folders)."""
     path = Path(path)
     if not path.exists():
         raise DataError(
@@ -47,7 +41,7 @@ def read_records(path: str | Path) -> tuple[list[tuple[int, Any]], list[Rejected
             "folder saved with datasets' save_to_disk. Check the data_path parameter."
         )
     if path.is_dir():
-        return _read_datasets_folder(path), []
+        return _read_datasets_folder(path), [], "record"
     suffixes = [x.lower() for x in path.suffixes[-2:]]
     gz = suffixes[-1:] == [".gz"]
     suffix = suffixes[0] if gz and len(suffixes) == 2 else path.suffix.lower()
@@ -59,15 +53,15 @@ def read_records(path: str | Path) -> tuple[list[tuple[int, Any]], list[Rejected
             else f"{path} is named .gz but is not gzip-compressed; drop the .gz from its name"
         )
     if suffix in (".jsonl", ".ndjson"):
-        return _read_jsonl(path, _bytes(path, gz))
+        return _read_jsonl(path, _utf8(path, _bytes(path, gz)))
     if suffix == ".json":
-        return _read_json(path, _bytes(path, gz))
+        return (*_read_json(path, _utf8(path, _bytes(path, gz))), "record")
     if suffix in (".csv", ".tsv") and not gz:
-        return _read_csv(path, "\t" if suffix == ".tsv" else ",")
+        return (*_read_csv(path, "\t" if suffix == ".tsv" else ","), "line")
     if suffix in (".parquet", ".pq") and not gz:
         import pyarrow.parquet as pq
 
-        return [(i + 1, r) for i, r in enumerate(pq.read_table(path).to_pylist())], []
+        return [(i + 1, r) for i, r in enumerate(pq.read_table(path).to_pylist())], [], "record"
     raise DataError(
         f"{path}: unsupported file type {''.join(suffixes)!r}; expected .jsonl, .json (each also as .gz), .csv, .tsv, "
         ".parquet or a datasets folder."
@@ -103,7 +97,36 @@ def _bytes(path: Path, gz: bool) -> bytes:
         raise DataError(f"{path}: the gzip stream is damaged ({e}); re-compress or re-download the file") from None
 
 
-def _read_jsonl(path: Path, raw: bytes) -> tuple[list[tuple[int, Any]], list[Rejected]]:
+# byte-order marks of the encodings editors save text in besides UTF-8 (UTF-32 first: its LE mark starts like UTF-16's)
+BOMS = (
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+
+
+def _utf8(path: Path, raw: bytes) -> bytes:
+    """The file's bytes as UTF-8: UTF-16/32 text (a byte-order mark, or ASCII with every other byte zero, as Windows
+    tools save it) is converted with a note; anything else is left to the line-by-line UTF-8 check."""
+    enc = next((e for bom, e in BOMS if raw.startswith(bom)), None)
+    head = raw[:400]
+    if enc is None and len(head) >= 4 and head.count(0) >= len(head) // 3:  # ASCII text stored in two bytes a char
+        enc = "utf-16-le" if head[1::2].count(0) > head[0::2].count(0) else "utf-16-be"
+    if enc is None:
+        return raw
+    try:  # a lone surrogate survives as bytes that are not UTF-8, so only its own line is rejected
+        text = raw.decode(enc, "surrogatepass")
+    except UnicodeDecodeError:
+        return raw  # not that encoding after all: each line is checked as UTF-8 and rejected on its own
+    head = text[:400]
+    if sum(c < "\x80" for c in head) < len(head) / 2:  # JSON and CSV text is mostly ASCII; random bytes are not
+        return raw
+    print(f"note: {path.name} is {enc.upper()} text, not UTF-8: converted to UTF-8 to read it")
+    return text.lstrip("\ufeff").encode("utf-8", "surrogatepass")
+
+
+def _read_jsonl(path: Path, raw: bytes) -> tuple[list[tuple[int, Any]], list[Rejected], str]:
     records, rejected = [], []
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 byte-order mark is harmless; drop it
@@ -114,7 +137,7 @@ def _read_jsonl(path: Path, raw: bytes) -> tuple[list[tuple[int, Any]], list[Rej
             doc = None  # not one array after all: read line by line, bad lines rejected one by one
         if isinstance(doc, list) and doc and all(isinstance(r, dict) for r in doc):  # records, not one bad row
             print(f"note: {path.name} holds one JSON array, not a record per line: read as {len(doc)} records")
-            return [(i + 1, r) for i, r in enumerate(doc)], []
+            return [(i + 1, r) for i, r in enumerate(doc)], [], "record"
     for n, line in enumerate(raw.split(b"\n"), 1):
         line = line.rstrip(b"\r")
         if not line.strip():
@@ -132,7 +155,7 @@ def _read_jsonl(path: Path, raw: bytes) -> tuple[list[tuple[int, Any]], list[Rej
             rejected.append(Rejected(n, "too_deep", "nested deeper than Python's JSON reader goes", text[:2000]))
         except ValueError as e:  # e.g. an integer of more digits than Python converts
             rejected.append(Rejected(n, "invalid_json", str(e), text[:2000]))
-    return records, rejected
+    return records, rejected, "line"
 
 
 def _read_json(path: Path, raw: bytes) -> tuple[list[tuple[int, Any]], list[Rejected]]:
@@ -162,7 +185,7 @@ def _read_json(path: Path, raw: bytes) -> tuple[list[tuple[int, Any]], list[Reje
 
 
 def _read_csv(path: Path, delimiter: str) -> tuple[list[tuple[int, Any]], list[Rejected]]:
-    raw = path.read_bytes()
+    raw = _utf8(path, path.read_bytes())
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

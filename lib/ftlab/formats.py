@@ -172,12 +172,17 @@ def _sharegpt(rec: dict[str, Any]) -> dict[str, Any]:
     return {"messages": _system(rec) + msgs}
 
 
-def _sharegpt_preference(rec: dict[str, Any]) -> dict[str, Any]:
+def _sharegpt_preference(rec: dict[str, Any], field: str = "conversations") -> dict[str, Any]:
     """LLaMA-Factory / Axolotl ShareGPT preference rows: the conversation so far, then `chosen` and `rejected`
     answers (message objects, lists of them, or text)."""
-    turns = rec["conversations"]
+    turns = rec[field]
     keys = _sharegpt_keys(turns)
-    return _pair(_system(rec) + messages(turns, "conversations", *keys), rec, keys)
+    return _pair(_system(rec) + messages(turns, field, *keys), rec, keys)
+
+
+def _messages_preference(rec: dict[str, Any]) -> dict[str, Any]:
+    """LLaMA-Factory's OpenAI-style preference rows: `messages` up to the last user turn, `chosen` and `rejected`."""
+    return _sharegpt_preference(rec, "messages")
 
 
 def _instruction(rec: dict[str, Any]) -> str:
@@ -256,19 +261,20 @@ class Format:
 
 # detection tries these in order: the first whose required fields are all present wins
 FORMATS: tuple[Format, ...] = (
-    Format(
-        "preference",
-        ("prompt", "chosen", "rejected"),
-        (),
-        _preference,
-        preference=True,
-        ordered=False,
-    ),
+    Format("preference", ("prompt", "chosen", "rejected"), (), _preference, preference=True, ordered=False),
     Format(
         "sharegpt_preference",
         ("conversations", "chosen", "rejected"),
         ("system",),
         _sharegpt_preference,
+        preference=True,
+        ordered=False,
+    ),
+    Format(
+        "messages_preference",
+        ("messages", "chosen", "rejected"),
+        ("system",),
+        _messages_preference,
         preference=True,
         ordered=False,
     ),
@@ -281,32 +287,11 @@ FORMATS: tuple[Format, ...] = (
         ordered=False,
     ),
     Format("kto", ("messages", "label"), (), _kto, ordered=False),
-    Format(
-        "kto_prompt_completion",
-        ("prompt", "completion", "label"),
-        (),
-        _kto,
-        ordered=False,
-    ),
+    Format("kto_prompt_completion", ("prompt", "completion", "label"), (), _kto, ordered=False),
     Format("messages", ("messages",), (), _messages),
-    Format(
-        "sharegpt",
-        ("conversations",),
-        ("system",),
-        _sharegpt,
-    ),
-    Format(
-        "alpaca",
-        ("instruction", "output"),
-        ("input", "system", "history"),
-        _alpaca,
-    ),
-    Format(
-        "prompt_completion",
-        ("prompt", "completion"),
-        (),
-        _prompt_completion,
-    ),
+    Format("sharegpt", ("conversations",), ("system",), _sharegpt),
+    Format("alpaca", ("instruction", "output"), ("input", "system", "history"), _alpaca),
+    Format("prompt_completion", ("prompt", "completion"), (), _prompt_completion),
     Format("text", ("text",), (), _text, ordered=False),
 )
 

@@ -46,6 +46,7 @@ def stats(
     audit: dict[str, Any],
     lengths: dict[str, Any],
     longest: list[tuple[int, int]],
+    warnings: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """stats.json: what the later stages check (the base model and its template) and what a reader wants to know."""
     out = {
@@ -59,6 +60,7 @@ def stats(
         "audit": audit,
         "lengths": lengths,
         "longest": [{"tokens": n, "line": ln} for n, ln in longest],
+        "warnings": warnings or {},  # per file: content_warnings (rows and examples per kind)
     }
     stage.write_json("stats.json", out)
     return out
