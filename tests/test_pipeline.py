@@ -5,6 +5,7 @@ Run: .venv/bin/python -m pytest tests/test_pipeline.py
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -47,6 +48,11 @@ def test_stage_00_runs_headless_on_the_tiny_model(outputs, tmp_path):
     assert not list(home.rglob("*")), list(home.rglob("*"))  # IPython, matplotlib, Jupyter: nothing in the home
     run = outputs / "ci-tiny"
     assert "[1/1] 00_check_environment ok" in r.stdout and f"run folder: {run}" in r.stdout
+    assert "without encryption" not in r.stdout + r.stderr  # the kernel's start-up noise is gone
+    table = [x for x in r.stdout.splitlines() if x.startswith("| 00_check_environment |")]
+    assert table and table[0].endswith(
+        f"ok True, device.type cpu, device.name {platform.processor() or platform.machine()} |"
+    ), table
     report = json.loads((run / "00_check_environment" / "report.json").read_text())
     assert report["ok"] and {c["name"] for c in report["checks"]} >= {"python", "disk", "bitsandbytes 4-bit", "chat"}
     manifest = json.loads((run / "manifest.json").read_text())

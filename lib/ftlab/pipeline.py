@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ftlab import params as P
+from ftlab import progress, stages
 from ftlab.paths import cache_dir, notebooks_dir, run_dir
 
 KERNEL_NAME = "ftlab"
@@ -126,6 +127,7 @@ def _execute(
     for i, (nb, inject) in enumerate(steps, 1):
         t = time.time()
         log(f"[{i}/{len(steps)}] {nb.stem} ...")
+        live = progress.Progress(f"[{i}/{len(steps)}] {nb.stem}", run_dir(run_name) / nb.stem, out=log)
         try:
             pm.execute_notebook(
                 str(nb),
@@ -135,6 +137,11 @@ def _execute(
                 cwd=str(nb.parent),
                 progress_bar=False,
                 log_output=verbose,
+                engine_name=progress.engine(),
+                # the kernel's own start-up warnings (e.g. "running over TCP without encryption": it listens on
+                # 127.0.0.1 with signed messages) are noise in a headless log; its errors and the cells' output stay
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                on_cell=(live.running() if not verbose else live).cell,  # verbose: the cells' own output instead
             )
         except pm.PapermillExecutionError as e:
             log(f"[{i}/{len(steps)}] {nb.stem} FAILED after {time.time() - t:.1f} s")
@@ -149,8 +156,11 @@ def _execute(
                 f"from the last complete checkpoint where the stage has them. Partial output: {out_dir / nb.name}"
             ) from None
         finally:
+            live.end()
             to_html(out_dir / nb.name)
         log(f"[{i}/{len(steps)}] {nb.stem} ok ({time.time() - t:.1f} s)")
+    keyed = [(nb.stem, stages.stage(nb.stem).key if nb.stem in stages.stage_names() else ()) for nb, _ in steps]
+    log(progress.stage_table(run_dir(run_name), keyed))
     log(f"done in {time.time() - t_run:.1f} s; run folder: {run_dir(run_name)}")
 
 

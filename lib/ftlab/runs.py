@@ -160,6 +160,7 @@ class Stage:
             "run_name": self.run_name,
             "seconds": round(time.time() - self.started, 2),
             **summary,
+            "peak": peak_memory(),
         }
         out = self.write_json("summary.json", summary)
         m = load_manifest(self.run_name)
@@ -167,6 +168,19 @@ class Stage:
         entry.update(status="complete", finished=now(), seconds=summary["seconds"])
         save_manifest(self.run_name, m)
         return out
+
+
+def peak_memory() -> dict[str, float]:
+    """This process's peak host RAM and, where it used CUDA, the CUDA caching allocator's peaks (reset by a stage that
+    measures a part of its work alone, e.g. the training loop in 02: then the peak since that reset)."""
+    import resource
+
+    out = {"ram_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}  # Linux: KiB
+    torch = sys.modules.get("torch")  # never imported just to say it was not used
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["gpu_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        out["gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+    return out
 
 
 _PLAIN = (str, int, float, bool, type(None))

@@ -20,6 +20,7 @@ class StageInfo:
     name: str  # "02_train_sft": the notebook's file name and the stage folder's name
     title: str
     multi_process: bool = False  # built and tested to run under `accelerate launch` with several processes
+    key: tuple[str, ...] = ()  # summary.json keys ("a.b" nests) `ftlab run` shows in its closing table
 
     @property
     def number(self) -> str:
@@ -67,13 +68,18 @@ _SHARED_KEYS = ("loss", "eval_loss", "grad_norm", "learning_rate")
 _REWARDS = tuple(f"{p}rewards/{k}" for p in ("", "eval_") for k in ("chosen", "rejected", "margins", "accuracies"))
 
 _STAGES: list[StageInfo] = [
-    StageInfo("00_check_environment", "check the environment"),
-    StageInfo("01_prepare_data", "prepare the data"),
-    StageInfo("02_train_sft", "supervised fine-tuning", multi_process=True),
-    StageInfo("03_train_dpo", "preference tuning"),
-    StageInfo("04_merge_export", "merge and export"),
-    StageInfo("05_evaluate", "evaluate"),
-    StageInfo("06_compare_runs", "compare runs"),
+    StageInfo("00_check_environment", "check the environment", key=("ok", "device.type", "device.name")),
+    StageInfo("01_prepare_data", "prepare the data", key=("train", "eval", "prefs", "rejected")),
+    StageInfo(
+        "02_train_sft",
+        "supervised fine-tuning",
+        multi_process=True,
+        key=("eval_loss_before", "eval_loss_after", "tokens_per_s"),
+    ),
+    StageInfo("03_train_dpo", "preference tuning", key=("first_margin", "last_margin", "tokens_per_s")),
+    StageInfo("04_merge_export", "merge and export", key=("sizes_mb", "times_s.merge_s", "times_s.convert_f16_s")),
+    StageInfo("05_evaluate", "evaluate", key=("final", "passed", "nll", "rouge_l")),
+    StageInfo("06_compare_runs", "compare runs", key=("best",)),
 ]
 CHECK, DATA, TRAIN_SFT, TRAIN_DPO, EXPORT, EVALUATE, COMPARE = (s.name for s in _STAGES)
 

@@ -83,6 +83,8 @@ class LiveMetrics(TrainerCallback):
         logs = dict(logs or {})
         now = time.time()
         rec: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "time": round(now, 2)}
+        if state.max_steps:
+            rec["max_steps"] = state.max_steps
         for k in stages.log_keys():  # the shared keys and every registered method's own (DPO's rewards, ...)
             if k in logs:
                 rec[k] = float(logs[k])
