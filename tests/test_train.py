@@ -320,11 +320,36 @@ def test_tensorboard_logging_stays_in_the_stage_folder(outputs, prepared):
     assert events and all(st in e.parents for e in events)
 
 
-def test_mlflow_without_the_package_is_a_clear_error(tmp_path):
+def test_mlflow_logs_params_every_step_and_the_adapter_into_the_run_folder(outputs, prepared):
+    """report_to='mlflow' on the tiny model: a local SQLite store under the run folder holds the stage's run with its
+    parameters, a loss value per logged step, the losses before and after, and the adapter as an artifact."""
+    from mlflow.tracking import MlflowClient
+
+    from ftlab.train import tracking
+
+    st = _run02(outputs, prepared, "mlf", eval_steps=0, report_to="mlflow")
+    run_folder = st.parent
+    assert (run_folder / "mlflow.db").exists() and not (st / "checkpoints" / "mlruns").exists()
+    client = MlflowClient(tracking.store_uri(run_folder))
+    exp = client.get_experiment_by_name("mlf")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.run_name == "02_train_sft" and run.info.status == "FINISHED"
+    given = json.loads((run_folder / "manifest.json").read_text())["stages"]["02_train_sft"]["params"]
+    assert {k: run.data.params[f"ftlab.{k}"] for k in given} == {k: str(v) for k, v in given.items()}
+    assert run.data.params["learning_rate"] == "0.003"  # the Trainer's own arguments, logged by its callback
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert steps == list(range(1, FAST["max_steps"] + 1))  # logging_steps=1: one value per step
+    assert run.data.metrics["eval_loss"] < run.data.metrics["eval_loss_before"]
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+    assert "adapter/adapter_config.json" in arts and "adapter/adapter_model.safetensors" in arts
+    assert str(run_folder / "mlartifacts") in client.get_experiment(exp.experiment_id).artifact_location
+
+
+def test_mlflow_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
     import importlib.util
 
-    if importlib.util.find_spec("mlflow") is not None:
-        pytest.skip("mlflow is installed here")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "mlflow" else real(n, *a))
     p = dict(
         FAST,
         seed=0,

@@ -17,6 +17,7 @@ from ftlab.train import checkpoints as ck
 from ftlab.train.callbacks import CheckpointComplete, LiveMetrics, extra_callbacks, quiet, read_metrics
 from ftlab.train.config import Economics, TrainParams, from_params, trainer_args
 from ftlab.train.preflight import TrainingStopped, forecast_and_disk, preflight
+from ftlab.train.tracking import tracked
 from ftlab.train.watch import (
     attention_warning,
     evaluate_before_training,
@@ -145,13 +146,15 @@ class Job:
         ck.guard_stale_checkpoints(folder, self.stage.params)
         self.resume = ck.last_complete_checkpoint(folder)
         ck.truncate_metrics(metrics, ck.resume_step(self.resume))
-        if self.method.eval_before:
-            self._eval_before()
-        self.result = train_watched(self.trainer, self.live, self.need_bytes, self.resume)
-        if self.live.stopped_reason:
-            raise TrainingStopped(self.live.stopped_reason)
-        self.final = final_eval(self.trainer, self.live)
-        save_adapter(self.trainer, self.tokenizer, self.stage.path(self.method.adapter))
+        with tracked(self.trainer, self.stage) as finish:  # report_to="mlflow": this stage's run in the local store
+            if self.method.eval_before:
+                self._eval_before()
+            self.result = train_watched(self.trainer, self.live, self.need_bytes, self.resume)
+            if self.live.stopped_reason:
+                raise TrainingStopped(self.live.stopped_reason)
+            self.final = final_eval(self.trainer, self.live)
+            adapter = save_adapter(self.trainer, self.tokenizer, self.stage.path(self.method.adapter))
+            finish({"eval_loss_before": self.eval_before, **self.final}, adapter, metrics)
         if self.eval_before is not None:
             print(f"eval loss after training: {self.final['eval_loss']:.4f} (before {self.eval_before:.4f})")
         else:

@@ -6,7 +6,6 @@ The registry entry (`ftlab.stages`, method "sft") names this module; `ftlab.trai
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,14 +78,13 @@ def _on_with_packed_kernel(setting: str, device: str, attn: str | None) -> bool:
     return setting == "on" or (setting == "auto" and device == "cuda" and attn in PACKED_KERNELS)
 
 
-def report_to(setting: str, out_dir: Path) -> list[str]:
-    if setting == "mlflow":
-        if importlib.util.find_spec("mlflow") is None:
-            raise ValueError(
-                "report_to='mlflow' needs the mlflow package, which is not in requirements.lock: "
-                "pip install mlflow, or use report_to='tensorboard' (installed)."
-            )
-        os.environ.setdefault("MLFLOW_TRACKING_URI", (Path(out_dir) / "mlruns").resolve().as_uri())  # local, no server
+def report_to(setting: str) -> list[str]:
+    """The Trainer's report_to; 'mlflow' logs into the run folder's own store (ftlab.train.tracking)."""
+    if setting == "mlflow" and importlib.util.find_spec("mlflow") is None:
+        raise ValueError(
+            "report_to='mlflow' needs the mlflow package (pinned in requirements.lock; this environment lacks it): "
+            "pip install -r requirements.lock, or use report_to='tensorboard'."
+        )
     return [] if setting == "none" else [setting]
 
 
@@ -99,7 +97,7 @@ def config_kwargs(
     packed = packing(o.packing, device, attn)
     free = packed or padding_free(o.padding_free, device, attn)
     out: dict[str, Any] = {
-        "report_to": report_to(o.report_to, out_dir),
+        "report_to": report_to(o.report_to),
         "packing": packed,
         "packing_strategy": "bfd",  # whole conversations, never split across bins
         "padding_free": free,
