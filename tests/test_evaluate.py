@@ -32,6 +32,11 @@ def test_stage_05_on_the_tiny_model_scores_base_and_sft_and_names_what_it_skippe
         "merged: not evaluated" in n for n in m["notes"]
     )
     assert m["models"]["sft"]["nll"] < m["models"]["base"]["nll"]  # 6 SFT steps lower held-out NLL even here
+    for name in ("base", "sft"):  # generation speed, from the tokens each model actually generated
+        s = m["models"][name]
+        assert s["generated_tokens_per_s"] > 0 and s["answer_tokens"] * s["n_generate"] > 0
+    summary = json.loads((run / "05_evaluate" / "summary.json").read_text())
+    assert set(summary["generated_tokens_per_s"]) == {"base", "sft"}
     assert m["comparisons"]["sft_vs_base"]["nll_diff"] < 0 and m["verdict"][0].startswith("SFT improved on BASE")
     assert set(m["probe"]) == {"base", "sft"} and "not configured" in " ".join(m["notes"])
     samples = [json.loads(x) for x in (run / "05_evaluate" / "samples.jsonl").read_text().splitlines()]

@@ -85,6 +85,14 @@ def test_stage_04_exports_verified_gguf_modelfile_and_card(outputs, tiny_run):
     assert s["sizes_mb"]["q4_k_m"] < s["sizes_mb"]["q8_0"] < s["sizes_mb"]["f16"]
     for c in s["gguf"]:
         assert c["template_matches"] and c["tokens_match"], c
+        assert c["prompts_checked"] == 4  # the default gguf_check_seconds leaves a tiny model every prompt
+    # a time budget stops after the prompt that spent it, never below 2 prompts
+    tok = models.load_tokenizer("tiny-random")
+    prompts = [[{"role": "user", "content": f"Question {i}?"}] for i in range(4)]
+    q4 = st / "gguf" / "ftlab-exp-q4_k_m.gguf"
+    quick = export.verify_gguf(q4, "q4_k_m", tok, prompts, [[0]] * 4, 8, budget_s=1e-9)
+    assert quick.prompts_checked == 2 and quick.max_tokens == 8
+    assert export.verify_gguf(q4, "q4_k_m", tok, prompts, [[0]] * 4, 8).prompts_checked == 4
     assert {"model.safetensors", "tokenizer.json", "chat_template.jinja", "generation_config.json"} <= {
         p.name for p in (st / "merged").iterdir()
     }
@@ -100,3 +108,21 @@ def test_stage_04_exports_verified_gguf_modelfile_and_card(outputs, tiny_run):
     assert "ollama create ftlab-exp:" in card and s["ollama_commands"]["promote_after_stage_05"].endswith(":latest")
     assert "llama_model_loader" not in (outputs / "exp" / "notebooks" / "04_merge_export.ipynb").read_text()
     assert "llama_model_quantize" in (st / "llama_cpp.log").read_text()  # llama.cpp's log went to the file
+
+
+def test_the_merge_check_runs_on_a_gpu_only_where_the_16_bit_weights_fit(tmp_path, monkeypatch):
+    """The merge stays on the CPU; its greedy check moves to the GPU when the card has room (2 minutes a prompt on
+    CPU cores at 8B, seconds on a GPU), and stays on the CPU when the card is too small or absent."""
+    import importlib
+
+    import torch
+
+    merge = importlib.import_module("ftlab.export.merge")  # the module; ftlab.export.merge is also the function
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 1000)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert merge.check_device(tmp_path) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (1300, 10_000))
+    assert merge.check_device(tmp_path) == "cuda"  # 1,000 bytes x 1.25 margin fit in 1,300 free
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (1200, 10_000))
+    assert merge.check_device(tmp_path) == "cpu"

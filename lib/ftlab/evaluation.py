@@ -8,6 +8,7 @@ Which models exist comes from the registry (`ftlab.stages`): the base, every met
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,4 +254,5 @@ def summary(scores: dict[str, Any], v: Verdict) -> dict[str, Any]:
         "warnings": v.warnings,
         "nll": nll,
         "rouge_l": rouge,
+        "generated_tokens_per_s": {m: round(s.get("generated_tokens_per_s", math.nan), 1) for m, s in scores.items()},
     }

@@ -202,6 +202,7 @@ SPECS: dict[str, dict[str, Param]] = {
         "verify_prompts": Param(int, lo=1, hi=1000),
         "max_new_tokens": Param(int, lo=8, hi=4096),
         "min_agreement": Param(float, lo=0, hi=1),
+        "gguf_check_seconds": Param(float, lo=0, hi=86400),
         "ollama_name": Param(str),
         "system_prompt": Param(str),
         "num_ctx": Param(int, lo=128, hi=1048576),

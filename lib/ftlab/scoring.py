@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from typing import Any
 
 from ftlab import generate
@@ -101,7 +102,9 @@ def score(
     enc = [encode(tokenizer, r["messages"], max_length) for r in rows]
     nll = answer_nll(model, enc, tokenizer.pad_token_id, batch_size)
     prompts, refs = zip(*(split_eval_row(r) for r in rows[:n_generate]), strict=True) if n_generate else ((), ())
+    t = time.perf_counter()
     answers = generate.greedy(model, tokenizer, list(prompts), max_new_tokens, batch_size) if prompts else []
+    gen_s = time.perf_counter() - t  # greedy() returns host lists: the GPU has finished when it returns
     rl = rouge_l([a.text for a in answers], list(refs))
     em = [exact_match(a.text, r) for a, r in zip(answers, refs, strict=True)]
     valid = [x for x in nll if x == x]
@@ -112,6 +115,7 @@ def score(
         "exact_match": sum(em) / len(em) if em else math.nan,
         "answer_tokens": sum(a.new_tokens for a in answers) / len(answers) if answers else math.nan,
         "stopped_share": sum(a.stopped for a in answers) / len(answers) if answers else math.nan,
+        "generated_tokens_per_s": sum(a.new_tokens for a in answers) / gen_s if answers and gen_s > 0 else math.nan,
         "n_nll": len(valid),
         "n_generate": len(answers),
         "per_example": {

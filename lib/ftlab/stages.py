@@ -78,7 +78,7 @@ _STAGES: list[StageInfo] = [
     ),
     StageInfo("03_train_dpo", "preference tuning", key=("first_margin", "last_margin", "tokens_per_s")),
     StageInfo("04_merge_export", "merge and export", key=("sizes_mb", "times_s.merge_s", "times_s.convert_f16_s")),
-    StageInfo("05_evaluate", "evaluate", key=("final", "passed", "nll", "rouge_l")),
+    StageInfo("05_evaluate", "evaluate", key=("final", "passed", "nll", "rouge_l", "generated_tokens_per_s")),
     StageInfo("06_compare_runs", "compare runs", key=("best",)),
 ]
 CHECK, DATA, TRAIN_SFT, TRAIN_DPO, EXPORT, EVALUATE, COMPARE = (s.name for s in _STAGES)

@@ -166,6 +166,7 @@ class GgufCheck:
     stopped_share: float  # share of answers that ended with an end-of-generation token within the bound
     max_tokens: int
     samples: list[dict[str, Any]]
+    prompts_checked: int = 0  # prompts compared before `budget_s` ran out (all of them without a budget)
 
 
 def verify_gguf(
@@ -176,8 +177,13 @@ def verify_gguf(
     hf_answers: list[list[int]],
     max_new_tokens: int,
     n_ctx: int = 1024,
+    budget_s: float = 0.0,
 ) -> GgufCheck:
-    """Load the GGUF in llama.cpp and compare with the HF merged model: template, tokens, greedy answers, stopping."""
+    """Load the GGUF in llama.cpp and compare with the HF merged model: template, tokens, greedy answers, stopping.
+    With `budget_s` > 0 the prompts are checked until that many seconds are spent (at least 2 prompts): llama.cpp's
+    CPU build generates an 8B f16 model at a few tokens/s, so the full set would take minutes per file."""
+    import time
+
     import llama_cpp
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -189,8 +195,12 @@ def verify_gguf(
     eos_tok = llm.detokenize([llm.token_eos()], special=True).decode(errors="replace")
     bos_tok = llm.detokenize([llm.token_bos()], special=True).decode(errors="replace") if llm.token_bos() >= 0 else ""
     fmt = Jinja2ChatFormatter(tmpl, eos_token=eos_tok, bos_token=bos_tok) if tmpl else None
-    tmpl_ok, tok_ok, same, frac, stops, samples = True, True, 0, 0.0, 0, []
+    tmpl_ok, tok_ok, same, frac, stops, samples, n = True, True, 0, 0.0, 0, [], 0
+    start = time.time()
     for p, ref in zip(prompts, hf_answers, strict=True):
+        if budget_s and n >= 2 and time.time() - start > budget_s:
+            break
+        n += 1
         text = tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
         tmpl_ok &= fmt is not None and fmt(messages=p).prompt == text
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -218,7 +228,7 @@ def verify_gguf(
                     "stopped": stopped,
                 }
             )
-    n = max(1, len(prompts))
+    checked, n = n, max(1, n)
     del llm
     return GgufCheck(
         str(path),
@@ -231,6 +241,7 @@ def verify_gguf(
         stops / n,
         max_new_tokens,
         samples,
+        checked,
     )
 
 
@@ -310,16 +321,19 @@ def verify_all(
     max_new_tokens: int,
     n_ctx: int,
     times: dict[str, float],
+    budget_s: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """`verify_gguf` on every file (timed into `times`), printed one line each."""
+    """`verify_gguf` on every file (timed into `times`, each within `budget_s` when > 0), printed one line each."""
     checks = []
     for t, path in files.items():
-        c, times[f"verify_{t}_s"] = timed(verify_gguf, path, t, tokenizer, prompts, hf_answers, max_new_tokens, n_ctx)
+        args = (path, t, tokenizer, prompts, hf_answers, max_new_tokens, n_ctx, budget_s)
+        c, times[f"verify_{t}_s"] = timed(verify_gguf, *args)
         checks.append(asdict(c))
     for c in checks:
         print(
             f"{c['qtype']:>7}: {c['size_mb']:7.1f} MB  template {'same' if c['template_matches'] else 'DIFFERENT'}"
             f"  tokens {'same' if c['tokens_match'] else 'DIFFERENT'}  greedy agreement {c['agreement']:.0%}"
             f" (tokens {c['token_agreement']:.0%})  stopped {c['stopped_share']:.0%}"
+            f"  on {c['prompts_checked']}/{len(prompts)} prompts"
         )
     return checks

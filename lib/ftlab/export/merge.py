@@ -58,23 +58,25 @@ def verify_merge(
     dtype: Any,
 ) -> dict[str, Any]:
     """Greedy answers and logits of base+adapter (unmerged) against the merged model reloaded from disk. The two
-    are loaded one after the other, so only one copy of the weights is in memory at a time."""
-    import gc
-
+    are loaded one after the other, so only one copy of the weights is in memory at a time, on `check_device`."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=dtype, **safe_kwargs())
+    device = check_device(merged)
+    base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=dtype, **safe_kwargs()).to(device)
     ref = PeftModel.from_pretrained(base, str(adapter)).eval()
     ref_tokens = greedy_tokens(ref, tokenizer, prompts, max_new_tokens)
     ref_logits = _logits(ref, tokenizer, prompts)
     del ref, base
-    gc.collect()
-    m = AutoModelForCausalLM.from_pretrained(str(merged), dtype=dtype, **safe_kwargs()).eval()
+    _free(device)
+    m = AutoModelForCausalLM.from_pretrained(str(merged), dtype=dtype, **safe_kwargs()).eval().to(device)
     tokens = greedy_tokens(m, tokenizer, prompts, max_new_tokens)
     diff = max(float((a - b).abs().max()) for a, b in zip(ref_logits, _logits(m, tokenizer, prompts), strict=True))
     same = sum(a == b for a, b in zip(ref_tokens, tokens, strict=True))
+    del m
+    _free(device)
     return {
+        "device": device,
         "prompts": len(prompts),
         "greedy_equal": same,
         "agreement": same / max(1, len(prompts)),
@@ -83,12 +85,36 @@ def verify_merge(
     }
 
 
+def _free(device: str) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def check_device(merged: Path, margin: float = 1.25) -> str:
+    """Where the merge check runs: the GPU when one has room for the 16-bit weights (x `margin`), else the CPU.
+    The merge itself always runs on the CPU (it never needs more GPU memory than training did); its check generates
+    greedy answers with two 16-bit models, which on CPU cores takes ~2 minutes a prompt at 8B (benchmarks/results/series_8b_h200.json)
+    and seconds on a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    need = sum(f.stat().st_size for f in Path(merged).glob("*.safetensors")) * margin
+    return "cuda" if need < torch.cuda.mem_get_info()[0] else "cpu"
+
+
 def _logits(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]]) -> list[Any]:
     import torch
 
     out = []
     for p in prompts:
         ids = tokenizer.apply_chat_template(p, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = {k: v.to(next(model.parameters()).device) for k, v in ids.items()}
         with torch.no_grad():
             out.append(model(**ids).logits.float().cpu())
     return out
