@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from ftlab import pipeline, scoring
+from ftlab import evaluation, pipeline, scoring
 
 
 def test_stage_05_on_the_tiny_model_scores_base_and_sft_and_names_what_it_skipped(outputs, tiny_run):
@@ -39,6 +39,11 @@ def test_stage_05_on_the_tiny_model_scores_base_and_sft_and_names_what_it_skippe
     assert set(summary["generated_tokens_per_s"]) == {"base", "sft"}
     assert m["comparisons"]["sft_vs_base"]["nll_diff"] < 0 and m["verdict"][0].startswith("SFT improved on BASE")
     assert set(m["probe"]) == {"base", "sft"} and "not configured" in " ".join(m["notes"])
+    gate = m["gates"]["forgetting"]  # the probe ran: its gate condition was decided, with its numbers
+    assert (
+        gate["ok"] in (True, False) and "nll_rise" in gate and m["passed"] == (m["gates"]["task"]["ok"] and gate["ok"])
+    )
+    assert (m["not_promoted_because"] is None) == m["passed"]
     samples = [json.loads(x) for x in (run / "05_evaluate" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and set(samples[0]["answers"]) == {"base", "sft"}
     html = (run / "05_evaluate" / "report.html").read_text()
@@ -93,3 +98,25 @@ def test_optional_evaluators_say_why_they_do_not_run():
     assert "not configured" in scoring.lm_eval_status("")
     msg = scoring.lm_eval_status("hellaswag")
     assert msg is None or "pip install lm-eval" in msg
+
+
+def test_a_forgetting_regression_beyond_tolerance_is_not_promoted_and_says_why():
+    """The gate: the task improved, but the probe's correct share fell from 57% to 35% (the embedded default's
+    figures before the gate existed): not passed, and the refusal names the condition, its numbers and what to try."""
+    v = evaluation.Verdict("dpo", comparisons={"dpo_vs_base": {"improved": True, "regressed": False}})
+    assert v.passed  # no gate checked yet: the task alone
+    base, tuned = {"nll": 2.10, "correct": 0.57}, {"nll": 2.15, "correct": 0.35}
+    v.gates["forgetting"] = evaluation.forgetting_gate(base, tuned, nll_tol=0.1, correct_tol=0.1)
+    assert not v.passed
+    why = v.refusal()
+    assert why.startswith("forgetting: general-knowledge probe NLL 2.100 -> 2.150 (allowed +0.1), correct 57% -> 35%")
+    assert "(allowed -10%)" in why and "fewer steps" in why
+    assert v.gate_lines()[-1] == "promotion gate: not passed"
+    v.gates["forgetting"] = evaluation.forgetting_gate(base, tuned, nll_tol=0.1, correct_tol=0.25)  # looser: passes
+    assert v.passed and v.gate_lines()[1].startswith("promotion gate, forgetting: ok:")
+    v.gates["forgetting"] = evaluation.forgetting_gate(base, {"nll": 2.3, "correct": 0.57}, 0.1, 0.1)  # NLL rose
+    assert not v.passed and "NLL 2.100 -> 2.300" in v.refusal()
+    v.gates["forgetting"] = {"ok": None, "why": "off"}  # not checked: does not block, but is reported
+    assert v.passed and "promotion gate, forgetting: not checked: off" in v.gate_lines()
+    worse = evaluation.Verdict("sft", comparisons={"sft_vs_base": {"improved": False, "regressed": False}})
+    assert not worse.passed and worse.refusal() == "the tuned model did not beat the base on the held-out task data"

@@ -57,11 +57,34 @@ class Verdict:
     comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # the promotion gate beyond the task: name -> {"ok": True/False, or None when not checked, "why": ..., "try": ...}
+    gates: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def task_improved(self) -> bool:
+        c = self.comparisons.get(f"{self.final}_vs_{stages.BASE}", {})
+        return bool(self.final) and bool(c.get("improved")) and not c.get("regressed")
 
     @property
     def passed(self) -> bool:
-        c = self.comparisons.get(f"{self.final}_vs_{stages.BASE}", {})
-        return bool(self.final) and bool(c.get("improved")) and not c.get("regressed")
+        """Promote only when the task improved AND no gate failed (a gate not checked, e.g. the probe switched
+        off, does not block but is named in the report)."""
+        return self.task_improved and all(g["ok"] is not False for g in self.gates.values())
+
+    def gate_lines(self) -> list[str]:
+        """The promotion gate as the report shows it: each condition, its numbers and its tolerance."""
+        out = [f"promotion gate, task: {'improved' if self.task_improved else 'FAILED, no improvement over the base'}"]
+        for n, g in self.gates.items():
+            state = "not checked" if g["ok"] is None else "ok" if g["ok"] else "FAILED"
+            out.append(f"promotion gate, {n}: {state}: {g['why']}")
+        out.append(f"promotion gate: {'passed' if self.passed else 'not passed'}")
+        return out
+
+    def refusal(self) -> str:
+        """Why the run is not promoted, condition by condition, with what to try."""
+        why = [] if self.task_improved else ["the tuned model did not beat the base on the held-out task data"]
+        why += [f"{n}: {g['why']} ({g['try']})" for n, g in self.gates.items() if g["ok"] is False]
+        return "; ".join(why)
 
     def __repr__(self) -> str:
         return "\n".join([*self.lines, *[f"WARNING: {w}" for w in self.warnings]])
@@ -103,10 +126,32 @@ def verdicts(scores: dict[str, dict[str, Any]], nll_tolerance: float) -> Verdict
     return v
 
 
+def forgetting_gate(base: dict[str, Any], tuned: dict[str, Any], nll_tol: float, correct_tol: float) -> dict[str, Any]:
+    """The forgetting condition of the promotion gate: the probe's reference NLL may rise by at most `nll_tol`
+    nats/token and its share of correct answers fall by at most `correct_tol`."""
+    up, drop = tuned["nll"] - base["nll"], base["correct"] - tuned["correct"]
+    ok = up <= nll_tol and drop <= correct_tol
+    return {
+        "ok": ok,
+        "why": f"general-knowledge probe NLL {base['nll']:.3f} -> {tuned['nll']:.3f} (allowed +{nll_tol}), correct "
+        f"{base['correct']:.0%} -> {tuned['correct']:.0%} (allowed -{correct_tol:.0%})",
+        "try": "fewer steps, a lower rank or learning rate, or general data mixed into the training set",
+        "nll_rise": round(up, 4),
+        "correct_drop": round(drop, 4),
+    }
+
+
 def forgetting(
-    contenders: scoring.Contenders, tokenizer: Any, v: Verdict, probe_path: str, nll_tolerance: float
+    contenders: scoring.Contenders,
+    tokenizer: Any,
+    v: Verdict,
+    probe_path: str,
+    nll_tolerance: float,
+    gate_nll: float = 0.1,
+    gate_correct: float = 0.1,
 ) -> dict[str, dict[str, Any]]:
-    """The general-knowledge probe with the base and the final tuned model; a warning on `v` when knowledge was lost."""
+    """The general-knowledge probe with the base and the final tuned model: a warning on `v` when knowledge was lost,
+    and the forgetting condition of the promotion gate (`gate_nll`, `gate_correct`, see `forgetting_gate`)."""
     if not v.final:
         print("forgetting probe: no tuned model to compare")
         return {}
@@ -116,6 +161,7 @@ def forgetting(
         with contenders.use(name):
             probe[name] = scoring.probe_score(contenders.model, tokenizer, probe_rows)
     base, tuned = probe[stages.BASE], probe[v.final]
+    v.gates["forgetting"] = forgetting_gate(base, tuned, gate_nll, gate_correct)
     forgot = scoring.compare(base, tuned, (stages.BASE, v.final.upper()), nll_tolerance)
     print({m: {"nll": round(p["nll"], 3), "correct": round(p["correct"], 3)} for m, p in probe.items()})
     if forgot["regressed"] or base["correct"] - tuned["correct"] > 0.1:
@@ -207,6 +253,8 @@ def write_results(
     """metrics.json, report.html and the evaluated model card, all in this stage's folder; the promote command
     when the tuned model beat the base."""
     run = stage.run_name
+    v.gates.setdefault("forgetting", {"ok": None, "why": "the general-knowledge probe is off (forgetting_probe)"})
+    print("\n".join(v.gate_lines()))
     metrics = {
         "models": {m: scoring.summary(s) for m, s in scores.items()},
         "comparisons": v.comparisons,
@@ -216,13 +264,15 @@ def write_results(
         "notes": notes,
         "passed": v.passed,
         "final": v.final,
+        "gates": {"task": {"ok": v.task_improved}, **v.gates},
+        "not_promoted_because": None if v.passed else v.refusal(),
         "extras": extra,
         "compute": telemetry.compute_rows(run),
     }
     stage.write_json("metrics.json", metrics)
     html = report.page(
         f"Evaluation of run {run}",
-        v.lines,
+        v.lines + v.gate_lines(),
         v.warnings,
         scores,
         found_samples,
@@ -234,11 +284,7 @@ def write_results(
     stage.path("report.html").write_text(html, encoding="utf-8")
     if v.final and card.evaluated_card(run, scores, v.lines, stage.path("MODEL_CARD.md")):
         promote = ollama.promote_command(stage_dir(run, stages.EXPORT))
-        print(
-            ("evaluation passed; promote with:  " + promote)
-            if v.passed
-            else "not promoted: the tuned model did not beat the base"
-        )
+        print(("evaluation passed; promote with:  " + promote) if v.passed else f"not promoted: {v.refusal()}")
     print(f"report: {stage.path('report.html')}")
     return metrics
 

@@ -220,6 +220,8 @@ SPECS: dict[str, dict[str, Param]] = {
         "forgetting_probe": Param(bool),
         "probe_path": Param(str),
         "nll_tolerance": Param(float, lo=0),
+        "forgetting_nll_tolerance": Param(float, lo=0),
+        "forgetting_correct_tolerance": Param(float, lo=0, hi=1),
         "lm_eval_tasks": Param(str),
         "lm_eval_include_path": Param(str),
         "judge_url": Param(str),
