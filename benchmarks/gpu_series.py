@@ -22,45 +22,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-LLAMA_31_8B = dict(
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    rope_theta=500000.0,
-)
-VOCAB = 128_256
+VOCAB = 128_256  # Llama-3's real vocabulary: the embedding and lm_head rows users train with
 
 
 def build(folder: Path, tokenizer_dir: Path) -> dict:
+    """The Llama-3.1-8B shape of the memory benchmark (sft_memory.SHAPES), random bf16 weights, Llama-3's vocabulary,
+    the bundled tokenizer; once (a folder that holds a config.json is kept)."""
     import time
 
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from sft_memory import build as build_shape
+    from transformers import AutoTokenizer
 
     if (folder / "config.json").exists():
         return {"built": False, "folder": str(folder)}
     t = time.time()
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        max_position_embeddings=8192,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-        **LLAMA_31_8B,
-    )
-    with torch.device("cuda"):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(folder, safe_serialization=True)
-    tok.save_pretrained(folder)
-    params = sum(p.numel() for p in model.parameters())
-    del model
-    torch.cuda.empty_cache()
-    return {"built": True, "folder": str(folder), "params": params, "seconds": round(time.time() - t, 1)}
+    build_shape("llama-8b-shape", folder, AutoTokenizer.from_pretrained(str(tokenizer_dir)), VOCAB)
+    return {"built": True, "folder": str(folder), "seconds": round(time.time() - t, 1)}
 
 
 def _du(path: Path) -> float:
