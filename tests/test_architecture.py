@@ -24,13 +24,13 @@ LAYERS = [
     {"stages", "formats", "files"},  # the registry, the input layouts, reading files: import nothing of ftlab
     {"paths"},
     {"params"},  # parameter specs and the vocabularies
-    {"devices", "attention", "runs", "telemetry", "progress"},
+    {"devices", "attention", "runs", "telemetry", "progress", "served"},
     {"generate", "audit", "memory", "models", "env"},
     {"data", "scoring", "teach", "prepare"},
     {"plots"},
     {"widgets"},
     {"train", "export"},  # packages: every module inside counts as the package
-    {"report", "compare", "evaluation"},
+    {"report", "compare", "evaluation", "deployed"},
     {"pipeline", "launch", "cli", "__main__", "__init__"},
 ]
 

@@ -60,7 +60,7 @@ def test_interrupted_quantize_leaves_no_file_under_the_final_name(tmp_path, monk
 # ---- the stage on the tiny model: the real converter, quantizer and llama.cpp ----------------------------------
 
 
-def test_stage_04_exports_verified_gguf_modelfile_and_card(outputs, tiny_run):
+def test_stage_04_exports_verified_gguf_modelfile_and_card(outputs, tiny_run, tmp_path_factory):
     tiny_run("exp")
     # random weights: near-tied logits make f16 rounding flip greedy tokens, so agreement is not asserted here (it
     # is on the embedded default in test_series_slow.py); everything else is
@@ -108,6 +108,37 @@ def test_stage_04_exports_verified_gguf_modelfile_and_card(outputs, tiny_run):
     assert "ollama create ftlab-exp:" in card and s["ollama_commands"]["promote_after_stage_05"].endswith(":latest")
     assert "llama_model_loader" not in (outputs / "exp" / "notebooks" / "04_merge_export.ipynb").read_text()
     assert "llama_model_quantize" in (st / "llama_cpp.log").read_text()  # llama.cpp's log went to the file
+    _served_gguf_answers_like_llama_cpp_and_stops(q4, tmp_path_factory.mktemp("srv"), outputs)
+
+
+def _served_gguf_answers_like_llama_cpp_and_stops(gguf, tmp, outputs):
+    """llama.cpp's OpenAI-compatible server on the tiny GGUF: it answers greedily (the same text twice), counts the
+    tokens it generated, and is gone (its port closed) once the context ends; stage 05 finds the file by type."""
+    import socket
+
+    from ftlab import deployed, served
+
+    log = tmp / "server.log"
+    with served.llama_server(gguf, log, n_ctx=512) as url:
+        port = int(url.rsplit(":", 1)[1])
+        a = served.chat(url, [{"role": "user", "content": "Question 1?"}], 8)
+        b = served.chat(url, [{"role": "user", "content": "Question 1?"}], 8)
+    assert a.text == b.text and 0 < a.tokens <= 8 and a.seconds > 0
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # the server was stopped
+    path, adapter, why = deployed.find_gguf("exp", "q4_k_m")
+    assert path == gguf and adapter == "sft" and not why
+    assert deployed.find_gguf("exp", "q6_k")[0] is None and "wrote no q6_k GGUF" in deployed.find_gguf("exp", "q6_k")[2]
+
+
+def test_the_deployed_gate_allows_a_set_gap_to_the_hf_model():
+    from ftlab import deployed
+
+    d = {"gguf": "m-q4_k_m.gguf", "rouge_l": 0.26, "hf_rouge_l": 0.30, "stopped_share": 0.9, "hf_stopped_share": 1.0}
+    assert deployed.gate(d, rouge_tol=0.05, stop_tol=0.1)["ok"]
+    g = deployed.gate({**d, "rouge_l": 0.2}, rouge_tol=0.05, stop_tol=0.1)
+    assert not g["ok"] and g["why"].startswith("m-q4_k_m.gguf: ROUGE-L 0.200 vs HF 0.300 (allowed -0.05)")
+    assert not deployed.gate({**d, "stopped_share": 0.5}, 0.05, 0.1)["ok"]  # a GGUF that runs on is not deployable
 
 
 def test_the_merge_check_runs_on_a_gpu_only_where_the_16_bit_weights_fit(tmp_path, monkeypatch):

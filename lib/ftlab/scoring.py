@@ -5,7 +5,6 @@ Stage 01's optional perplexity filter, stage 03's regression guard and stage 05'
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -253,17 +252,10 @@ def pairwise_judge(
 ) -> dict[str, Any]:
     """A local OpenAI-compatible judge (Ollama, llama.cpp server) compares A and B on each question twice, with the
     positions swapped; a win counts only when both orders agree (position-bias mitigation), else it is a tie."""
-    import urllib.request
+    from ftlab.served import chat
 
     def ask(prompt: str) -> str:
-        body = json.dumps(
-            {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 2}
-        ).encode()
-        req = urllib.request.Request(
-            url.rstrip("/") + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            text = json.loads(r.read())["choices"][0]["message"]["content"].strip().upper()
+        text = chat(url, [{"role": "user", "content": prompt}], 2, model, timeout).text.upper()
         return text[:1] if text[:1] in ("A", "B", "T") else "T"
 
     wins = {"a": 0, "b": 0, "tie": 0}
