@@ -24,7 +24,7 @@ LAYERS = [
     {"stages", "formats", "files"},  # the registry, the input layouts, reading files: import nothing of ftlab
     {"paths"},
     {"params"},  # parameter specs and the vocabularies
-    {"devices", "attention", "runs", "telemetry", "progress", "served"},
+    {"devices", "attention", "runs", "telemetry", "progress", "served", "metrics"},
     {"generate", "audit", "memory", "models", "env"},
     {"data", "scoring", "teach", "prepare"},
     {"plots"},

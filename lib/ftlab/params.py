@@ -71,8 +71,7 @@ SELF_PAIRS = ("prefs", "self", "both")
 
 
 def _gguf_types(v: list) -> list:
-    bad = [x for x in v if x not in GGUF_TYPES]
-    if not v or bad:
+    if not v or any(x not in GGUF_TYPES for x in v):
         raise ValueError(f"expected a non-empty list from {list(GGUF_TYPES)}, got {v!r}")
     return v
 
@@ -223,6 +222,7 @@ SPECS: dict[str, dict[str, Param]] = {
         "forgetting_nll_tolerance": Param(float, lo=0),
         "forgetting_correct_tolerance": Param(float, lo=0, hi=1),
         "deployed_gguf": Param(str, choices=("", *GGUF_TYPES)),
+        "extra_metrics": Param(list),  # names or folders of evaluate modules; ftlab.metrics.load says what it found
         "deployed_rouge_tolerance": Param(float, lo=0, hi=1),
         "deployed_stop_tolerance": Param(float, lo=0, hi=1),
         "lm_eval_tasks": Param(str),

@@ -6,11 +6,10 @@ Stage 01's optional perplexity filter, stage 03's regression guard and stage 05'
 from __future__ import annotations
 
 import math
-import re
 import time
 from typing import Any
 
-from ftlab import generate
+from ftlab import generate, metrics
 from ftlab.audit import Encoded
 
 
@@ -46,21 +45,16 @@ def answer_nll(model: Any, encoded: list[Encoded], pad_id: int, batch_size: int 
 # ---- generation metrics -------------------------------------------------------------------------------------------
 
 
-def _norm(s: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", s.lower()).split())
-
-
 def exact_match(pred: str, ref: str) -> bool:
-    """Equal after lower-casing and removing punctuation and extra whitespace."""
-    return _norm(pred) == _norm(ref)
+    """Equal after lower-casing and removing punctuation and extra whitespace (the `exact_match` evaluate module)."""
+    return bool(metrics.compute("exact_match", [pred], [ref])["per_example"][0])
 
 
 def rouge_l(preds: list[str], refs: list[str]) -> list[float]:
-    """ROUGE-L F1 per pair (rouge-score, offline; `evaluate.load('rouge')` would need the hub)."""
-    from rouge_score import rouge_scorer
-
-    sc = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return [sc.score(r, p)["rougeL"].fmeasure for p, r in zip(preds, refs, strict=True)]
+    """ROUGE-L F1 per pair (the `rouge_l` evaluate module: rouge-score, stemmed, loaded from ftlab/metrics offline)."""
+    if len(preds) != len(refs):
+        raise ValueError(f"rouge_l: {len(preds)} predictions for {len(refs)} references")
+    return list(metrics.compute("rouge_l", preds, refs).get("per_example", []))
 
 
 def bootstrap_ci(values: list[float], n: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
@@ -93,9 +87,11 @@ def score(
     n_generate: int,
     max_new_tokens: int = 64,
     batch_size: int = 8,
+    extra_metrics: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any]:
     """Held-out NLL on every row; greedy answers on the first `n_generate` rows with ROUGE-L, exact match, length
-    and the share that stopped by themselves. Per-example values are kept for paired comparisons."""
+    and the share that stopped by themselves, and each of `extra_metrics` (evaluate modules by name or path) on the
+    same answers. Per-example values are kept for paired comparisons."""
     from ftlab.audit import encode
 
     enc = [encode(tokenizer, r["messages"], max_length) for r in rows]
@@ -104,8 +100,10 @@ def score(
     t = time.perf_counter()
     answers = generate.greedy(model, tokenizer, list(prompts), max_new_tokens, batch_size) if prompts else []
     gen_s = time.perf_counter() - t  # greedy() returns host lists: the GPU has finished when it returns
-    rl = rouge_l([a.text for a in answers], list(refs))
-    em = [exact_match(a.text, r) for a, r in zip(answers, refs, strict=True)]
+    texts = [a.text for a in answers]
+    rl = rouge_l(texts, list(refs))
+    em = [bool(x) for x in metrics.compute("exact_match", texts, list(refs)).get("per_example", [])]
+    extra = {m: metrics.numbers(metrics.compute(m, texts, list(refs))) for m in extra_metrics}
     valid = [x for x in nll if x == x]
     return {
         "nll": sum(valid) / len(valid) if valid else math.nan,
@@ -117,6 +115,7 @@ def score(
         "generated_tokens_per_s": sum(a.new_tokens for a in answers) / gen_s if answers and gen_s > 0 else math.nan,
         "n_nll": len(valid),
         "n_generate": len(answers),
+        "extra_metrics": extra,
         "per_example": {
             "nll": nll,
             "rouge_l": rl,
