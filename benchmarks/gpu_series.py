@@ -69,7 +69,7 @@ def report(run: str, out: Path, note: str) -> dict:
         if not p.exists():
             continue
         s = json.loads(p.read_text())
-        key = {k: s.get(k.split(".")[0]) for k in stages.stage(name).key}
+        key = {k: stages.dig(s, k) for k in stages.stage(name).key}
         res["stages"][name] = {"seconds": s.get("seconds"), "peak": s.get("peak"), "disk_gib": _du(folder / name)}
         res["stages"][name]["key"] = key
         for extra in ("train_peak_gib", "memory", "tokens_per_s", "times_s", "sizes_mb", "generation"):

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ftlab.stages import dig
+
 
 def cell_label(source: str, width: int = 60) -> str:
     """A cell in a few words: its first comment, else its first line of code."""
@@ -161,14 +163,6 @@ def engine() -> str:
 # ---- the table at the end of a run ----------------------------------------------------------------------------------
 
 
-def _get(d: dict[str, Any], dotted: str) -> Any:
-    for k in dotted.split("."):
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, dict):  # {"base": 2.31, "sft": 1.72}: base 2.31 / sft 1.72
         return " / ".join(f"{k} {_fmt(x)}" for k, x in v.items())
@@ -189,6 +183,6 @@ def stage_table(run: Path, stages: list[tuple[str, tuple[str, ...]]]) -> str:
         gpu = (
             f"{peak['gpu_allocated_gib']:.1f} / {peak['gpu_reserved_gib']:.1f}" if "gpu_allocated_gib" in peak else "-"
         )
-        keyed = ", ".join(f"{k} {_fmt(_get(s, k))}" for k in keys if _get(s, k) is not None)
+        keyed = ", ".join(f"{k} {_fmt(dig(s, k))}" for k in keys if dig(s, k) is not None)
         rows.append(f"| {name} | {_duration(s.get('seconds', 0))} | {peak.get('ram_gib', '-')} | {gpu} | {keyed} |")
     return "\n".join(rows)

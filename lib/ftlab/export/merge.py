@@ -98,8 +98,8 @@ def _free(device: str) -> None:
 def check_device(merged: Path, margin: float = 1.25) -> str:
     """Where the merge check runs: the GPU when one has room for the 16-bit weights (x `margin`), else the CPU.
     The merge itself always runs on the CPU (it never needs more GPU memory than training did); its check generates
-    greedy answers with two 16-bit models, which on CPU cores takes ~2 minutes a prompt at 8B (benchmarks/results/series_8b_h200.json)
-    and seconds on a GPU."""
+    greedy answers with two 16-bit models: on CPU cores ~2 minutes a prompt at 8B (extrapolated from 2 prompts x 16
+    tokens in benchmarks/results/series_8b_h200.json), seconds on a GPU."""
     import torch
 
     if not torch.cuda.is_available():
