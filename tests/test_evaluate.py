@@ -23,6 +23,7 @@ def test_stage_05_on_the_tiny_model_scores_base_and_sft_and_names_what_it_skippe
             "generate_rows": 4,
             "max_new_tokens": 8,
             "forgetting_probe": True,
+            "lm_eval_limit": 10,
         },
         log=lambda *a: None,
     )
@@ -38,7 +39,15 @@ def test_stage_05_on_the_tiny_model_scores_base_and_sft_and_names_what_it_skippe
     summary = json.loads((run / "05_evaluate" / "summary.json").read_text())
     assert set(summary["generated_tokens_per_s"]) == {"base", "sft"}
     assert m["comparisons"]["sft_vs_base"]["nll_diff"] < 0 and m["verdict"][0].startswith("SFT improved on BASE")
-    assert set(m["probe"]) == {"base", "sft"} and "not configured" in " ".join(m["notes"])
+    assert set(m["probe"]) == {"base", "sft"} and "pairwise judge: off" in " ".join(m["notes"])
+    lm = m["extras"]["lm_eval"]  # the harness on both models, both local tasks, 10 questions each (lm_eval_limit)
+    assert set(lm["models"]) == {"base", "sft"} and lm["tasks"] == ["ftlab_general_knowledge", "ftlab_heldout"]
+    for tasks in lm["models"].values():
+        assert {t: r["n"] for t, r in tasks.items()} == {"ftlab_general_knowledge": 10, "ftlab_heldout": 10}
+        assert all(0 <= r["acc"] <= 1 and r["acc_stderr"] >= 0 for r in tasks.values())
+    assert ",peft=" in lm["commands"]["sft"] and ",peft=" not in lm["commands"]["base"]
+    assert (run / "05_evaluate" / "lm_eval" / "sft.json").exists()
+    assert m["gates"]["forgetting_lm_eval"]["ok"] is not None  # decided from the harness's general-knowledge acc
     gate = m["gates"]["forgetting"]  # the probe ran: its gate condition was decided, with its numbers
     assert (
         gate["ok"] in (True, False) and "nll_rise" in gate and m["passed"] == (m["gates"]["task"]["ok"] and gate["ok"])
@@ -48,6 +57,7 @@ def test_stage_05_on_the_tiny_model_scores_base_and_sft_and_names_what_it_skippe
     assert len(samples) == 4 and set(samples[0]["answers"]) == {"base", "sft"}
     html = (run / "05_evaluate" / "report.html").read_text()
     assert html.startswith("<!doctype html>") and "<h2>Side by side</h2>" in html and samples[0]["prompt"][:20] in html
+    assert "<h2>lm-evaluation-harness" in html and "ftlab_heldout acc_norm" in html
     # the SFT stage's time and energy (estimated from device_power_w on a CPU) are in the metrics and the report
     (c,) = m["compute"]
     sft = json.loads((run / "02_train_sft" / "summary.json").read_text())
@@ -92,12 +102,6 @@ def test_pairwise_judge_counts_only_position_consistent_wins(mode):
         assert (r["wins_b"], r["wins_a"], r["ties"]) == (3, 0, 0)
     else:  # always "A": the swapped order contradicts the first, so no win is counted
         assert (r["wins_b"], r["wins_a"], r["ties"]) == (0, 0, 3)
-
-
-def test_optional_evaluators_say_why_they_do_not_run():
-    assert "not configured" in scoring.lm_eval_status("")
-    msg = scoring.lm_eval_status("hellaswag")
-    assert msg is None or "pip install lm-eval" in msg
 
 
 def test_a_forgetting_regression_beyond_tolerance_is_not_promoted_and_says_why():

@@ -4,6 +4,7 @@ Run: .venv/bin/python -m pytest tests/test_export.py
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -128,6 +129,16 @@ def _served_gguf_answers_like_llama_cpp_and_stops(gguf, tmp, outputs):
         assert s.connect_ex(("127.0.0.1", port)) != 0  # the server was stopped
     path, adapter, why = deployed.find_gguf("exp", "q4_k_m")
     assert path == gguf and adapter == "sft" and not why
+    # the default local judge: judge_model names a GGUF and no judge_url, so llama.cpp's server is started on it
+
+    from ftlab import scoring
+
+    with served.judge_server("", str(gguf), tmp / "judge_server.log") as (url, name):
+        j = scoring.pairwise_judge(url, name, ["Q1?", "Q2?"], ["A1.", "A2."], ["x", "y"], ["A1.", "A2."])
+    assert j["wins_a"] + j["wins_b"] + j["ties"] == 2 and "llama" in (tmp / "judge_server.log").read_text().lower()
+    with pytest.raises(FileNotFoundError, match="expected a GGUF file to serve with llama.cpp's server, found no file"):
+        with served.judge_server("", "nope.gguf", tmp / "judge_server.log"):
+            pass
     assert deployed.find_gguf("exp", "q6_k")[0] is None and "wrote no q6_k GGUF" in deployed.find_gguf("exp", "q6_k")[2]
 
 
@@ -139,6 +150,31 @@ def test_the_deployed_gate_allows_a_set_gap_to_the_hf_model():
     g = deployed.gate({**d, "rouge_l": 0.2}, rouge_tol=0.05, stop_tol=0.1)
     assert not g["ok"] and g["why"].startswith("m-q4_k_m.gguf: ROUGE-L 0.200 vs HF 0.300 (allowed -0.05)")
     assert not deployed.gate({**d, "stopped_share": 0.5}, 0.05, 0.1)["ok"]  # a GGUF that runs on is not deployable
+
+
+def test_the_deployed_gguf_answers_within_its_time_budget_but_at_least_eight_prompts(tmp_path, monkeypatch):
+    """An 8B GGUF on a CPU build answers a few tokens a second: stage 05 stops asking once deployed_seconds is spent,
+    never before 8 prompts, and 0 asks them all."""
+    import contextlib
+    import time
+    from types import SimpleNamespace
+
+    from ftlab import deployed, served
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(time, "time", lambda: clock["t"])
+    monkeypatch.setattr(served, "llama_server", lambda *a, **k: contextlib.nullcontext("http://x"))
+
+    def chat(url, prompt, max_tokens):
+        clock["t"] += 10.0  # every answer takes 10 s
+        return served.Reply(prompt[-1]["content"], True, 4, 10.0)
+
+    monkeypatch.setattr(served, "chat", chat)
+    st = SimpleNamespace(params={"max_length": 64, "max_new_tokens": 8}, path=lambda n: tmp_path / n)
+    pairs = [([{"role": "user", "content": f"q{i}"}], "r") for i in range(32)]
+    assert len(deployed.answer(Path("m.gguf"), pairs, st, budget_s=45)) == 8  # at least 8
+    assert len(deployed.answer(Path("m.gguf"), pairs, st, budget_s=125)) == 13  # the 13th answer ended at 130 s > 125 s
+    assert len(deployed.answer(Path("m.gguf"), pairs, st, budget_s=0)) == 32
 
 
 def test_the_merge_check_runs_on_a_gpu_only_where_the_16_bit_weights_fit(tmp_path, monkeypatch):

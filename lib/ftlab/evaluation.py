@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftlab import data, devices, models, plots, report, runs, scoring, stages, telemetry, widgets
+from ftlab import data, devices, harness, models, plots, report, runs, scoring, served, stages, telemetry, widgets
 from ftlab.export import card, ollama
 from ftlab.paths import repo_root, stage_dir
 
@@ -31,22 +32,35 @@ def find(run_name: str, compare_models: list[str]) -> tuple[dict[str, Path], lis
 
 
 def score_all(
-    base_model: str, tokenizer: Any, quantization: str, found: dict[str, Path], rows: list[dict[str, Any]], **kw: Any
+    base_model: str,
+    tokenizer: Any,
+    quantization: str,
+    found: dict[str, Path],
+    rows: list[dict[str, Any]],
+    each: Callable[[str, Any, str], None] | None = None,
+    **kw: Any,
 ) -> tuple[scoring.Contenders, dict[str, dict[str, Any]]]:
     """One base in memory with every adapter attached by name, each scored in turn; the merged model loaded on its
-    own afterwards. `kw` are `scoring.score`'s (max_length, n_generate, max_new_tokens, batch_size)."""
+    own afterwards. `kw` are `scoring.score`'s (max_length, n_generate, max_new_tokens, batch_size). `each(name,
+    model, model_args)` runs on every model while it is loaded (the lm-eval harness: `harness.Runner`)."""
     device = devices.kind()
+    base_dir = models.resolve_model(base_model)
     adapters = {m: str(found[m]) for m in stages.method_names() if m in found}
     contenders = scoring.Contenders(models.load_model(base_model, quantization=quantization), adapters)
     scores = {}
     for name in contenders.names:
         with contenders.use(name):
             scores[name] = scoring.score(contenders.model, tokenizer, rows, **kw)
-        print(f"{name:>7}:", scoring.summary(scores[name]))
+            print(f"{name:>7}:", scoring.summary(scores[name]))
+            if each:
+                peft = f",peft={adapters[name]}" if name in adapters else ""
+                each(name, contenders.model, f"pretrained={base_dir}{peft}")
     if stages.MERGED in found:
         merged = models.load_model(str(found[stages.MERGED]), dtype=devices.compute_dtype(device))
         scores[stages.MERGED] = scoring.score(merged, tokenizer, rows, **kw)
         print(f"{stages.MERGED:>7}:", scoring.summary(scores[stages.MERGED]))
+        if each:
+            each(stages.MERGED, merged, f"pretrained={found[stages.MERGED]}")
         del merged
     return contenders, scores
 
@@ -176,44 +190,30 @@ def forgetting(
 
 
 def extras(
-    p: dict[str, Any],
-    found: dict[str, Path],
-    rows: list[dict[str, Any]],
-    scores: dict[str, Any],
-    v: Verdict,
-    notes: list[str],
-    out_dir: Path,
+    p: dict[str, Any], lm: harness.Runner | None, rows: list, scores: dict, v: Verdict, stage: runs.Stage, notes: list
 ) -> dict[str, Any]:
-    """The optional lm-eval harness run and the pairwise judge, each saying when it is off and why."""
+    """The lm-eval results (run in `score_all`) with their forgetting gate, and the optional pairwise judge: a
+    server at `judge_url`, or llama.cpp's server started here on the GGUF file `judge_model` when no URL is set."""
     out: dict[str, Any] = {}
-    status = scoring.lm_eval_status(p["lm_eval_tasks"])
-    if status is None:
-        model_dir = str(found.get(stages.MERGED, models.resolve_model(p["base_model"])))
-        out["lm_eval"] = scoring.run_lm_eval(model_dir, p["lm_eval_tasks"], p["lm_eval_include_path"], str(out_dir))
-        print(out["lm_eval"]["command"], "->", out["lm_eval"]["returncode"])
-    else:
-        notes.append(status)
-        print(status)
-    if p["judge_url"] and v.final:
-        pr = [scoring.split_eval_row(r) for r in rows[: p["generate_rows"]]]
-        j = out["judge"] = scoring.pairwise_judge(
-            p["judge_url"],
-            p["judge_model"],
-            [x[-1]["content"] for x, _ in pr],
-            [ref for _, ref in pr],
-            scores[stages.BASE]["per_example"]["answers"],
-            scores[v.final]["per_example"]["answers"],
+    if lm is not None:
+        out["lm_eval"] = lm.summary()
+        v.gates["forgetting_lm_eval"] = harness.forgetting_gate(
+            out["lm_eval"], stages.BASE, v.final, p["forgetting_correct_tolerance"]
         )
-        v.lines.append(
-            f"judge ({p['judge_model']}): {v.final.upper()} wins {j['wins_b']}, base wins {j['wins_a']}, "
-            f"ties {j['ties']} (position-swapped, consistent wins only)"
-        )
-        print(v.lines[-1])
-    else:
-        notes.append(
-            "pairwise judge: not configured (set judge_url and judge_model to a local OpenAI-compatible server)"
-        )
+    if not (p["judge_model"] and v.final):
+        notes.append("pairwise judge: off (set judge_model: a GGUF file, or a model name on the server at judge_url)")
         print(notes[-1])
+        return out
+    pr = [scoring.split_eval_row(r) for r in rows[: p["generate_rows"]]]
+    args = ([x[-1]["content"] for x, _ in pr], [ref for _, ref in pr])
+    args += (scores[stages.BASE]["per_example"]["answers"], scores[v.final]["per_example"]["answers"])
+    with served.judge_server(p["judge_url"], p["judge_model"], stage.path("judge_server.log")) as (url, name):
+        j = out["judge"] = scoring.pairwise_judge(url, name, *args) | {"judge": p["judge_model"], "url": p["judge_url"]}
+    v.lines.append(
+        f"judge ({Path(p['judge_model']).name if not p['judge_url'] else p['judge_model']}): {v.final.upper()} wins {j['wins_b']}, base wins {j['wins_a']}, "
+        f"ties {j['ties']} (position-swapped, consistent wins only)"
+    )
+    print(v.lines[-1])
     return out
 
 
@@ -280,13 +280,45 @@ def write_results(
         [(stage.path("eval.png"), "held-out NLL and ROUGE-L per model")],
         notes,
         metrics["compute"],
+        tables(extra),
     )
     stage.path("report.html").write_text(html, encoding="utf-8")
-    if v.final and card.evaluated_card(run, scores, v.lines, stage.path("MODEL_CARD.md")):
+    if v.final and card.evaluated_card(run, scores, v.lines, stage.path("MODEL_CARD.md"), card_numbers(extra)):
         promote = ollama.promote_command(stage_dir(run, stages.EXPORT))
         print(("evaluation passed; promote with:  " + promote) if v.passed else f"not promoted: {v.refusal()}")
     print(f"report: {stage.path('report.html')}")
     return metrics
+
+
+def tables(extra: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The report's tables beyond the held-out metrics: lm-eval per model and task, the deployed GGUF beside its HF
+    model."""
+    out = []
+    if extra.get("lm_eval", {}).get("models"):
+        out.append(("lm-evaluation-harness (log-likelihood, ± standard error)", *harness.table(extra["lm_eval"])))
+    if d := extra.get("deployed"):
+        head = ["model", "served by", "prompts", "ROUGE-L", "stopped", "same answer as HF", "tokens/s"]
+        hf = [d["compared_with"], "transformers", str(d["prompts"]), f"{d['hf_rouge_l']:.3f}"]
+        rows = [hf + [f"{d['hf_stopped_share']:.0%}", "", ""]]
+        rows.append(
+            [d["gguf"], "llama.cpp server", str(d["prompts"]), f"{d['rouge_l']:.3f}", f"{d['stopped_share']:.0%}"]
+        )
+        rows[-1] += [f"{d['agreement']:.0%}", f"{d['tokens_per_s']:.1f}"]
+        out.append(("The deployed artifact", head, rows))
+    return out
+
+
+def card_numbers(extra: dict[str, Any]) -> dict[str, float]:
+    """The model card's numbers beyond NLL and ROUGE-L: lm-eval accuracy per model and task, the deployed GGUF's."""
+    out = {
+        f"lm_eval_{t}_acc_{m}": r["acc"]
+        for m, tasks in extra.get("lm_eval", {}).get("models", {}).items()
+        for t, r in tasks.items()
+        if "acc" in r
+    }
+    if d := extra.get("deployed"):
+        out |= {f"deployed_{d['qtype']}_rouge_l": d["rouge_l"], f"deployed_{d['qtype']}_stopped": d["stopped_share"]}
+    return out
 
 
 def summary(scores: dict[str, Any], v: Verdict) -> dict[str, Any]:

@@ -50,6 +50,16 @@ def metrics_table(scores: dict[str, dict[str, Any]]) -> str:
     return f"<table><tr><th>metric</th>{head}</tr>{rows}</table>"
 
 
+def table(head: list[str], rows: list[list[str]]) -> str:
+    """A plain table: a header row, then rows whose first cell names the row."""
+    top = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join(
+        f"<tr><th>{html.escape(r[0])}</th>" + "".join(f'<td class="num">{html.escape(c)}</td>' for c in r[1:]) + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{top}</tr>{body}</table>"
+
+
 def side_by_side(samples: list[dict[str, Any]], models: list[str], limit: int = 50) -> str:
     head = "<tr><th>#</th><th>prompt</th><th>reference</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in models)
     rows = []
@@ -101,6 +111,7 @@ def page(
     images: list[tuple[Path, str]],
     notes: list[str],
     compute: list[dict[str, Any]] | None = None,
+    tables: list[tuple[str, list[str], list[list[str]]]] = (),
 ) -> str:
     models = list(scores)
     parts = [
@@ -122,6 +133,7 @@ def page(
             )
             + "</table>",
         ]
+    parts += [f"<h2>{html.escape(title)}</h2>{table(head, rows)}" for title, head, rows in tables]
     parts += ["<h2>Side by side</h2>", side_by_side(samples, models)]
     if compute is not None:
         parts += ["<h2>Compute and cost</h2>", compute_table(compute)]

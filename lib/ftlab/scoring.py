@@ -179,7 +179,7 @@ def compare(
     }
 
 
-# ---- forgetting probe, optional lm-eval and pairwise judge ----------------------------------------------------------
+# ---- forgetting probe and pairwise judge ----------------------------------------------------------------------
 
 
 def probe_score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int = 32) -> dict[str, Any]:
@@ -189,47 +189,6 @@ def probe_score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_
     s["per_example"]["correct"] = hits
     s["correct"] = sum(hits) / max(1, len(hits))
     return s
-
-
-def lm_eval_status(tasks: str) -> str | None:
-    """None when lm-eval can run; otherwise the plain reason it will not."""
-    import importlib.util
-
-    if not tasks:
-        return "lm-eval: not configured (set lm_eval_tasks to run local task files with the lm-evaluation-harness)"
-    if importlib.util.find_spec("lm_eval") is None:
-        return (
-            f"lm-eval: not installed; `pip install lm-eval` (not in requirements.lock) to run lm_eval_tasks={tasks!r}"
-        )
-    return None
-
-
-def run_lm_eval(model_dir: str, tasks: str, include_path: str, out_dir: str, limit: int = 0) -> dict[str, Any]:
-    """The lm-evaluation-harness CLI on a local model folder and local task YAMLs (offline)."""
-    import subprocess
-    import sys
-
-    cmd = [
-        sys.executable,
-        "-m",
-        "lm_eval",
-        "--model",
-        "hf",
-        "--model_args",
-        f"pretrained={model_dir}",
-        "--tasks",
-        tasks,
-        "--output_path",
-        out_dir,
-        "--batch_size",
-        "4",
-    ]
-    if include_path:
-        cmd += ["--include_path", include_path]
-    if limit:
-        cmd += ["--limit", str(limit)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    return {"command": " ".join(cmd), "returncode": r.returncode, "output_tail": (r.stdout + r.stderr)[-3000:]}
 
 
 JUDGE_PROMPT = (

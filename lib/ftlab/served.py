@@ -96,3 +96,24 @@ def chat(url: str, messages: list[dict[str, str]], max_tokens: int, model: str =
     tokens = (out.get("usage") or {}).get("completion_tokens", 0)
     text = (choice["message"].get("content") or "").strip()
     return Reply(text, choice.get("finish_reason") == "stop", tokens, time.perf_counter() - t)
+
+
+@contextlib.contextmanager
+def judge_server(url: str, model: str, log: Path) -> Iterator[tuple[str, str]]:
+    """The pairwise judge's base URL and model name: the server at `url`, or, with no URL, llama.cpp's server started
+    here on the GGUF file `model` (absolute, or relative to the repository)."""
+    if url:
+        yield url, model
+        return
+    from ftlab.paths import repo_root
+
+    gguf = Path(model).expanduser()
+    gguf = gguf if gguf.is_absolute() else repo_root() / gguf
+    if gguf.suffix != ".gguf" or not gguf.is_file():
+        raise FileNotFoundError(
+            f"judge_model={model!r} with no judge_url: expected a GGUF file to serve with llama.cpp's server, found "
+            f"{'no file' if not gguf.exists() else 'a file that is not .gguf'} at {gguf}; give the path of a .gguf "
+            "file, or set judge_url to a running server (Ollama: http://127.0.0.1:11434)"
+        )
+    with llama_server(gguf, log) as served_url:
+        yield served_url, ""  # llama.cpp's server answers with the one model it serves, whatever the name

@@ -167,19 +167,22 @@ def write_card(stage: Any, summary: dict[str, Any]) -> Path:
     return atomic_write_text(stage.path("MODEL_CARD.md"), model_card(runs.load_manifest(stage.run_name), summary))
 
 
-def card_metrics(scores: dict[str, dict[str, Any]], verdict: list[str]) -> dict[str, Any]:
-    """The evaluated card's metrics: held-out NLL and ROUGE-L of every model scored, and the verdict."""
+def card_metrics(scores: dict[str, dict[str, Any]], verdict: list[str], more: dict | None = None) -> dict[str, Any]:
+    """The evaluated card's metrics: held-out NLL and ROUGE-L of every model scored, `more` (lm-eval, the deployed
+    GGUF) and the verdict."""
     out: dict[str, Any] = {f"nll_{m}": s["nll"] for m, s in scores.items()}
-    out |= {f"rouge_l_{m}": s["rouge_l"] for m, s in scores.items()}
+    out |= {f"rouge_l_{m}": s["rouge_l"] for m, s in scores.items()} | (more or {})
     out["verdict"] = "; ".join(verdict)
     return out
 
 
-def evaluated_card(run_name: str, scores: dict[str, dict[str, Any]], verdict: list[str], out: Path) -> Path | None:
+def evaluated_card(
+    run_name: str, scores: dict[str, dict[str, Any]], verdict: list[str], out: Path, more: dict | None = None
+) -> Path | None:
     """Stage 04's card completed with stage 05's metrics, written to `out` (stage 05's own folder); None when the
     run has no export to describe."""
     export = stage_dir(run_name, stages.EXPORT) / "summary.json"
     if not export.exists():
         return None
-    text = model_card(runs.load_manifest(run_name), runs.read_json(export), card_metrics(scores, verdict))
+    text = model_card(runs.load_manifest(run_name), runs.read_json(export), card_metrics(scores, verdict, more))
     return atomic_write_text(out, text)

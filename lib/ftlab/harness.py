@@ -1,0 +1,160 @@
+"""EleutherAI's lm-evaluation-harness on every model stage 05 scores: the base, each method's adapter (on the same
+base in memory, switched by name) and the merged model, fully offline.
+
+The default tasks are local (`data/lm_eval/`): `ftlab_general_knowledge`, the forgetting probe as multiple choice,
+and `ftlab_heldout`, the run's own held-out rows as multiple choice (the reference answer against three other
+held-out answers). Both are scored by log-likelihood, so they measure what each model prefers, not what it happens
+to generate. `lm_eval_tasks` takes any task the harness knows (its own, installed with its data, or YAML files in
+`lm_eval_include_path`). Each model's equivalent `lm_eval` command line is recorded to reproduce a number outside
+the notebook.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ftlab import stages
+from ftlab.paths import repo_root
+
+LOCAL_TASKS = "data/lm_eval"
+FORGETTING_TASK = "ftlab_general_knowledge"  # the task the promotion gate's lm-eval forgetting condition reads
+METRICS = ("acc", "acc_norm", "exact_match", "rouge1", "bleu", "f1", "word_perplexity")
+
+
+def task_list(tasks: str | list[str]) -> list[str]:
+    items = tasks.split(",") if isinstance(tasks, str) else tasks
+    return [t.strip() for t in items if t.strip()]
+
+
+def status(tasks: str | list[str]) -> str | None:
+    """None when the harness can run; otherwise the plain reason it will not."""
+    if not task_list(tasks):
+        return "lm-eval: off (lm_eval_tasks is empty)"
+    if importlib.util.find_spec("lm_eval") is None:
+        return "lm-eval: the lm-eval package is not installed; `make setup` installs it from requirements.lock"
+    return None
+
+
+def _numbers(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """{task: {metric: value, metric_stderr: value, n: samples}} from the harness's `results` block."""
+    out: dict[str, dict[str, float]] = {}
+    for task, r in results.items():
+        row: dict[str, float] = {}
+        for key, value in r.items():
+            metric, _, _filter = key.partition(",")
+            if isinstance(value, int | float) and (metric in METRICS or metric.removesuffix("_stderr") in METRICS):
+                row[metric] = round(float(value), 4)
+        if "sample_len" in r:
+            row["n"] = r["sample_len"]
+        out[task] = row
+    return out
+
+
+class Runner:
+    """Called once per model while it is loaded (`evaluation.score_all`), it runs the harness on that model and
+    keeps the numbers. `metadata` reaches the tasks' dataset functions (the held-out file for `ftlab_heldout`)."""
+
+    def __init__(self, p: dict[str, Any], tokenizer: Any, eval_path: Path, out_dir: Path):
+        self.tasks = task_list(p["lm_eval_tasks"])
+        self.include = str(repo_root() / (p["lm_eval_include_path"] or LOCAL_TASKS))
+        self.metadata = {"eval_path": str(eval_path)}
+        self.tokenizer, self.batch_size, self.max_length = tokenizer, p["batch_size"], p["max_length"]
+        self.limit = p["lm_eval_limit"] or None
+        self.out_dir = out_dir
+        self.results: dict[str, dict[str, dict[str, float]]] = {}
+        self.seconds: dict[str, float] = {}
+        self.commands: dict[str, str] = {}
+
+    def __call__(self, name: str, model: Any, model_args: str) -> None:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+
+        t = time.time()
+        lm = HFLM(pretrained=model, tokenizer=self.tokenizer, batch_size=self.batch_size, max_length=self.max_length)
+        r = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=self.tasks,
+            task_manager=TaskManager(include_path=self.include, metadata=self.metadata),
+            apply_chat_template=True,  # the chat template the models were trained with, as in every other score
+            limit=self.limit,
+            log_samples=False,
+            random_seed=0,
+        )
+        self.results[name] = _numbers(r["results"])
+        self.seconds[name] = round(time.time() - t, 1)
+        self.commands[name] = self.command(model_args)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        keep = {k: r[k] for k in ("results", "versions", "n-shot", "config", "lm_eval_version") if k in r}
+        (self.out_dir / f"{name}.json").write_text(json.dumps(keep, indent=1, default=str), encoding="utf-8")
+        print(f"{name:>7}: lm-eval {self.seconds[name]} s", self.line(name))
+
+    def command(self, model_args: str) -> str:
+        """The same evaluation from a shell (the run's tokenizer and chat template come from the folders)."""
+        meta = json.dumps(self.metadata)
+        limit = f" --limit {self.limit}" if self.limit else ""
+        return (
+            f"lm_eval --model hf --model_args {model_args} --tasks {','.join(self.tasks)} --include_path "
+            f"{self.include} --metadata '{meta}' --apply_chat_template --batch_size {self.batch_size}{limit}"
+        )
+
+    def line(self, name: str) -> str:
+        parts = []
+        for task, m in self.results.get(name, {}).items():
+            shown = [f"{k} {v:.3f}" for k, v in m.items() if k in METRICS][:2]
+            parts.append(f"{task} {', '.join(shown)} (n={m.get('n', '?')})")
+        return "; ".join(parts)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tasks": self.tasks,
+            "include_path": self.include,
+            "models": self.results,
+            "seconds": self.seconds,
+            "commands": self.commands,
+        }
+
+
+def forgetting_gate(lm: dict[str, Any], base: str, final: str | None, tol: float) -> dict[str, Any]:
+    """The lm-eval forgetting condition of the promotion gate: the final model's accuracy on the general-knowledge
+    task may fall by at most `tol` from the base's; not checked when the task did not run."""
+    models = lm.get("models", {})
+    if not final or FORGETTING_TASK not in models.get(base, {}) or FORGETTING_TASK not in models.get(final, {}):
+        return {"ok": None, "why": f"{FORGETTING_TASK} was not run on the base and the final model (lm_eval_tasks)"}
+    a, b = models[base][FORGETTING_TASK]["acc"], models[final][FORGETTING_TASK]["acc"]
+    return {
+        "ok": a - b <= tol,
+        "why": f"lm-eval {FORGETTING_TASK} acc {a:.0%} -> {b:.0%} (allowed -{tol:.0%})",
+        "try": "fewer steps, a lower rank or learning rate, or general data mixed into the training set",
+        "acc_drop": round(a - b, 4),
+    }
+
+
+def table(lm: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows for the report: one row per model, one column per task and metric."""
+    models = lm.get("models", {})
+    cols = sorted({(t, k) for r in models.values() for t, m in r.items() for k in m if k in METRICS})
+    header = ["model", *[f"{t} {k}" for t, k in cols]]
+    rows = []
+    for name, r in models.items():
+        cells = []
+        for t, k in cols:
+            m = r.get(t, {})
+            err = m.get(f"{k}_stderr")
+            cells.append("" if k not in m else f"{m[k]:.3f}" + (f" ± {err:.3f}" if err is not None else ""))
+        rows.append([name, *cells])
+    return header, rows
+
+
+def runner(stage: Any, tokenizer: Any, notes: list[str]) -> Runner | None:
+    """The harness for stage 05's models, or None with a note saying why it is off."""
+    why = status(stage.params["lm_eval_tasks"])
+    if why:
+        notes.append(why)
+        print(why)
+        return None
+    return Runner(stage.params, tokenizer, stage.input(stages.DATA, "eval.jsonl"), stage.path("lm_eval"))

@@ -1,0 +1,109 @@
+"""The lm-evaluation-harness in stage 05: the local tasks of data/lm_eval/ (built from the repository's own files),
+the harness's numbers against a hand computation on the tiny model, any other local task, the forgetting gate.
+
+Run: .venv/bin/python -m pytest tests/test_harness.py
+"""
+
+import json
+import math
+import sys
+
+import pytest
+
+from ftlab import harness, models
+from ftlab.paths import repo_root
+
+sys.path.insert(0, str(repo_root() / "data" / "lm_eval"))
+import tasks  # noqa: E402  (data/lm_eval/tasks.py: the local tasks' dataset functions)
+
+
+def test_general_knowledge_task_is_the_probe_with_the_key_word_swapped_the_same_way_every_time():
+    probe = [json.loads(x) for x in (repo_root() / "data/probes/general_knowledge.jsonl").read_text().splitlines()]
+    docs = tasks.general_knowledge_docs()
+    assert docs == tasks.general_knowledge_docs() and len(docs) == len(probe)  # seeded by the question: stable
+    for d, r in zip(docs, probe, strict=True):
+        right = r["messages"][-1]["content"]
+        assert d["question"] == r["messages"][0]["content"] and d["choices"][d["gold"]] == right
+        assert len(set(d["choices"])) == tasks.N_CHOICES
+        at = right.rindex(r["answer"])
+        head, tail = right[:at], right[at + len(r["answer"]) :]
+        keys = {x["answer"] for x in probe}
+        for wrong in d["choices"]:  # the same sentence with only the key word swapped for another question's
+            assert wrong.startswith(head) and wrong.endswith(tail) and wrong[len(head) : len(wrong) - len(tail)] in keys
+    assert {d["gold"] for d in docs} == set(range(tasks.N_CHOICES))  # the right answer is not always first
+    # numbers are swapped for numbers: "A spider has eight legs." against other number words
+    spider = next(d for d in docs if "spider" in d["question"])
+    assert all(c.split()[3] in tasks.NUMBER_WORDS for c in spider["choices"])
+
+
+def test_heldout_task_puts_each_reference_among_other_heldout_answers_and_bad_input_is_named(tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}
+        for i in range(6)
+    ]
+    f = tmp_path / "eval.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    docs = tasks.heldout_docs(str(f))
+    assert [d["question"] for d in docs] == [f"Q{i}?" for i in range(6)]
+    assert all(d["choices"][d["gold"]] == f"Answer {i}." for i, d in enumerate(docs))
+    assert all(set(d["choices"]) <= {f"Answer {i}." for i in range(6)} for d in docs)
+    f.write_text(f.read_text() + "{not json\n")
+    with pytest.raises(ValueError, match=r"eval.jsonl:7: expected one JSON object per line"):
+        tasks.heldout_docs(str(f))
+    with pytest.raises(ValueError, match="ftlab_heldout needs the held-out file"):
+        tasks.heldout()
+
+
+def _loglik(model, tok, context: str, continuation: str) -> float:
+    import torch
+
+    ctx = tok(context, add_special_tokens=False)["input_ids"]
+    whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([whole])).logits[0].log_softmax(-1)
+    return sum(logits[i - 1, whole[i]].item() for i in range(len(ctx), len(whole)))
+
+
+def test_harness_accuracy_equals_a_hand_computed_log_likelihood_choice_under_the_chat_template(tmp_path):
+    """What lm-eval reports for the tiny model is what the model prefers: each question rendered with the training
+    chat template, each choice's summed log-likelihood, the highest one against the gold answer."""
+    tok = models.load_tokenizer(models.TINY_MODEL)
+    model = models.load_model(models.TINY_MODEL).eval()
+    p = {"lm_eval_tasks": harness.FORGETTING_TASK, "lm_eval_include_path": "", "lm_eval_limit": 12}
+    run = harness.Runner(p | {"batch_size": 4, "max_length": 256}, tok, tmp_path / "unused.jsonl", tmp_path / "out")
+    run("base", model, "pretrained=tiny")
+    got = run.results["base"][harness.FORGETTING_TASK]
+    hits = []
+    for d in tasks.general_knowledge_docs()[:12]:
+        ctx = tok.apply_chat_template(
+            [{"role": "user", "content": d["question"]}], tokenize=False, add_generation_prompt=True
+        )
+        ll = [_loglik(model, tok, ctx, c) for c in d["choices"]]
+        hits.append(max(range(len(ll)), key=ll.__getitem__) == d["gold"])
+    assert got["n"] == 12 and math.isclose(got["acc"], sum(hits) / 12, abs_tol=1e-4)
+    assert (tmp_path / "out" / "base.json").exists() and "--apply_chat_template" in run.commands["base"]
+
+
+def test_any_local_task_folder_works_and_the_gate_reads_general_knowledge(tmp_path):
+    """A user's own task YAML (the harness's json loader on an absolute file) runs like the bundled ones."""
+    data = tmp_path / "mine.jsonl"
+    docs = [{"q": f"Pick {w}", "choices": [w, "zebra"], "gold": 0} for w in ("apple", "pear", "plum")]
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "mine.yaml").write_text(
+        f"task: my_task\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        "output_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: gold\n"
+        "metric_list:\n  - metric: acc\n"
+    )
+    tok = models.load_tokenizer(models.TINY_MODEL)
+    p = {"lm_eval_tasks": "my_task", "lm_eval_include_path": str(tmp_path), "lm_eval_limit": 0}
+    run = harness.Runner(p | {"batch_size": 2, "max_length": 64}, tok, tmp_path / "x", tmp_path / "out")
+    run("base", models.load_model(models.TINY_MODEL), "pretrained=tiny")
+    assert run.results["base"]["my_task"]["n"] == 3 and "acc" in run.results["base"]["my_task"]
+    assert harness.status("") == "lm-eval: off (lm_eval_tasks is empty)" and harness.status("my_task") is None
+    lm = {"models": {"base": {harness.FORGETTING_TASK: {"acc": 0.6}}, "sft": {harness.FORGETTING_TASK: {"acc": 0.45}}}}
+    g = harness.forgetting_gate(lm, "base", "sft", tol=0.1)
+    assert g["ok"] is False and g["why"] == "lm-eval ftlab_general_knowledge acc 60% -> 45% (allowed -10%)"
+    assert harness.forgetting_gate(lm, "base", "sft", tol=0.2)["ok"] is True
+    assert harness.forgetting_gate({"models": {}}, "base", "sft", 0.1)["ok"] is None  # not run: not checked
+    head, rows = harness.table(lm)
+    assert head == ["model", "ftlab_general_knowledge acc"] and rows == [["base", "0.600"], ["sft", "0.450"]]
