@@ -40,14 +40,23 @@ def score_all(
     each: Callable[[str, Any, str], None] | None = None,
     **kw: Any,
 ) -> tuple[scoring.Contenders, dict[str, dict[str, Any]]]:
-    """One base in memory with every adapter attached by name, each scored in turn; the merged model loaded on its
-    own afterwards. `kw` are `scoring.score`'s (max_length, n_generate, max_new_tokens, batch_size). `each(name,
-    model, model_args)` runs on every model while it is loaded (the lm-eval harness: `harness.Runner`)."""
-    device = devices.kind()
+    """The merged model (stage 04) first, on its own, and freed; then one base in memory with every adapter attached
+    by name, each scored in turn. Never both at once: at 8B the 16-bit merged model and the 4-bit base with its
+    adapters would not fit a 24 GB card together. `kw` are `scoring.score`'s (max_length, n_generate,
+    max_new_tokens, batch_size). `each(name, model, model_args)` runs on every model while it is loaded (the lm-eval
+    harness: `harness.Runner`)."""
     base_dir = models.resolve_model(base_model)
+    scores = {}
+    if stages.MERGED in found:
+        merged = models.load_model(str(found[stages.MERGED]), dtype=devices.compute_dtype(devices.kind()))
+        scores[stages.MERGED] = scoring.score(merged, tokenizer, rows, **kw)
+        print(f"{stages.MERGED:>7}:", scoring.summary(scores[stages.MERGED]))
+        if each:
+            each(stages.MERGED, merged, f"pretrained={found[stages.MERGED]}")
+        del merged
+        devices.release_memory()
     adapters = {m: str(found[m]) for m in stages.method_names() if m in found}
     contenders = scoring.Contenders(models.load_model(base_model, quantization=quantization), adapters)
-    scores = {}
     for name in contenders.names:
         with contenders.use(name):
             scores[name] = scoring.score(contenders.model, tokenizer, rows, **kw)
@@ -55,14 +64,8 @@ def score_all(
             if each:
                 peft = f",peft={adapters[name]}" if name in adapters else ""
                 each(name, contenders.model, f"pretrained={base_dir}{peft}")
-    if stages.MERGED in found:
-        merged = models.load_model(str(found[stages.MERGED]), dtype=devices.compute_dtype(device))
-        scores[stages.MERGED] = scoring.score(merged, tokenizer, rows, **kw)
-        print(f"{stages.MERGED:>7}:", scoring.summary(scores[stages.MERGED]))
-        if each:
-            each(stages.MERGED, merged, f"pretrained={found[stages.MERGED]}")
-        del merged
-    return contenders, scores
+    order = [*contenders.names, stages.MERGED]  # the series order, as every table shows it
+    return contenders, {m: scores[m] for m in order if m in scores}
 
 
 @dataclass

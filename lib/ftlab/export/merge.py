@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ftlab import generate
+from ftlab import devices, generate
 from ftlab.export.errors import ExportError
 from ftlab.models import safe_kwargs
 
@@ -68,13 +68,13 @@ def verify_merge(
     ref_tokens = greedy_tokens(ref, tokenizer, prompts, max_new_tokens)
     ref_logits = _logits(ref, tokenizer, prompts)
     del ref, base
-    _free(device)
+    devices.release_memory()
     m = AutoModelForCausalLM.from_pretrained(str(merged), dtype=dtype, **safe_kwargs()).eval().to(device)
     tokens = greedy_tokens(m, tokenizer, prompts, max_new_tokens)
     diff = max(float((a - b).abs().max()) for a, b in zip(ref_logits, _logits(m, tokenizer, prompts), strict=True))
     same = sum(a == b for a, b in zip(ref_tokens, tokens, strict=True))
     del m
-    _free(device)
+    devices.release_memory()
     return {
         "device": device,
         "prompts": len(prompts),
@@ -83,16 +83,6 @@ def verify_merge(
         "max_logit_diff": diff,
         "answers": tokens,
     }
-
-
-def _free(device: str) -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
 
 
 def check_device(merged: Path, margin: float = 1.25) -> str:
