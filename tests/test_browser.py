@@ -73,7 +73,13 @@ TINY = {
         "min_agreement": 0.0,
         "gguf_types": ["f16"],
     },
-    "05_evaluate": {"base_model": "tiny-random", "generate_rows": 4, "max_new_tokens": 8, "forgetting_probe": False},
+    "05_evaluate": {
+        "base_model": "tiny-random",
+        "generate_rows": 4,
+        "max_new_tokens": 8,
+        "forgetting_probe": False,
+        "lm_eval_limit": 4,
+    },
     "06_compare_runs": {},
 }
 

@@ -203,7 +203,7 @@ def extras(
         v.gates["forgetting_lm_eval"] = harness.forgetting_gate(
             out["lm_eval"], stages.BASE, v.final, p["forgetting_correct_tolerance"]
         )
-    if not (p["judge_model"] and v.final):
+    if not ((p["judge_model"] or p["judge_url"]) and v.final):
         notes.append("pairwise judge: off (set judge_model: a GGUF file, or a model name on the server at judge_url)")
         print(notes[-1])
         return out
@@ -212,9 +212,10 @@ def extras(
     args += (scores[stages.BASE]["per_example"]["answers"], scores[v.final]["per_example"]["answers"])
     with served.judge_server(p["judge_url"], p["judge_model"], stage.path("judge_server.log")) as (url, name):
         j = out["judge"] = scoring.pairwise_judge(url, name, *args) | {"judge": p["judge_model"], "url": p["judge_url"]}
+    who = p["judge_model"] if p["judge_url"] else Path(p["judge_model"]).name
     v.lines.append(
-        f"judge ({Path(p['judge_model']).name if not p['judge_url'] else p['judge_model']}): {v.final.upper()} wins {j['wins_b']}, base wins {j['wins_a']}, "
-        f"ties {j['ties']} (position-swapped, consistent wins only)"
+        f"judge ({who}): {v.final.upper()} wins {j['wins_b']}, base wins {j['wins_a']}, ties {j['ties']} "
+        "(position-swapped, consistent wins only)"
     )
     print(v.lines[-1])
     return out
