@@ -107,3 +107,23 @@ def test_any_local_task_folder_works_and_the_gate_reads_general_knowledge(tmp_pa
     assert harness.forgetting_gate({"models": {}}, "base", "sft", 0.1)["ok"] is None  # not run: not checked
     head, rows = harness.table(lm)
     assert head == ["model", "ftlab_general_knowledge acc"] and rows == [["base", "0.600"], ["sft", "0.450"]]
+
+
+def test_stage_06_shows_the_final_models_lm_eval_numbers_beside_its_nll(outputs):
+    from ftlab import compare
+
+    run = outputs / "r1"
+    (run / "05_evaluate").mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"run_name": "r1", "stages": {}}))
+    lm = {"dpo": {harness.HELDOUT_TASK: {"acc": 0.5, "acc_norm": 0.68}, harness.FORGETTING_TASK: {"acc": 0.9}}}
+    metrics = {
+        "final": "dpo",
+        "passed": False,
+        "models": {"base": {"nll": 3.9, "rouge_l": 0.15}, "dpo": {"nll": 2.7, "rouge_l": 0.3}},
+        "extras": {"lm_eval": {"models": lm}},
+    }
+    (run / "05_evaluate" / "metrics.json").write_text(json.dumps(metrics))
+    row = compare.collect(run)
+    assert (row["lm_eval_heldout_acc_norm"], row["lm_eval_general_acc"]) == (0.68, 0.9)
+    board = compare.leaderboard([row])
+    assert board.iloc[0]["lm_eval_heldout_acc_norm"] == 0.68 and "lm_eval_general_acc" in board.columns

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ftlab import stages
+from ftlab import harness, stages
 from ftlab.paths import outputs_dir
 
 
@@ -44,6 +44,9 @@ def collect(run: Path) -> dict[str, Any]:
             base_nll=metrics["models"][stages.BASE]["nll"],
             passed=metrics["passed"],
         )
+        lm = metrics.get("extras", {}).get("lm_eval", {}).get("models", {})  # the harness's local tasks, final model
+        row["lm_eval_heldout_acc_norm"] = stages.dig(lm, f"{final}.{harness.HELDOUT_TASK}.acc_norm")
+        row["lm_eval_general_acc"] = stages.dig(lm, f"{final}.{harness.FORGETTING_TASK}.acc")
     elif summaries[first.name]:
         s = summaries[first.name]
         row.update(
@@ -81,6 +84,8 @@ def columns() -> list[str]:
         "base_nll",
         "nll_drop",
         "rouge_l",
+        "lm_eval_heldout_acc_norm",
+        "lm_eval_general_acc",
         "passed",
         *per_method,
         "total_seconds",

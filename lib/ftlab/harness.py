@@ -22,6 +22,7 @@ from ftlab.paths import repo_root
 
 LOCAL_TASKS = "data/lm_eval"
 FORGETTING_TASK = "ftlab_general_knowledge"  # the task the promotion gate's lm-eval forgetting condition reads
+HELDOUT_TASK = "ftlab_heldout"  # the run's held-out answers as multiple choice (stage 06 shows it per run)
 METRICS = ("acc", "acc_norm", "exact_match", "rouge1", "bleu", "f1", "word_perplexity")
 
 
