@@ -48,6 +48,8 @@ def test_stage_05_on_the_tiny_model_scores_base_and_sft_and_names_what_it_skippe
     assert ",peft=" in lm["commands"]["sft"] and ",peft=" not in lm["commands"]["base"]
     assert (run / "05_evaluate" / "lm_eval" / "sft.json").exists()
     assert m["gates"]["forgetting_lm_eval"]["ok"] is not None  # decided from the harness's general-knowledge acc
+    kept = json.loads((run / "05_evaluate" / "lm_eval" / "sft.json").read_text())["questions"]
+    assert len(kept["ftlab_heldout"]) == 10 and isinstance(lm["lost_by_final"], list)
     gate = m["gates"]["forgetting"]  # the probe ran: its gate condition was decided, with its numbers
     assert (
         gate["ok"] in (True, False) and "nll_rise" in gate and m["passed"] == (m["gates"]["task"]["ok"] and gate["ok"])

@@ -73,14 +73,17 @@ def test_harness_accuracy_equals_a_hand_computed_log_likelihood_choice_under_the
     run = harness.Runner(p | {"batch_size": 4, "max_length": 256}, tok, tmp_path / "unused.jsonl", tmp_path / "out")
     run("base", model, "pretrained=tiny")
     got = run.results["base"][harness.FORGETTING_TASK]
-    hits = []
+    hits, picks = [], []
     for d in tasks.general_knowledge_docs()[:12]:
         ctx = tok.apply_chat_template(
             [{"role": "user", "content": d["question"]}], tokenize=False, add_generation_prompt=True
         )
         ll = [_loglik(model, tok, ctx, c) for c in d["choices"]]
-        hits.append(max(range(len(ll)), key=ll.__getitem__) == d["gold"])
+        picks.append(max(range(len(ll)), key=ll.__getitem__))
+        hits.append(picks[-1] == d["gold"])
     assert got["n"] == 12 and math.isclose(got["acc"], sum(hits) / 12, abs_tol=1e-4)
+    # each question's outcome is kept: the same choice as by hand, question by question
+    assert [a["pick"] for a in run.answers["base"][harness.FORGETTING_TASK]] == picks
     assert (tmp_path / "out" / "base.json").exists() and "--apply_chat_template" in run.commands["base"]
 
 
@@ -105,6 +108,11 @@ def test_any_local_task_folder_works_and_the_gate_reads_general_knowledge(tmp_pa
     assert g["ok"] is False and g["why"] == "lm-eval ftlab_general_knowledge acc 60% -> 45% (allowed -10%)"
     assert harness.forgetting_gate(lm, "base", "sft", tol=0.2)["ok"] is True
     assert harness.forgetting_gate({"models": {}}, "base", "sft", 0.1)["ok"] is None  # not run: not checked
+    run.answers = {  # the questions the tuned model lost, by name (what the notebook prints and metrics.json keeps)
+        "base": {harness.FORGETTING_TASK: [{"question": q, "gold": 0, "pick": p} for q, p in zip("abc", (0, 0, 1))]},
+        "sft": {harness.FORGETTING_TASK: [{"question": q, "gold": 0, "pick": p} for q, p in zip("abc", (1, 0, 0))]},
+    }
+    assert harness.flips(run, "base", "sft") == ["a"] and harness.flips(run, "sft", "base") == ["c"]
     head, rows = harness.table(lm)
     assert head == ["model", "ftlab_general_knowledge acc"] and rows == [["base", "0.600"], ["sft", "0.450"]]
 

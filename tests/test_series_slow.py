@@ -83,6 +83,8 @@ def test_embedded_default_series_trains_exports_and_evaluates_a_better_model(out
     # The base knows these facts: a broken template or answer delimiter would put it near chance (25%)
     assert lm["models"]["base"]["ftlab_general_knowledge"]["acc"] >= 0.75
     assert gates["forgetting_lm_eval"]["ok"] is not None
+    gk = {m: lm["models"][m]["ftlab_general_knowledge"]["acc"] for m in ("base", "dpo")}
+    assert len(lm["lost_by_final"]) >= round((gk["base"] - gk["dpo"]) * 24)  # the questions lost, by name
     m = ev["models"]
     # measured 2026-11-22: base 3.860, SFT 2.653, DPO 2.662, merged 2.662 nats/token; ROUGE-L 0.15 -> 0.30
     assert m["base"]["nll"] - m["dpo"]["nll"] > 0.5 and m["dpo"]["rouge_l"] > m["base"]["rouge_l"]

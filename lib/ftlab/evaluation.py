@@ -203,6 +203,9 @@ def extras(
         v.gates["forgetting_lm_eval"] = harness.forgetting_gate(
             out["lm_eval"], stages.BASE, v.final, p["forgetting_correct_tolerance"]
         )
+        if v.final and harness.FORGETTING_TASK in lm.tasks:
+            lost = out["lm_eval"]["lost_by_final"] = harness.flips(lm, stages.BASE, v.final)
+            print(f"lm-eval: {len(lost)} general-knowledge question(s) the base got right and {v.final} misses", lost)
     if not ((p["judge_model"] or p["judge_url"]) and v.final):
         notes.append("pairwise judge: off (set judge_model: a GGUF file, or a model name on the server at judge_url)")
         print(notes[-1])

@@ -69,6 +69,7 @@ class Runner:
         self.results: dict[str, dict[str, dict[str, float]]] = {}
         self.seconds: dict[str, float] = {}
         self.commands: dict[str, str] = {}
+        self.answers: dict[str, dict[str, list[dict[str, Any]]]] = {}  # model -> task -> one outcome per question
 
     def __call__(self, name: str, model: Any, model_args: str) -> None:
         import lm_eval
@@ -83,14 +84,16 @@ class Runner:
             task_manager=TaskManager(include_path=self.include, metadata=self.metadata),
             apply_chat_template=True,  # the chat template the models were trained with, as in every other score
             limit=self.limit,
-            log_samples=False,
+            log_samples=True,  # each question's outcome: which ones a tuned model lost (`flips`)
             random_seed=0,
         )
         self.results[name] = _numbers(r["results"])
+        self.answers[name] = {t: [_outcome(x) for x in xs] for t, xs in r.get("samples", {}).items()}
         self.seconds[name] = round(time.time() - t, 1)
         self.commands[name] = self.command(model_args)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         keep = {k: r[k] for k in ("results", "versions", "n-shot", "config", "lm_eval_version") if k in r}
+        keep["questions"] = self.answers[name]
         (self.out_dir / f"{name}.json").write_text(json.dumps(keep, indent=1, default=str), encoding="utf-8")
         print(f"{name:>7}: lm-eval {self.seconds[name]} s", self.line(name))
 
@@ -118,6 +121,19 @@ class Runner:
             "seconds": self.seconds,
             "commands": self.commands,
         }
+
+
+def _outcome(sample: dict[str, Any]) -> dict[str, Any]:
+    """One multiple-choice question as the harness scored it: the question, the gold and the picked choice."""
+    doc, lls = sample.get("doc", {}), [x[0] if isinstance(x, list | tuple) else x for x in sample["filtered_resps"]]
+    pick = max(range(len(lls)), key=lls.__getitem__) if lls else None
+    return {"question": doc.get("question", sample.get("doc_id")), "gold": sample["target"], "pick": pick}
+
+
+def flips(run: Runner, base: str, tuned: str, task: str = FORGETTING_TASK) -> list[str]:
+    """The questions of `task` the base answered right and `tuned` now gets wrong: what tuning cost, by name."""
+    a, b = (run.answers.get(m, {}).get(task, []) for m in (base, tuned))
+    return [x["question"] for x, y in zip(a, b, strict=False) if x["pick"] == x["gold"] and y["pick"] != y["gold"]]
 
 
 def forgetting_gate(lm: dict[str, Any], base: str, final: str | None, tol: float) -> dict[str, Any]:
