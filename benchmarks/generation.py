@@ -1,10 +1,13 @@
 """Stage 05's batched greedy generation against the one-prompt-at-a-time loop it replaced, in one process on the
 same model and prompts: generated tokens/s of each and their ratio. Run on the GPU machine:
 
-    python3 benchmarks/generation.py /tmp/llama8b result.json [--tokenizer .gputok]
+    python3 benchmarks/generation.py /tmp/llama8b result.json
+    python3 benchmarks/generation.py /tmp/llama8b merge_check.json --quantization none --prompts 16 \
+        --max-new-tokens 128 --batches 1,8        # stage 04's merge check: bf16 weights, 16 x 128 tokens
 
-The model is loaded as stage 05 loads it on a GPU (4-bit NF4). Random weights never emit end-of-turn, so every answer
-runs to max_new_tokens in both modes (the same token count: a like-for-like comparison).
+By default the model is loaded as stage 05 loads it on a GPU (4-bit NF4); `--quantization none` loads the 16-bit
+weights as stage 04's merge check does. Random weights never emit end-of-turn, so every answer runs to
+max_new_tokens in every mode (the same token count: a like-for-like comparison).
 """
 
 from __future__ import annotations
@@ -18,34 +21,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 
 def main() -> None:
+    import argparse
+
     import torch
 
     from ftlab import generate, models
 
-    folder, out = sys.argv[1], Path(sys.argv[2])
-    if not (Path(folder) / "config.json").exists():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("folder")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--quantization", default="4bit", choices=("4bit", "none"))
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--batches", default="1,8,32")
+    a = ap.parse_args()
+    if not (Path(a.folder) / "config.json").exists():
         import gpu_series
 
-        gpu_series.build(Path(folder), Path(".gputok"))
-    tok = models.load_tokenizer(folder)
-    model = models.load_model(folder, quantization="4bit")
-    rows = [json.loads(x) for x in Path("data/pydoc_qa/sft.jsonl").read_text().splitlines()[:32]]
+        gpu_series.build(Path(a.folder), Path(".gputok"))
+    tok = models.load_tokenizer(a.folder)
+    dtype = torch.bfloat16 if a.quantization == "none" else None
+    model = models.load_model(a.folder, quantization=a.quantization, dtype=dtype)
+    rows = [json.loads(x) for x in Path("data/pydoc_qa/sft.jsonl").read_text().splitlines()[: a.prompts]]
     prompts = [r["messages"][:-1] for r in rows]
-    res = {"model": folder, "prompts": len(prompts), "max_new_tokens": 64, "gpu": torch.cuda.get_device_name(0)}
+    res = {"model": a.folder, "quantization": a.quantization, "prompts": len(prompts)}
+    res |= {"max_new_tokens": a.max_new_tokens, "gpu": torch.cuda.get_device_name(0)}
     generate.greedy(model, tok, prompts[:2], 8, batch_size=2)  # warm-up
-    for name, bs in (("one_at_a_time", 1), ("batched_8", 8), ("batched_32", 32)):
+    sizes = [int(b) for b in a.batches.split(",")]
+    for bs in sizes:
+        name = "one_at_a_time" if bs == 1 else f"batched_{bs}"
         torch.cuda.synchronize()
         t = time.perf_counter()
-        answers = generate.greedy(model, tok, prompts, 64, batch_size=bs)
+        answers = generate.greedy(model, tok, prompts, a.max_new_tokens, batch_size=bs)
         torch.cuda.synchronize()
         s = time.perf_counter() - t
-        n = sum(a.new_tokens for a in answers)
+        n = sum(x.new_tokens for x in answers)
         res[name] = {"seconds": round(s, 2), "tokens": n, "tokens_per_s": round(n / s, 1)}
         print(name, res[name], flush=True)
     base = res["one_at_a_time"]["tokens_per_s"]
-    res["ratio_batched_8"] = round(res["batched_8"]["tokens_per_s"] / base, 2)
-    res["ratio_batched_32"] = round(res["batched_32"]["tokens_per_s"] / base, 2)
-    out.write_text(json.dumps(res, indent=1))
+    res |= {f"ratio_batched_{b}": round(res[f"batched_{b}"]["tokens_per_s"] / base, 2) for b in sizes if b != 1}
+    a.out.write_text(json.dumps(res, indent=1))
     print(json.dumps(res))
 
 
