@@ -11,9 +11,12 @@ the notebook.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +75,29 @@ class Runner:
         self.answers: dict[str, dict[str, list[dict[str, Any]]]] = {}  # model -> task -> one outcome per question
 
     def __call__(self, name: str, model: Any, model_args: str) -> None:
-        import lm_eval
         from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
 
         t = time.time()
-        lm = HFLM(pretrained=model, tokenizer=self.tokenizer, batch_size=self.batch_size, max_length=self.max_length)
-        r = lm_eval.simple_evaluate(
+        with _quiet("lm_eval.api.task", "lm_eval.models.huggingface"):  # they warn of what is done here on purpose
+            lm = HFLM(
+                pretrained=model, tokenizer=self.tokenizer, batch_size=self.batch_size, max_length=self.max_length
+            )
+            r = self._evaluate(lm)
+        self.results[name] = _numbers(r["results"])
+        self.answers[name] = {task: [_outcome(x) for x in xs] for task, xs in r.get("samples", {}).items()}
+        self.seconds[name] = round(time.time() - t, 1)
+        self.commands[name] = self.command(model_args)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        keep = {k: r[k] for k in ("results", "versions", "n-shot", "config", "lm_eval_version") if k in r}
+        keep["questions"] = self.answers[name]
+        (self.out_dir / f"{name}.json").write_text(json.dumps(keep, indent=1, default=str), encoding="utf-8")
+        print(f"{name:>7}: lm-eval {self.seconds[name]} s", self.line(name))
+
+    def _evaluate(self, lm: Any) -> dict[str, Any]:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+
+        return lm_eval.simple_evaluate(
             model=lm,
             tasks=self.tasks,
             task_manager=TaskManager(include_path=self.include, metadata=self.metadata),
@@ -87,15 +106,6 @@ class Runner:
             log_samples=True,  # each question's outcome: which ones a tuned model lost (`flips`)
             random_seed=0,
         )
-        self.results[name] = _numbers(r["results"])
-        self.answers[name] = {t: [_outcome(x) for x in xs] for t, xs in r.get("samples", {}).items()}
-        self.seconds[name] = round(time.time() - t, 1)
-        self.commands[name] = self.command(model_args)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        keep = {k: r[k] for k in ("results", "versions", "n-shot", "config", "lm_eval_version") if k in r}
-        keep["questions"] = self.answers[name]
-        (self.out_dir / f"{name}.json").write_text(json.dumps(keep, indent=1, default=str), encoding="utf-8")
-        print(f"{name:>7}: lm-eval {self.seconds[name]} s", self.line(name))
 
     def command(self, model_args: str) -> str:
         """The same evaluation from a shell (the run's tokenizer and chat template come from the folders)."""
@@ -121,6 +131,19 @@ class Runner:
             "seconds": self.seconds,
             "commands": self.commands,
         }
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _outcome(sample: dict[str, Any]) -> dict[str, Any]:
