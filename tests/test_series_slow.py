@@ -1,4 +1,4 @@
-"""The whole series headless on the embedded default model (SmolLM2-135M), as `make run` runs it. Slow: ~17 min
+"""The whole series headless on the embedded default model (SmolLM2-135M), as `make run` runs it. Slow: ~16 min
 on 2 CPU cores. Asserts on what must move: the tuned model beats the base on held-out data, DPO's reward margins
 grow, the exported GGUF files answer like the HF model and stop by themselves.
 
