@@ -159,3 +159,36 @@ def test_killed_dpo_run_resumes_to_the_same_adapter(outputs, tiny_run, crash_at,
     got = load_file(str(st / "adapter" / "adapter_model.safetensors"))
     assert max((got[k] - ref[k]).abs().max().item() for k in ref) < 1e-5
     resilience("fault")
+
+
+def test_kto_is_a_stage03_method_trained_from_unpaired_rows_into_its_own_adapter(outputs, tiny_run):
+    st = _run03(outputs, tiny_run, "kto", method="kto", max_steps=4, eval_steps=2)
+    s = json.loads((st / "summary.json").read_text())
+    assert s["method"] == "kto" and s["steps"] == 4
+    assert s["first_loss"] == pytest.approx(0.5, abs=1e-3)  # 1 - sigmoid(0): policy == reference, weights 1
+    assert s["reference"]["max_abs_diff_to_policy"] == 0  # the same frozen copy of the SFT adapter as DPO's
+    assert s["guard"]["verdict"].startswith(("KTO improved", "KTO regressed", "no material difference"))
+    assert not (st / "adapter").exists()  # DPO's folder: stage 05 must not score a KTO adapter as DPO
+    saved = load_file(str(st / "adapter_kto" / "adapter_model.safetensors"))
+    sft = load_file(str(outputs / "kto" / "02_train_sft" / "adapter" / "adapter_model.safetensors"))
+    assert max((saved[k] - sft[k]).abs().max().item() for k in sft) > 0  # KTO moved the adapter
+    metrics = [json.loads(x) for x in (st / "metrics.jsonl").read_text().splitlines()]
+    assert any("kl" in m for m in metrics) and any("eval_rewards/margins" in m for m in metrics)
+    assert stages.final_method(lambda n: outputs / "kto" / n).name == "kto"  # stage 04/05's adapter="auto"
+
+
+def test_kto_rows_come_from_pairs_and_stage03_names_its_methods():
+    from ftlab import params as P
+    from ftlab.train import kto
+
+    pair = {"prompt": [{"role": "user", "content": "q"}], "chosen": ["good"], "rejected": ["bad"]}
+    assert kto.unpaired([pair]) == [
+        {"prompt": pair["prompt"], "completion": ["good"], "label": True},
+        {"prompt": pair["prompt"], "completion": ["bad"], "label": False},
+    ]
+    assert stages.stage_methods(stages.TRAIN_DPO)[0] == "dpo"  # the default when `method` is not given
+    assert stages.method_of_stage(stages.TRAIN_DPO, {"method": "kto"}).name == "kto"
+    with pytest.raises(ValueError, match="trains one of"):
+        stages.method_of_stage(stages.TRAIN_DPO, {"method": "sft"})
+    with pytest.raises(P.ParamError, match=r"method: expected one of \['dpo', 'kto'\], got 'grpo'"):
+        P.validate(stages.TRAIN_DPO, {"method": "grpo"})

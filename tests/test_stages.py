@@ -38,11 +38,12 @@ def _defaults(stage: str) -> dict:
 
 def _fake_run(outputs, run: str, with_toy: bool) -> None:
     """Adapters and summaries as the training stages leave them (no training needed for the registry's logic)."""
-    methods = [m for m in stages.methods() if with_toy or m.name != TOY.name]
+    each = dict.fromkeys(stages.method_of_stage(m.stage).name for m in stages.methods())  # a stage's default method
+    methods = [stages.method(n) for n in each if with_toy or n != TOY.name]
     for i, m in enumerate(methods):
         d = stage_dir(run, m.stage)
-        (d / "adapter").mkdir(parents=True)
-        (d / "adapter" / "adapter_config.json").write_text("{}")
+        m.adapter_dir(lambda s: stage_dir(run, s)).mkdir(parents=True)
+        (m.adapter_dir(lambda s: stage_dir(run, s)) / "adapter_config.json").write_text("{}")
         econ = telemetry.economics(None, 60.0 * (i + 1), 65.0, 0.3, 0.0)
         summary = {
             "train_seconds": 60.0 * (i + 1),
@@ -70,11 +71,12 @@ def _score(nll: float) -> dict:
 
 
 def test_the_series_as_registered():
-    assert stages.method_names() == ("sft", "dpo")
-    assert stages.first_method().name == "sft" and [m.name for m in stages.lineage("dpo")] == ["sft", "dpo"]
+    assert stages.method_names() == ("sft", "dpo", "kto")
+    assert stages.first_method().name == "sft" and [m.name for m in stages.lineage("kto")] == ["sft", "kto"]
     assert stages.multi_process_stages() == (stages.TRAIN_SFT,)
-    assert stages.adapter_choices() == ("auto", "sft", "dpo")
-    assert stages.compare_choices() == ("base", "sft", "dpo", "merged")
+    assert stages.stage_methods(stages.TRAIN_DPO) == ("dpo", "kto")  # stage 03's `method` choices, default first
+    assert stages.adapter_choices() == ("auto", "sft", "dpo", "kto")
+    assert stages.compare_choices() == ("base", "sft", "dpo", "kto", "merged")
 
 
 def test_a_registered_toy_method_flows_through_params_final_adapter_metrics_verdicts_report_card_and_comparison(

@@ -26,7 +26,7 @@ def collect(run: Path) -> dict[str, Any]:
     (from its registry entry: seconds, peak memory, margins, ...), time and parameters."""
     m = _read(run / "manifest.json")
     st = m.get("stages", {})
-    summaries = {meth.name: _read(run / meth.stage / "summary.json") for meth in stages.methods()}
+    summaries = {meth.name: _trained(_read(run / meth.stage / "summary.json"), meth) for meth in stages.methods()}
     metrics = _read(run / stages.EVALUATE / "metrics.json")
     final = (metrics or {}).get("final")
     first = stages.first_method()
@@ -68,6 +68,13 @@ def collect(run: Path) -> dict[str, Any]:
     row["_samples"] = _jsonl(run / stages.EVALUATE / "samples.jsonl")
     row["_final"] = final
     return row
+
+
+def _trained(summary: dict[str, Any] | None, meth: stages.Method) -> dict[str, Any] | None:
+    """The stage's summary where it trained this method (stage 03 trains one of several; older summaries name none:
+    the stage's default method)."""
+    ran = (summary or {}).get("method", stages.method_of_stage(meth.stage).name)
+    return summary if summary and ran == meth.name else None
 
 
 def _jsonl(p: Path) -> list[dict[str, Any]]:

@@ -220,7 +220,8 @@ def _kto(rec: dict[str, Any]) -> dict[str, Any]:
     raise RowError(
         "kto_row",
         f"a KTO row (label {verdict}): its answers are judged examples, not targets to imitate, so SFT must not "
-        "train them and no stage here trains KTO yet; give SFT rows without `label`, or preference pairs",
+        'train them; give SFT rows without `label`, or preference pairs (stage 03 with method="kto" trains KTO from '
+        "pairs; labelled files are not read yet)",
     )
 
 
@@ -286,7 +287,7 @@ FORMATS: tuple[Format, ...] = (
         preference=True,
         ordered=False,
     ),
-    Format("kto", ("messages", "label"), (), _kto, ordered=False),
+    Format("kto_messages", ("messages", "label"), (), _kto, ordered=False),
     Format("kto_prompt_completion", ("prompt", "completion", "label"), (), _kto, ordered=False),
     Format("messages", ("messages",), (), _messages),
     Format("sharegpt", ("conversations",), ("system",), _sharegpt),

@@ -85,10 +85,15 @@ def _eval_models(v: list) -> list:
     return v
 
 
-def _adapter(v: str) -> str:
-    if v not in stages.adapter_choices():
-        raise ValueError(f"expected one of {list(stages.adapter_choices())}, got {v!r}")
-    return v
+def _one_of(choices: Callable[[], tuple[str, ...]]) -> Callable[[str], str]:
+    """A check against the registry's choices, asked at validation time: a registered method is a choice at once."""
+
+    def check(v: str) -> str:
+        if v not in choices():
+            raise ValueError(f"expected one of {list(choices())}, got {v!r}")
+        return v
+
+    return check
 
 
 def parse_value(text: str) -> Any:
@@ -96,10 +101,8 @@ def parse_value(text: str) -> Any:
     `1e-4` is a float, not the string '1e-4'."""
     import yaml
 
-    if text == "":
-        return ""
-    v = yaml.safe_load(text)
-    if isinstance(v, str):
+    v = yaml.safe_load(text) if text else ""
+    if isinstance(v, str) and v:
         try:
             return float(v) if v.strip().lower() not in ("nan", "inf", "-inf", "infinity") else v
         except ValueError:
@@ -179,11 +182,13 @@ SPECS: dict[str, dict[str, Param]] = {
         **RUN,
         "base_model": Param(str),
         "quantization": Param(str, choices=QUANTIZATION),
+        "method": Param(str, check=_one_of(lambda: stages.stage_methods(stages.TRAIN_DPO))),
         "pairs": Param(str, choices=SELF_PAIRS),
         "self_pairs_max": Param(int, lo=0),
         "eval_pairs": Param(int, lo=0),
         "beta": Param(float, lo=1e-4, hi=10),
         "loss_type": Param(str, choices=DPO_LOSS_TYPES),
+        **{k: Param(float, lo=0, hi=100) for k in ("desirable_weight", "undesirable_weight")},  # KTO's loss weights
         "learning_rate": Param(float, lo=1e-8, hi=1e-2),
         **TRAINING,
         **ECONOMICS,
@@ -195,7 +200,7 @@ SPECS: dict[str, dict[str, Param]] = {
     stages.EXPORT: {
         **RUN,
         "base_model": Param(str),
-        "adapter": Param(str, check=_adapter),
+        "adapter": Param(str, check=_one_of(stages.adapter_choices)),
         "merged_dtype": Param(str, choices=MERGED_DTYPES),
         "gguf_types": Param(list, check=_gguf_types),
         "verify_prompts": Param(int, lo=1, hi=1000),
@@ -332,13 +337,9 @@ def parse_parameters_source(source: str) -> list[DeclaredParam]:
 
 def code_cells(path: Path) -> list[tuple[str, list[str]]]:
     """A notebook's code cells as (source, tags)."""
-    nb = json.loads(Path(path).read_text(encoding="utf-8"))
-    out = []
-    for c in nb["cells"]:
-        if c["cell_type"] == "code":
-            src = c["source"]
-            out.append(("".join(src) if isinstance(src, list) else src, c.get("metadata", {}).get("tags") or []))
-    return out
+    cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+    src = [(c["source"], c.get("metadata", {}).get("tags") or []) for c in cells if c["cell_type"] == "code"]
+    return [("".join(s) if isinstance(s, list) else s, tags) for s, tags in src]
 
 
 def notebook_parameters(path: Path) -> list[DeclaredParam]:

@@ -64,7 +64,8 @@ def training_curves(metrics: list[dict[str, Any]], path: str | Path | None = Non
 
 
 def dpo_curves(metrics: list[dict[str, Any]], path: str | Path | None = None, title: str = "DPO") -> Any:
-    """DPO loss, chosen/rejected rewards and their margin, reward accuracy (train and held-out pairs)."""
+    """Preference loss (DPO, KTO), chosen/rejected rewards and their margin, and reward accuracy (DPO) or the
+    policy's KL to the reference (KTO), on training batches and held-out pairs."""
     import matplotlib.pyplot as plt
 
     tr = [m for m in metrics if "loss" in m]
@@ -73,8 +74,9 @@ def dpo_curves(metrics: list[dict[str, Any]], path: str | Path | None = None, ti
     ax = axes[0]
     ax.plot([m["step"] for m in tr], [m["loss"] for m in tr], label="train loss", color="#4C72B0")
     ax.plot([m["step"] for m in ev], [m["eval_loss"] for m in ev], "o-", label="eval loss", color="#C44E52")
-    ax.axhline(0.6931, ls=":", color="grey", label="ln 2 (no preference)")
-    ax.set(title=f"{title}: loss", xlabel="step", ylabel="DPO loss")
+    if tr:
+        ax.axhline(tr[0]["loss"], ls=":", color="grey", label="start (policy = reference)")
+    ax.set(title=f"{title}: loss", xlabel="step", ylabel=f"{title} loss")
     ax.legend()
     ax = axes[1]
     for k, c in (("rewards/chosen", "#55A868"), ("rewards/rejected", "#C44E52"), ("rewards/margins", "#4C72B0")):
@@ -85,10 +87,15 @@ def dpo_curves(metrics: list[dict[str, Any]], path: str | Path | None = None, ti
     ax.set(title="implicit rewards", xlabel="step", ylabel="beta x log-ratio vs reference")
     ax.legend()
     ax = axes[2]
-    k = "rewards/accuracies"
+    acc = any("rewards/accuracies" in m for m in metrics)
+    k = "rewards/accuracies" if acc else "kl"
     ax.plot([m["step"] for m in tr if k in m], [m[k] for m in tr if k in m], label="train", color="#8172B2")
-    ax.plot([m["step"] for m in ev], [m["eval_" + k] for m in ev], "o-", label="eval pairs", color="#C44E52")
-    ax.set(title="reward accuracy", xlabel="step", ylabel="share chosen > rejected", ylim=(-0.05, 1.05))
+    held = [m for m in ev if "eval_" + k in m]
+    ax.plot([m["step"] for m in held], [m["eval_" + k] for m in held], "o-", label="eval pairs", color="#C44E52")
+    if acc:
+        ax.set(title="reward accuracy", xlabel="step", ylabel="share chosen > rejected", ylim=(-0.05, 1.05))
+    else:
+        ax.set(title="KL to the reference", xlabel="step", ylabel="KL estimate (batch)")
     ax.legend()
     fig.tight_layout()
     return _save(fig, path)

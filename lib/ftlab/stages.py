@@ -109,6 +109,20 @@ _METHODS: list[Method] = [
         curves="dpo_curves",
         columns={"seconds": "train_seconds", "last_margin": "last_margin"},
     ),
+    Method(
+        name="kto",
+        stage=TRAIN_DPO,
+        title="KTO",
+        description="KTO",
+        config="trl:KTOConfig",
+        trainer="trl:KTOTrainer",
+        module="ftlab.train.kto",
+        builds_on="sft",
+        metrics=(*_REWARDS, "kl", "eval_kl"),
+        curves="dpo_curves",
+        columns={"seconds": "train_seconds", "last_margin": "last_margin"},
+        adapter="adapter_kto",
+    ),
 ]
 
 EXPORT_TARGETS: tuple[ExportTarget, ...] = (
@@ -158,11 +172,20 @@ def method(name: str) -> Method:
     raise ValueError(f"unknown training method {name!r}; the methods are: {', '.join(method_names())}")
 
 
-def method_of_stage(stage_name: str) -> Method:
-    for m in _METHODS:
-        if m.stage == stage_name:
-            return m
-    raise ValueError(f"stage {stage_name!r} trains no method; training stages: {[m.stage for m in methods()]}")
+def stage_methods(stage_name: str) -> tuple[str, ...]:
+    """The methods a stage can train (stage 03: dpo, kto), its default first: the choices of its `method` parameter."""
+    return tuple(m.name for m in methods() if m.stage == stage_name)
+
+
+def method_of_stage(stage_name: str, params: dict[str, Any] | None = None) -> Method:
+    """The method a stage trains: the one `params["method"]` names where several share the stage, else its first."""
+    names = stage_methods(stage_name)
+    if not names:
+        raise ValueError(f"stage {stage_name!r} trains no method; training stages: {[m.stage for m in methods()]}")
+    name = (params or {}).get("method") or names[0]
+    if name not in names:
+        raise ValueError(f"stage {stage_name!r} trains one of {list(names)}, not {name!r}")
+    return method(name)
 
 
 def first_method() -> Method:
@@ -184,9 +207,11 @@ def log_keys() -> tuple[str, ...]:
 
 
 def final_method(stage_dir: Callable[[str], Path], choice: str = "auto") -> Method:
-    """The run's final adapter: `auto` takes the last method in series order whose stage produced an adapter;
-    a method name takes that one. A clear error when it is missing."""
+    """The run's final adapter: `auto` takes the last method in series order whose stage produced an adapter (of
+    methods sharing a stage, the adapter saved last); a method name takes that one. A clear error when it is missing."""
+    order = stage_names()
     have = [m for m in methods() if m.has_adapter(stage_dir)]
+    have.sort(key=lambda m: (order.index(m.stage), (m.adapter_dir(stage_dir) / "adapter_config.json").stat().st_mtime))
     pick = (have[-1] if have else None) if choice == "auto" else method(choice)
     if pick is None or pick not in have:
         want = pick or first_method()

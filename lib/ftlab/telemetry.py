@@ -234,7 +234,7 @@ def compute_rows(run_name: str) -> list[dict[str, Any]]:
     from ftlab.paths import stage_dir
 
     rows = []
-    for st in (m.stage for m in stages.methods()):
+    for st in dict.fromkeys(m.stage for m in stages.methods()):  # methods may share a stage
         p = stage_dir(run_name, st) / "summary.json"
         s = json.loads(p.read_text()) if p.exists() else {}
         if "economics" in s:

@@ -82,6 +82,7 @@ class TrainingDashboard:
             ("learning_rate", "lr {:.2e}"),
             ("rewards/margins", "margin {:.3f}"),
             ("rewards/accuracies", "reward acc {:.2f}"),
+            ("kl", "KL {:.3f}"),
             ("tokens_per_s", "{:.0f} tok/s"),
             ("vram_alloc_gib", "vram {:.2f} GiB"),
             ("ram_rss_gib", "ram {:.2f} GiB"),

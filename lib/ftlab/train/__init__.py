@@ -1,4 +1,4 @@
-"""Training: the methods (one module each: `sft`, `dpo`), typed parameters and shared Trainer arguments (`config`),
+"""Training: the methods (one module each: `sft`, `dpo`, `kto`), typed parameters and shared Trainer arguments (`config`),
 callbacks (`callbacks`), checkpoints (`checkpoints`), the preflight and forecast (`preflight`), what surrounds the
 training loop (`watch`), and one stage as a few calls (`fit`). The registry (`ftlab.stages`) says which methods exist.
 """
@@ -11,7 +11,7 @@ from ftlab.train.checkpoints import (
     truncate_metrics,
 )
 from ftlab.train.config import Economics, TrainParams, from_params, lora_config, trainer_args
-from ftlab.train.fit import Job, build, finished, inputs, memory_plan, method_args
+from ftlab.train.fit import Job, build, finished, inputs, memory_plan, method_args, method_module
 from ftlab.train.preflight import TrainingStopped, forecast_and_disk, preflight, worst_case_batch
 from ftlab.train.sft import dataset as encode_dataset
 from ftlab.train.watch import check_same_model, save_adapter, train_watched
@@ -41,6 +41,7 @@ __all__ = [
     "quiet",
     "read_metrics",
     "method_args",
+    "method_module",
     "save_adapter",
     "train_watched",
     "trainer_args",

@@ -14,6 +14,8 @@ from ftlab import data, generate, runs, scoring, stages
 from ftlab.audit import encode
 from ftlab.train.config import TrainParams, from_params
 
+FIRST_LOSS = "ln 2 = 0.693: the loss is -log(sigmoid(beta x margin)); with margin 0, sigmoid(0) = 0.5"
+
 
 @dataclass(frozen=True)
 class Options:
@@ -48,7 +50,7 @@ def dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> Any:
 
 def read_inputs(stage: runs.Stage) -> dict[str, Any]:
     """Stage 01's pairs, train and eval rows and stage 02's adapter, hashed into the manifest."""
-    sft = stages.method(stages.method_of_stage(stage.name).builds_on)
+    sft = stages.method(stages.method_of_stage(stage.name, stage.params).builds_on)
     adapter = stage.input(sft.stage, sft.adapter)
     paths = {k: stage.input(stages.DATA, f"{k}.jsonl") for k in ("prefs", "train", "eval")}
     stage.record_inputs({**paths, "sft_adapter": adapter / "adapter_model.safetensors"})
@@ -174,7 +176,7 @@ def reference_is_sft(model: Any) -> dict[str, Any]:
     ref = {n: p for n, p in model.named_parameters() if ".ref." in n}
     if not ref:
         raise TrainingStopped(
-            "no frozen 'ref' adapter: DPO would compare against the raw base model, not the SFT policy"
+            "no frozen 'ref' adapter: training would compare against the raw base model, not the SFT policy"
         )
     pol = dict(model.named_parameters())
     diff = max(float((p - pol[n.replace(".ref.", ".default.")]).abs().max()) for n, p in ref.items())
@@ -192,7 +194,7 @@ def check_reference(trainer: Any) -> dict[str, Any]:
 
     ref = reference_is_sft(trainer.model)
     if not (ref["max_abs_diff_to_policy"] == 0 and ref["ref_trainable"] == 0 and ref["ref_nonzero"]):
-        raise TrainingStopped(f"the DPO reference is not a frozen copy of the SFT adapter: {ref}")
+        raise TrainingStopped(f"the reference is not a frozen copy of the SFT adapter: {ref}")
     return ref
 
 
@@ -222,7 +224,7 @@ def guard_before(stage: runs.Stage, model: Any, tokenizer: Any, rows: list[dict[
 def guard_after(
     stage: runs.Stage, job: Any, before: dict[str, Any] | None, rows: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The same score with the DPO policy, compared with `before` (paired bootstrap): guard.json and its verdict."""
+    """The same score with the tuned policy, compared with `before` (paired bootstrap): guard.json and its verdict."""
     if job.done:
         return runs.read_json(stage.path("guard.json"))
     after = guard_score(stage, job.trainer.model, job.tokenizer, rows)

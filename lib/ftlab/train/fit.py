@@ -31,15 +31,21 @@ from ftlab.train.watch import (
 def inputs(stage: runs.Stage) -> dict[str, Any]:
     """What the method's stage reads from earlier stages (rows, and the adapter it builds on) plus stage 01's
     stats; hashed into the manifest."""
-    method = stages.method_of_stage(stage.name)
+    method = stages.method_of_stage(stage.name, stage.params)
     got = stages.load(method.module).read_inputs(stage)
     got["stats"] = runs.read_json(stage.input(stages.DATA, "stats.json"))
     return got
 
 
+def method_module(stage: runs.Stage) -> Any:
+    """The module of the method this stage trains, as its `method` parameter says (stage 03: ftlab.train.dpo or
+    ftlab.train.kto): its pairs, reference check, regression guard and summary."""
+    return stages.load(stages.method_of_stage(stage.name, stage.params).module)
+
+
 def finished(stage: runs.Stage) -> bool:
     """The stage already completed with these parameters and its adapter is there: nothing to train again."""
-    method = stages.method_of_stage(stage.name)
+    method = stages.method_of_stage(stage.name, stage.params)
     return stage.previous() is not None and (stage.path(method.adapter) / "adapter_config.json").exists()
 
 
@@ -59,7 +65,7 @@ def memory_plan(
     may define `planned_length(params, device, seq_len)` (packed rows fill max_length). Activation offloading
     'auto' is decided here: on only when the plan does not fit without it and fits with it (`Plan.offload`)."""
     p = stage.params
-    mod = stages.load(stages.method_of_stage(stage.name).module)
+    mod = stages.load(stages.method_of_stage(stage.name, stage.params).module)
     seq_len = mod.planned_length(p, device, seq_len) if hasattr(mod, "planned_length") else seq_len
     r, targets = (p["lora_r"], p["lora_targets"]) if lora is None else (lora.r, lora.target_modules)
     targets = "all-linear" if isinstance(targets, str) else list(targets)
@@ -184,6 +190,7 @@ class Job:
         losses = [m["loss"] for m in metrics if "loss" in m]
         measured = max(m.get("vram_peak_gib", m.get("ram_rss_gib", 0)) for m in [self.pre, *metrics])  # preflight too
         s: dict[str, Any] = {
+            "method": self.method.name,
             "steps": self.result.global_step,
             "train_tokens": metrics[-1]["tokens_seen"] if metrics else 0,
             "train_seconds": round(runtime, 1),
@@ -248,7 +255,7 @@ def build(
     by `dashboard(method, steps)`), extra callbacks and checkpoint marks. `model` or `load()` gives the model; `plan`
     (from `memory_plan`) says whether activation offloading is needed; a finished stage loads nothing and returns a
     Job whose calls read its saved results."""
-    method = stages.method_of_stage(stage.name)
+    method = stages.method_of_stage(stage.name, stage.params)
     t = from_params(TrainParams, stage.params)
     job = Job(stage, method, tokenizer, t.total_steps(len(train_rows)), quantization, device)
     if finished(stage):
@@ -273,8 +280,8 @@ def build(
     )
     quiet(job.trainer)
     rows = len(job.trainer.train_dataset)
-    if getattr(args, "packing", False):  # token-budget batches: the steps follow the packed rows
-        job.steps = t.total_steps(rows)
+    job.steps = t.total_steps(rows)  # the steps follow the rows the trainer got (packed rows; KTO: two per pair)
+    if getattr(args, "packing", False):  # token-budget batches
         print(f"packed {len(train_rows)} conversations into {rows} rows of up to {t.max_length} tokens")
     print(f"{job.steps} optimizer steps of {t.batch_size} x {t.grad_accum} rows")
     job.live.on_record = dashboard(method, job.steps) if dashboard else None

@@ -18,11 +18,13 @@ class TrainingStopped(RuntimeError):
 
 def worst_case_batch(dataset: Any, batch_size: int) -> list[int]:
     """Indices of the `batch_size` longest rows: the batch that sets peak memory."""
-    if "input_ids" in dataset.column_names:
+    names = dataset.column_names
+    if "input_ids" in names:
         lengths = [len(x) for x in dataset["input_ids"]]
-    else:  # a DPO dataset: prompt + the longer of the two answers
-        cols = zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True)
-        lengths = [len(p) + max(len(c), len(r)) for p, c, r in cols]
+    else:  # DPO: prompt + the longer of the two answers; KTO: prompt + its answer (and its KL partner's)
+        answers = [k for k in ("chosen_ids", "rejected_ids", "completion_ids", "KL_completion_ids") if k in names]
+        cols = zip(dataset["prompt_ids"], *(dataset[k] for k in answers), strict=True)
+        lengths = [len(p) + max(len(a) for a in rest) for p, *rest in cols]
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])[:batch_size]
 
 
