@@ -31,8 +31,7 @@ from ftlab.train.watch import (
 def inputs(stage: runs.Stage) -> dict[str, Any]:
     """What the method's stage reads from earlier stages (rows, and the adapter it builds on) plus stage 01's
     stats; hashed into the manifest."""
-    method = stages.method_of_stage(stage.name, stage.params)
-    got = stages.load(method.module).read_inputs(stage)
+    got = method_module(stage).read_inputs(stage)
     got["stats"] = runs.read_json(stage.input(stages.DATA, "stats.json"))
     return got
 
@@ -65,7 +64,7 @@ def memory_plan(
     may define `planned_length(params, device, seq_len)` (packed rows fill max_length). Activation offloading
     'auto' is decided here: on only when the plan does not fit without it and fits with it (`Plan.offload`)."""
     p = stage.params
-    mod = stages.load(stages.method_of_stage(stage.name, stage.params).module)
+    mod = method_module(stage)
     seq_len = mod.planned_length(p, device, seq_len) if hasattr(mod, "planned_length") else seq_len
     r, targets = (p["lora_r"], p["lora_targets"]) if lora is None else (lora.r, lora.target_modules)
     targets = "all-linear" if isinstance(targets, str) else list(targets)

@@ -22,6 +22,7 @@ from ftlab.train.dpo import (  # noqa: F401 - stage 03's shared steps, called th
     make_pairs,
     read_inputs,
     summary,
+    trainer_kwargs,
 )
 
 FIRST_LOSS = "0.5: each row's loss is 1 - sigmoid(beta x (reward - KL)), and reward = KL = 0 when policy == reference"
@@ -39,10 +40,6 @@ def config_kwargs(
     out_dir: Path, t: TrainParams, o: Options, device: str, attn: str | None, offload_needed: bool = False
 ) -> dict[str, Any]:
     return {"beta": o.beta, "desirable_weight": o.desirable_weight, "undesirable_weight": o.undesirable_weight}
-
-
-def trainer_kwargs(o: Options) -> dict[str, Any]:
-    return {}  # the model is already the SFT adapter; TRL adds its frozen `ref` copy
 
 
 def unpaired(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
