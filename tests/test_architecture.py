@@ -21,7 +21,7 @@ MODULES = sorted(p for p in LIB.rglob("*.py"))
 
 # Each module may import only modules of its own layer or of a layer above it (listed earlier); never in a cycle.
 LAYERS = [
-    {"stages", "formats", "files"},  # the registry, the input layouts, reading files: import nothing of ftlab
+    {"stages", "formats", "files", "cells"},  # the registry, input layouts, reading files and notebook cells: no ftlab
     {"paths"},
     {"params"},  # parameter specs and the vocabularies
     {"devices", "attention", "runs", "telemetry", "progress", "served", "metrics"},

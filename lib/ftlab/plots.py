@@ -101,6 +101,38 @@ def dpo_curves(metrics: list[dict[str, Any]], path: str | Path | None = None, ti
     return _save(fig, path)
 
 
+def grpo_curves(metrics: list[dict[str, Any]], path: str | Path | None = None, title: str = "GRPO") -> Any:
+    """GRPO: the mean reward of the sampled answers (band: their std) and each reward function's mean, the answers'
+    length and how many ran into max_completion_length, and the KL to the reference (beta > 0) or the loss."""
+    import matplotlib.pyplot as plt
+
+    tr = [m for m in metrics if "reward" in m]
+    ev = [m for m in metrics if "eval_reward" in m]
+    steps = [m["step"] for m in tr]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    ax = axes[0]
+    mean, std = [m["reward"] for m in tr], [m.get("reward_std", 0.0) for m in tr]
+    ax.plot(steps, mean, label="mean reward", color="#4C72B0")
+    ax.fill_between(steps, [a - b for a, b in zip(mean, std)], [a + b for a, b in zip(mean, std)], alpha=0.2)
+    for k in sorted({k for m in tr for k in m if k.startswith("rewards/") and k.endswith("/mean")}):
+        ax.plot(steps, [m.get(k) for m in tr], ls=":", label=k.split("/")[1])
+    ax.plot([m["step"] for m in ev], [m["eval_reward"] for m in ev], "o-", label="eval prompts", color="#C44E52")
+    ax.set(title=f"{title}: reward", xlabel="step", ylabel="reward (sum of the functions)")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    ax.plot(steps, [m.get("completions/mean_length") for m in tr], label="mean length", color="#55A868")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [m.get("completions/clipped_ratio") for m in tr], ls="--", color="#C44E52", label="cut off")
+    ax2.set(ylabel="share cut at max_completion_length", ylim=(-0.05, 1.05))
+    ax.set(title="answers", xlabel="step", ylabel="tokens")
+    ax = axes[2]
+    k = "kl" if any("kl" in m for m in tr) else "loss"
+    ax.plot([m["step"] for m in metrics if k in m], [m[k] for m in metrics if k in m], color="#8172B2")
+    ax.set(title="KL to the reference" if k == "kl" else f"{title} loss", xlabel="step", ylabel=k)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def eval_bars(scores: dict[str, dict[str, Any]], path: str | Path | None = None) -> Any:
     """Held-out NLL (with a bootstrap 95% CI of the mean) and ROUGE-L per model."""
     import matplotlib.pyplot as plt

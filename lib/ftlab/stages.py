@@ -65,6 +65,22 @@ class ExportTarget:
 
 
 _SHARED_KEYS = ("loss", "eval_loss", "grad_norm", "learning_rate")
+_GRPO = tuple(
+    f"{p}{k}"
+    for p in ("", "eval_")
+    for k in (
+        "reward",
+        "reward_std",
+        "frac_reward_zero_std",
+        "kl",
+        "entropy",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+        "rewards/rouge_l/mean",
+        "rewards/ends_cleanly/mean",
+        "rewards/judge_score/mean",
+    )
+)
 _REWARDS = tuple(f"{p}rewards/{k}" for p in ("", "eval_") for k in ("chosen", "rejected", "margins", "accuracies"))
 
 _STAGES: list[StageInfo] = [
@@ -122,6 +138,37 @@ _METHODS: list[Method] = [
         curves="dpo_curves",
         columns={"seconds": "train_seconds", "last_margin": "last_margin"},
         adapter="adapter_kto",
+    ),
+    Method(
+        name="orpo",
+        stage=TRAIN_DPO,
+        title="ORPO",
+        description="ORPO",
+        config="trl.experimental.orpo:ORPOConfig",
+        trainer="trl.experimental.orpo:ORPOTrainer",
+        module="ftlab.train.orpo",
+        builds_on="sft",
+        metrics=(
+            *_REWARDS,
+            *(f"{p}{k}" for p in ("", "eval_") for k in ("nll_loss", "log_odds_ratio", "log_odds_chosen")),
+        ),
+        curves="dpo_curves",
+        columns={"seconds": "train_seconds", "last_margin": "last_margin"},
+        adapter="adapter_orpo",
+    ),
+    Method(
+        name="grpo",
+        stage=TRAIN_DPO,
+        title="GRPO",
+        description="GRPO",
+        config="trl:GRPOConfig",
+        trainer="trl:GRPOTrainer",
+        module="ftlab.train.grpo",
+        builds_on="sft",
+        metrics=_GRPO,
+        curves="grpo_curves",
+        columns={"seconds": "train_seconds", "last_reward": "last_reward"},
+        adapter="adapter_grpo",
     ),
 ]
 

@@ -15,6 +15,8 @@ from ftlab.audit import encode
 from ftlab.train.config import TrainParams, from_params
 
 FIRST_LOSS = "ln 2 = 0.693: the loss is -log(sigmoid(beta x margin)); with margin 0, sigmoid(0) = 0.5"
+FIRST_LOSS_TOL = 1e-3
+SHOWN = ("steps", "first_loss", "last_loss", "first_margin", "last_margin")  # what the notebook's last cell prints
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,12 @@ def config_kwargs(
     return {"beta": o.beta, "loss_type": [o.loss_type]}  # TRL takes a list of losses (weighted sum)
 
 
-def trainer_kwargs(o: Options) -> dict[str, Any]:
+def batch_rows(p: dict[str, Any]) -> int:
+    """Sequences in one batch for the memory plan: each pair runs as two (chosen and rejected)."""
+    return 2 * p["batch_size"]
+
+
+def trainer_kwargs(o: Options, **_: Any) -> dict[str, Any]:
     return {}  # the model is already the SFT adapter; TRL adds its frozen `ref` copy
 
 

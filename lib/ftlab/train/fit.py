@@ -140,6 +140,9 @@ class Job:
             self.params.optim,
             self.stage.path("checkpoints"),
         )
+        for name in ("_metrics", "_stored_metrics"):  # TRL's batch metrics of these test batches are not training's
+            for logged in getattr(self.trainer, name, {}).values():
+                logged.clear()
         return self.pre
 
     def fit(self) -> dict[str, float]:
@@ -234,7 +237,8 @@ def method_args(
     mod = stages.load(method.module)
     t, o = from_params(TrainParams, p), from_params(mod.Options, p)
     own = mod.config_kwargs(out_dir, t, o, device, attn, offload_needed)
-    return stages.load(method.config)(**{**trainer_args(out_dir, t, device), **own})
+    shared = {k: v for k, v in trainer_args(out_dir, t, device).items() if k not in getattr(mod, "NOT_ARGS", ())}
+    return stages.load(method.config)(**{**shared, **own})
 
 
 def build(
@@ -249,10 +253,12 @@ def build(
     load: Callable[[], Any] | None = None,
     dashboard: Callable[[stages.Method, int], Callable[[dict[str, Any]], None]] | None = None,
     plan: Any = None,
+    extra: dict[str, Any] | None = None,
 ) -> Job:
     """The stage's trainer: the method's TRL config and trainer from the registry, its datasets, live metrics (shown
     by `dashboard(method, steps)`), extra callbacks and checkpoint marks. `model` or `load()` gives the model; `plan`
-    (from `memory_plan`) says whether activation offloading is needed; a finished stage loads nothing and returns a
+    (from `memory_plan`) says whether activation offloading is needed; `extra` goes to the method's
+    `trainer_kwargs` (GRPO: its `reward_funcs`); a finished stage loads nothing and returns a
     Job whose calls read its saved results."""
     method = stages.method_of_stage(stage.name, stage.params)
     t = from_params(TrainParams, stage.params)
@@ -275,7 +281,7 @@ def build(
         eval_dataset=mod.dataset(tokenizer, eval_rows, t.max_length),
         processing_class=tokenizer,
         callbacks=[job.live, *extra_callbacks(), CheckpointComplete()],
-        **mod.trainer_kwargs(opts),
+        **mod.trainer_kwargs(opts, **(extra or {})),
     )
     quiet(job.trainer)
     rows = len(job.trainer.train_dataset)

@@ -15,6 +15,9 @@ from typing import Any
 from ftlab.train import dpo
 from ftlab.train.config import TrainParams
 from ftlab.train.dpo import (  # noqa: F401 - stage 03's shared steps, called through this module for KTO
+    FIRST_LOSS_TOL,
+    SHOWN,
+    batch_rows,
     check_reference,
     guard_after,
     guard_before,

@@ -16,10 +16,17 @@ class TrainingStopped(RuntimeError):
     """Training stopped on purpose (NaN/inf loss, out of memory in the preflight); the message says why and what to do."""
 
 
-def worst_case_batch(dataset: Any, batch_size: int) -> list[int]:
-    """Indices of the `batch_size` longest rows: the batch that sets peak memory."""
+def worst_case_batch(dataset: Any, batch_size: int, group: int = 1) -> list[int]:
+    """Indices of the `batch_size` longest rows: the batch that sets peak memory. GRPO (`group` answers sampled per
+    prompt): the batch_size / group longest prompts (by characters: its rows are text), each `group` times."""
     names = dataset.column_names
-    if "input_ids" in names:
+    if group > 1:
+        lengths = [sum(len(m["content"]) for m in p) for p in dataset["prompt"]]
+        longest = sorted(range(len(lengths)), key=lambda i: -lengths[i])[: max(1, batch_size // group)]
+        return [i for i in longest for _ in range(group)]
+    if "chosen_input_ids" in names:  # ORPO: each answer tokenized with its prompt
+        lengths = [max(len(a), len(b)) for a, b in zip(dataset["chosen_input_ids"], dataset["rejected_input_ids"])]
+    elif "input_ids" in names:
         lengths = [len(x) for x in dataset["input_ids"]]
     else:  # DPO: prompt + the longer of the two answers; KTO: prompt + its answer (and its KL partner's)
         answers = [k for k in ("chosen_ids", "rejected_ids", "completion_ids", "KL_completion_ids") if k in names]
@@ -28,12 +35,23 @@ def worst_case_batch(dataset: Any, batch_size: int) -> list[int]:
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])[:batch_size]
 
 
+def _tokens(batch: Any) -> int | None:
+    """Token positions in a collated batch (ORPO: chosen + rejected sequences); None for GRPO, whose step samples
+    its answers."""
+    if not isinstance(batch, dict):
+        return None
+    if "input_ids" in batch:
+        return int(batch["input_ids"].numel())
+    return sum(int(v.numel()) for k, v in batch.items() if k.endswith("_input_ids") and not k.startswith("prompt"))
+
+
 def preflight(trainer: Any, advice: str) -> dict[str, Any]:
     """One training step's forward + backward on the worst-case batch, through the Trainer's own loss path
     (gradient checkpointing, mixed precision, TRL's chunked loss), before the real run. OOM -> TrainingStopped."""
     import torch
 
-    idx = worst_case_batch(trainer.train_dataset, trainer.args.per_device_train_batch_size)
+    group = getattr(trainer, "num_generations", 1)  # GRPO: its step samples the answers it trains on
+    idx = worst_case_batch(trainer.train_dataset, trainer.args.per_device_train_batch_size, group)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in idx])
     model = trainer.model
     if not hasattr(trainer, "current_gradient_accumulation_steps"):  # set inside train(); DPO's loss reads it
@@ -45,7 +63,7 @@ def preflight(trainer: Any, advice: str) -> dict[str, Any]:
     t = time.time()
     model.train()
     try:
-        n_items = int((batch["labels"] != -100).sum()) if "labels" in batch else None
+        n_items = int((batch["labels"] != -100).sum()) if isinstance(batch, dict) and "labels" in batch else None
         loss = trainer.training_step(model, batch, num_items_in_batch=n_items)
     except torch.OutOfMemoryError:
         model.zero_grad(set_to_none=True)
@@ -58,7 +76,7 @@ def preflight(trainer: Any, advice: str) -> dict[str, Any]:
     model.zero_grad(set_to_none=True)
     out = {
         "rows": len(idx),
-        "tokens": int(batch["input_ids"].numel()),
+        "tokens": _tokens(batch),
         "loss": round(float(loss.detach()), 4),
         "seconds": round(time.time() - t, 2),
         "trainable_tensors": len(grads),
@@ -85,7 +103,7 @@ def seconds_per_step(trainer: Any, rows: int) -> float:
     t, k = time.time(), 0
     for i in range(0, n, bs):
         batch = trainer.data_collator([ds[j] for j in range(i, min(i + bs, n))])
-        items = int((batch["labels"] != -100).sum()) if "labels" in batch else None
+        items = int((batch["labels"] != -100).sum()) if isinstance(batch, dict) and "labels" in batch else None
         trainer.training_step(model, batch, num_items_in_batch=items)
         k += 1
     model.zero_grad(set_to_none=True)

@@ -109,7 +109,7 @@ def config_kwargs(
     return out
 
 
-def trainer_kwargs(o: Options) -> dict[str, Any]:
+def trainer_kwargs(o: Options, **_: Any) -> dict[str, Any]:
     """SFTTrainer wraps the base model in a fresh LoRA adapter."""
     return {"peft_config": lora_config(o.lora_r, o.lora_alpha, o.lora_dropout, o.lora_targets)}
 
