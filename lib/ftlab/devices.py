@@ -129,3 +129,26 @@ def summary() -> dict[str, Any]:
             **common,
         }
     return {"type": "cpu", "name": platform.processor() or platform.machine(), **common}
+
+
+_EARLIER_PEAK = {"allocated": 0, "reserved": 0}  # CUDA peaks from before a step measured alone (measure_step_start)
+
+
+def measure_step_start() -> None:
+    """Reset CUDA's peak counters to measure one step alone, keeping the peak so far for the stage's own figure
+    (`gpu_peaks`): stage 04 reports each step's peak and still the whole stage's."""
+    import torch
+
+    _EARLIER_PEAK["allocated"] = max(_EARLIER_PEAK["allocated"], torch.cuda.max_memory_allocated())
+    _EARLIER_PEAK["reserved"] = max(_EARLIER_PEAK["reserved"], torch.cuda.max_memory_reserved())
+    torch.cuda.reset_peak_memory_stats()
+
+
+def gpu_peaks() -> tuple[int, int]:
+    """(allocated, reserved) peak bytes of this process, steps measured alone included."""
+    import torch
+
+    return (
+        max(_EARLIER_PEAK["allocated"], torch.cuda.max_memory_allocated()),
+        max(_EARLIER_PEAK["reserved"], torch.cuda.max_memory_reserved()),
+    )

@@ -178,8 +178,9 @@ def peak_memory() -> dict[str, float]:
     out = {"ram_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}  # Linux: KiB
     torch = sys.modules.get("torch")  # never imported just to say it was not used
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["gpu_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        out["gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+        allocated, reserved = devices.gpu_peaks()
+        out["gpu_allocated_gib"] = round(allocated / 2**30, 2)
+        out["gpu_reserved_gib"] = round(reserved / 2**30, 2)
     return out
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ftlab import runs, stages, telemetry
+from ftlab.export.errors import STEP_GPU_PEAK_GIB
 from ftlab.paths import atomic_write_text, stage_dir
 
 
@@ -158,6 +159,7 @@ def export_summary(
         "gguf_types": list(files),
         **parts,
         "sizes_mb": {"merged": folder_mb(merged), **{t: folder_mb(f) for t, f in files.items()}},
+        "gpu_peak_gib_per_step": dict(STEP_GPU_PEAK_GIB),  # {} on a CPU
         "compute": compute_record(run, runs.load_manifest(run)),
     }
 
