@@ -74,7 +74,8 @@ def test_the_series_as_registered():
     assert stages.method_names() == ("sft", "dpo", "kto", "orpo", "grpo")
     assert stages.first_method().name == "sft" and [m.name for m in stages.lineage("kto")] == ["sft", "kto"]
     assert stages.multi_process_stages() == (stages.TRAIN_SFT,)
-    assert stages.stage_methods(stages.TRAIN_DPO) == ("dpo", "kto", "orpo", "grpo")  # stage 03's `method` choices, default first
+    # stage 03's `method` choices, default first
+    assert stages.stage_methods(stages.TRAIN_DPO) == ("dpo", "kto", "orpo", "grpo")
     assert stages.adapter_choices() == ("auto", "sft", "dpo", "kto", "orpo", "grpo")
     assert stages.compare_choices() == ("base", "sft", "dpo", "kto", "orpo", "grpo", "merged")
 
