@@ -177,15 +177,47 @@ def test_kto_is_a_stage03_method_trained_from_unpaired_rows_into_its_own_adapter
     assert stages.final_method(lambda n: outputs / "kto" / n).name == "kto"  # stage 04/05's adapter="auto"
 
 
+def test_kto_trains_from_a_labelled_file_that_dpo_refuses(outputs, tiny_run, tmp_path):
+    """Stage 01 keeps labelled rows (both KTO layouts) in prefs.jsonl; KTO trains on them as they are (two good answers
+    for each bad one here); DPO stops on them with their line numbers instead of dropping them."""
+    pairs = [json.loads(x) for x in open("data/pydoc_qa/prefs.jsonl").read().splitlines()[:90]]
+    rows = [
+        {"prompt": p["prompt"], "completion": p["chosen"], "label": True}
+        if i % 3
+        else {
+            "messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["rejected"]}],
+            "label": False,
+        }
+        for i, p in enumerate(pairs)
+    ]
+    f = tmp_path / "kto.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tiny_run("kto-file")
+    over = {"run_name": "kto-file", "base_model": "tiny-random", "max_rows": 200, "prefs_path": str(f)}
+    pipeline.run("01", "01", overrides=over, log=lambda *a: None)
+    prefs = data.read_jsonl(outputs / "kto-file" / "01_prepare_data" / "prefs.jsonl")
+    assert prefs and all(set(r) >= {"prompt", "completion", "label"} and "chosen" not in r for r in prefs)
+    st = _run03(outputs, tiny_run, "kto-file", method="kto", max_steps=4, eval_steps=2)
+    s = json.loads((st / "summary.json").read_text())
+    assert s["train_pairs"] + s["eval_pairs"] == len(prefs)  # one answer per labelled row, none lost
+    assert s["desirable"] + s["undesirable"] == s["train_pairs"] and s["desirable"] > 1.5 * s["undesirable"] > 0
+    assert s["first_loss"] == pytest.approx(0.5, abs=1e-3) and (st.parent / "03_train_dpo" / "adapter_kto").is_dir()
+    with pytest.raises(pipeline.StageFailed, match=r"DPO trains on preference pairs .* labelled rows .* lines \d"):
+        _run03(outputs, tiny_run, "kto-file", method="dpo", max_steps=2)
+
+
 def test_kto_rows_come_from_pairs_and_stage03_names_its_methods():
     from ftlab import params as P
     from ftlab.train import kto
 
     pair = {"prompt": [{"role": "user", "content": "q"}], "chosen": ["good"], "rejected": ["bad"]}
-    assert kto.unpaired([pair]) == [
+    labelled = {"prompt": pair["prompt"], "completion": ["meh"], "label": False, "_line": 3}
+    assert kto.unpaired([pair, labelled]) == [
         {"prompt": pair["prompt"], "completion": ["good"], "label": True},
         {"prompt": pair["prompt"], "completion": ["bad"], "label": False},
+        {"prompt": pair["prompt"], "completion": ["meh"], "label": False},
     ]
+    assert kto.labels([pair, labelled]) == (1, 2)
     assert stages.stage_methods(stages.TRAIN_DPO)[0] == "dpo"  # the default when `method` is not given
     assert stages.method_of_stage(stages.TRAIN_DPO, {"method": "kto"}).name == "kto"
     with pytest.raises(ValueError, match="trains one of"):

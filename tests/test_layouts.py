@@ -105,15 +105,27 @@ def test_tool_calls_and_tool_roles_get_a_specific_reason():
 
 
 @pytest.mark.parametrize("label", [True, False])
-def test_kto_rows_are_never_sft_targets(tmp_path, label):
-    with pytest.raises(data.RowError, match="kto_row: a KTO row"):
-        data.normalize({"messages": [U, A], "label": label})
-    with pytest.raises(data.RowError, match="kto_row"):
-        data.normalize({"prompt": "q", "completion": "a", "label": label})
+def test_kto_rows_are_stage03_data_never_sft_targets(tmp_path, label):
+    row, _ = data.normalize({"messages": [U, A], "label": label})
+    assert row == {"prompt": [U], "completion": [A], "label": label}  # the last assistant turn is the judged answer
+    row, _ = data.normalize({"prompt": "q", "completion": "a", "label": label})
+    assert row == {"prompt": [{"role": "user", "content": "q"}], "completion": [{**A, "content": "a"}], "label": label}
     f = tmp_path / "kto.jsonl"
     f.write_text(json.dumps({"messages": [U, A], "label": label}) + "\n" + json.dumps({"messages": [U, A]}) + "\n")
     rows, rejected, _ = data.load(f)
     assert [r.line for r in rows] == [2] and [(r.line, r.reason) for r in rejected] == [(1, "kto_row")]
+    assert 'method="kto"' in rejected[0].detail  # says where such a row belongs
+    rows, rejected, fmt = data.load(f, kind="prefs")
+    assert [r.line for r in rows] == [1] and [(r.line, r.reason) for r in rejected] == [(2, "unknown_schema")]
+    assert fmt == "kto_messages (1)" and data.conversations(rows[0]) == [[U, A]]
+
+
+def test_kto_labels_must_be_booleans_and_judge_an_assistant_turn():
+    for bad in ("yes", 1, None):
+        with pytest.raises(data.RowError, match=r"wrong_type: label must be true \(desirable\) or false"):
+            data.normalize({"prompt": "q", "completion": "a", "label": bad})
+    with pytest.raises(data.RowError, match="no_final_assistant: a labelled conversation must end"):
+        data.normalize({"messages": [U, A, U], "label": True})
 
 
 def test_no_single_row_stops_the_file(tmp_path):

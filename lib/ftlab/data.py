@@ -27,7 +27,7 @@ CHOSEN_REASONS = {"prompt_in_eval", "low_perplexity", "self_answer_matches"}
 @dataclass
 class Row:
     line: int
-    data: dict[str, Any]  # {"messages": [...]} or {"prompt": [...], "chosen": [...], "rejected": [...]}
+    data: dict[str, Any]  # {"messages"}, a pair {"prompt", "chosen", "rejected"} or {"prompt", "completion", "label"}
     extra: dict[str, Any] = field(default_factory=dict)  # fields beyond the schema, kept as they were
     source: str = ""
     unit: str = "line"  # what `line` counts in its file: "line" or "record" (files.read_records)
@@ -40,7 +40,7 @@ class Row:
 
 
 def load(path: str | Path, fmt: str = "auto", kind: str = "chat") -> tuple[list[Row], list[Rejected], str]:
-    """Read and normalize a file of `kind` "chat" (conversations) or "prefs" (preference pairs). Returns accepted
+    """Read and normalize a file of `kind` "chat" (conversations) or "prefs" (pairs, labelled rows). Returns accepted
     rows, rejected rows and the format used."""
     if fmt != "auto" and fmt not in formats.names():
         raise DataError(f"data_format must be one of {['auto', *formats.names()]}, got {fmt!r}")
@@ -60,18 +60,29 @@ def load(path: str | Path, fmt: str = "auto", kind: str = "chat") -> tuple[list[
             detail = "a value nested too deeply to check"
             rejected.append(Rejected(line, "too_deep", detail, _writable(rec), str(path), counts))
             continue
-        is_pref = "chosen" in data
+        is_pref = "prompt" in data  # a pair (prompt/chosen/rejected) or a labelled answer (prompt/completion/label)
         if is_pref != (kind == "prefs"):
-            want = "prompt/chosen/rejected" if kind == "prefs" else "an SFT format"
-            rejected.append(
-                Rejected(
-                    line, "unknown_schema", f"expected {want} in this file, found a {f} row", rec, str(path), counts
-                )
-            )
+            rejected.append(Rejected(line, *_misplaced(f, kind), rec, str(path), counts))
             continue
         used[f] += 1
         rows.append(Row(line, data, extra, str(path), counts))
     return rows, rejected, ", ".join(f"{k} ({v})" for k, v in used.most_common()) or "none"
+
+
+def _misplaced(fmt: str, kind: str) -> tuple[str, str]:
+    """(reason, detail) for a row in the wrong file: SFT rows in prefs_path, or pairs / labelled rows in data_path."""
+    if kind == "prefs":
+        return (
+            "unknown_schema",
+            f"expected prompt/chosen/rejected or a labelled KTO row in this file, found a {fmt} row",
+        )
+    if fmt.startswith("kto_"):
+        detail = (
+            "a labelled answer is judged, not a target to imitate, so SFT must not train it: "
+            'give the file as prefs_path and train it in stage 03 with method="kto"'
+        )
+        return "kto_row", detail
+    return "unknown_schema", f"expected an SFT format in this file, found a {fmt} row"
 
 
 def _writable(rec: Any) -> Any:
@@ -97,7 +108,8 @@ def content_warnings(rows: list[Row], examples: int = 3) -> dict[str, dict[str, 
     placeholders (<image>) in a text-only run, and fields present but not trained (kept beside the row)."""
     found: dict[str, list[tuple[str, int, str]]] = {}
     for r in rows:
-        texts = [m["content"] for part in ("messages", "prompt", "chosen", "rejected") for m in r.data.get(part, [])]
+        parts = ("messages", "prompt", "chosen", "rejected", "completion")
+        texts = [m["content"] for part in parts for m in r.data.get(part, [])]
         for kind, pattern in (("template_placeholder", _PLACEHOLDER), ("media_placeholder", _MEDIA)):
             hit = next((m.group() for t in texts for m in [pattern.search(t)] if m), None)
             if hit:
@@ -226,9 +238,11 @@ def resolve_data_path(p: str) -> Path:
 
 
 def conversations(row: Row) -> list[list[dict[str, str]]]:
-    """The conversations a row trains on: one for SFT, chosen and rejected for a preference pair."""
+    """The conversations a row trains on: one for SFT or a labelled KTO answer, chosen and rejected for a pair."""
     if "messages" in row.data:
         return [row.data["messages"]]
+    if "completion" in row.data:
+        return [row.data["prompt"] + row.data["completion"]]
     return [row.data["prompt"] + row.data["chosen"], row.data["prompt"] + row.data["rejected"]]
 
 

@@ -24,7 +24,7 @@ REASONS = {
     "unknown_role": "a role other than system/user/assistant",
     "tool_turn": "a tool call or tool result turn (tool_calls, tool/function/observation roles): not trained here",
     "media_part": "a non-text content part (image, audio, file): a text model cannot use it",
-    "kto_row": "an unpaired KTO row (a conversation with a true/false label): never an SFT target",
+    "kto_row": "a labelled KTO row (an answer judged true/false): stage 03's data (method kto), never an SFT target",
     "too_deep": "JSON nested too deeply to read safely",
     "turn_order": "turns out of order (system first, then user/assistant alternating)",
     "no_final_assistant": "the conversation does not end with an assistant turn: nothing to learn",
@@ -216,13 +216,20 @@ def _alpaca_preference(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _kto(rec: dict[str, Any]) -> dict[str, Any]:
-    verdict = "desirable" if rec["label"] is True else "undesirable" if rec["label"] is False else repr(rec["label"])
-    raise RowError(
-        "kto_row",
-        f"a KTO row (label {verdict}): its answers are judged examples, not targets to imitate, so SFT must not "
-        'train them; give SFT rows without `label`, or preference pairs (stage 03 with method="kto" trains KTO from '
-        "pairs; labelled files are not read yet)",
-    )
+    """A KTO row (TRL's unpaired layout): a prompt, one answer and a true (desirable) / false (undesirable) label;
+    `messages` rows are the conversation with its last assistant turn as the judged answer."""
+    label = rec["label"]
+    if not isinstance(label, bool):
+        raise RowError("wrong_type", f"label must be true (desirable) or false (undesirable), found {label!r}")
+    if "messages" in rec:
+        msgs = messages(rec["messages"], "messages")
+        if msgs[-1]["role"] != "assistant":
+            raise RowError("no_final_assistant", "a labelled conversation must end with the assistant turn it judges")
+        pmsgs, done = msgs[:-1], msgs[-1:]
+    else:
+        pmsgs, done = prompt(rec["prompt"]), answer(rec["completion"], "completion")
+    check_order(pmsgs + done)
+    return {"prompt": pmsgs, "completion": done, "label": label}
 
 
 def _prompt_completion(rec: dict[str, Any]) -> dict[str, Any]:
@@ -252,7 +259,7 @@ class Format:
     required: tuple[str, ...]  # fields that identify the layout (all must be present)
     optional: tuple[str, ...]  # further fields it reads; every other field is kept as an extra
     convert: Callable[[dict[str, Any]], dict[str, Any]]
-    preference: bool = False  # a prompt with a chosen and a rejected answer (DPO), not a conversation to imitate
+    preference: bool = False  # a judged answer (a chosen/rejected pair, or a labelled one for KTO): stage 03's data
     ordered: bool = True  # check the turn order of the converted conversation (data/README.md has an example each)
 
     @property
@@ -287,8 +294,8 @@ FORMATS: tuple[Format, ...] = (
         preference=True,
         ordered=False,
     ),
-    Format("kto_messages", ("messages", "label"), (), _kto, ordered=False),
-    Format("kto_prompt_completion", ("prompt", "completion", "label"), (), _kto, ordered=False),
+    Format("kto_messages", ("messages", "label"), (), _kto, preference=True, ordered=False),
+    Format("kto_prompt_completion", ("prompt", "completion", "label"), (), _kto, preference=True, ordered=False),
     Format("messages", ("messages",), (), _messages),
     Format("sharegpt", ("conversations",), ("system",), _sharegpt),
     Format("alpaca", ("instruction", "output"), ("input", "system", "history"), _alpaca),

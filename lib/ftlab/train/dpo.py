@@ -91,7 +91,7 @@ def check_pairs(
     keep, rejected = [], []
     for r in rows:
         p = prompt_length(tokenizer, r["prompt"])
-        full = max(len(encode(tokenizer, r["prompt"] + r[k]).input_ids) for k in ("chosen", "rejected"))
+        full = max(len(encode(tokenizer, r["prompt"] + r[k]).input_ids) for k in answer_keys(r))
         line, src = r.get("_line", 0), r.get("_source", "")
         if p > max_prompt_length:
             rejected.append(
@@ -102,6 +102,25 @@ def check_pairs(
         else:
             keep.append({**r, "_tokens": full})
     return keep, rejected
+
+
+def answer_keys(row: dict[str, Any]) -> tuple[str, ...]:
+    """The answers a stage-03 row holds: chosen and rejected for a pair, the one judged answer of a labelled row."""
+    return ("completion",) if "label" in row else ("chosen", "rejected")
+
+
+def refuse_labelled(stage: runs.Stage, rows: list[dict[str, Any]]) -> None:
+    """Pairs-only methods (DPO, ORPO) stop on labelled KTO rows instead of dropping them: say which lines and what
+    to run instead."""
+    lines = [str(r.get("_line", "?")) for r in rows if "label" in r]
+    if lines:
+        title = stages.method_of_stage(stage.name, stage.params).title
+        src = next(r.get("_source", "prefs") for r in rows if "label" in r)
+        raise data.DataError(
+            f"{title} trains on preference pairs (prompt/chosen/rejected), but stage 01's prefs hold {len(lines)} "
+            f"labelled rows (prompt/completion/label; {src} lines {', '.join(lines[:8])}"
+            f'{" ..." if len(lines) > 8 else ""}); train them with method="kto", or give a file of pairs'
+        )
 
 
 def self_pairs(rows: list[dict[str, Any]], answers: list[str]) -> tuple[list[dict[str, Any]], list[data.Rejected]]:
@@ -140,11 +159,16 @@ class Pairs:
         )
 
 
-def make_pairs(stage: runs.Stage, rows: dict[str, Any], model: Any, tokenizer: Any, done: bool) -> Pairs:
+def make_pairs(
+    stage: runs.Stage, rows: dict[str, Any], model: Any, tokenizer: Any, done: bool, labelled: bool = False
+) -> Pairs:
     """Stage 01's pairs and/or self pairs, checked against the length limits (rejects go to pairs_rejected.jsonl),
-    split into training pairs and a seeded held-out set for reward accuracy."""
+    split into training pairs and a seeded held-out set for reward accuracy. `labelled`: stage 01's labelled KTO
+    rows count as pairs do (KTO); otherwise they stop the stage (`refuse_labelled`)."""
     o, t = _opts(stage), stage.params
     pool, skipped = (rows["prefs"] if o.pairs in ("prefs", "both") else []), []
+    if not labelled:
+        refuse_labelled(stage, pool)
     if o.pairs in ("self", "both") and not done:
         src = data.sample([data.Row(r["_line"], r) for r in rows["train"]], o.self_pairs_max, t["seed"])
         answers = generate.greedy(model, tokenizer, [r.data["messages"][:-1] for r in src], o.max_new_tokens)
@@ -249,7 +273,7 @@ def summary(
     job: Any, metrics: list[dict[str, Any]], pairs: Pairs, reference: dict[str, Any], guard: dict[str, Any]
 ) -> dict[str, Any]:
     """Stage 03's own summary entries: pairs, reward margins, the reference check and the guard's verdict."""
-    margins = [m for m in metrics if "rewards/margins" in m]
+    margins = [m for m in metrics if "rewards/margins" in m] or [{"rewards/margins": None}]
     return {
         "train_pairs": len(pairs.train),
         "eval_pairs": len(pairs.eval),

@@ -1,9 +1,10 @@
 """KTO (TRL's KTOTrainer) on top of the SFT adapter: thumbs-up / thumbs-down rows instead of pairs.
 
-Each preference pair becomes two unpaired rows: the chosen answer labelled desirable, the rejected one undesirable
-(a file of labelled rows is the KTO layout stage 01 names; pairs are what it validates today). Everything around the
-trainer is stage 03's as for DPO (`ftlab.train.dpo`): the same pairs and length checks, the same frozen `ref` copy of
-the SFT adapter (TRL's KTOTrainer adds it as DPOTrainer does), the same before/after regression guard.
+The rows come from stage 01's prefs file: labelled rows (`kto_messages`, `kto_prompt_completion`: one answer judged
+true = desirable or false = undesirable) are used as they are, and each preference pair becomes two such rows (the
+chosen answer desirable, the rejected one undesirable); a file may hold both. Everything around the trainer is stage
+03's as for DPO (`ftlab.train.dpo`): the same length checks and held-out split, the same frozen `ref` copy of the SFT
+adapter (TRL's KTOTrainer adds it as DPOTrainer does), the same before/after regression guard.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ from ftlab.train.dpo import (  # noqa: F401 - stage 03's shared steps, called th
     guard_after,
     guard_before,
     load_policy,
-    make_pairs,
     read_inputs,
-    summary,
     trainer_kwargs,
 )
 
@@ -45,13 +44,35 @@ def config_kwargs(
     return {"beta": o.beta, "desirable_weight": o.desirable_weight, "undesirable_weight": o.undesirable_weight}
 
 
+def make_pairs(stage: Any, rows: dict[str, Any], model: Any, tokenizer: Any, done: bool) -> dpo.Pairs:
+    """Stage 03's pairs (`dpo.make_pairs`) with labelled rows allowed; prints how many answers of each kind KTO gets
+    (TRL warns when the weighted ratio of desirable to undesirable answers leaves [1, 4/3])."""
+    pairs = dpo.make_pairs(stage, rows, model, tokenizer, done, labelled=True)
+    good, bad = labels(pairs.train)
+    print(f"KTO answers: {good} desirable, {bad} undesirable ({len(pairs.train)} rows and pairs)")
+    return pairs
+
+
 def unpaired(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pairs -> KTO rows: (prompt, chosen, desirable) and (prompt, rejected, undesirable), in the pairs' order."""
+    """Rows -> KTO rows: a labelled row as it is; a pair as (prompt, chosen, desirable) and (prompt, rejected,
+    undesirable). In the rows' order."""
     return [
-        {"prompt": r["prompt"], "completion": r[k], "label": k == "chosen"}
+        {"prompt": r["prompt"], "completion": r[k], "label": r["label"] if "label" in r else k == "chosen"}
         for r in rows
-        for k in ("chosen", "rejected")
+        for k in dpo.answer_keys(r)
     ]
+
+
+def labels(rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """(desirable, undesirable) answers that `rows` give KTO."""
+    flags = [u["label"] for u in unpaired(rows)]
+    return sum(flags), len(flags) - sum(flags)
+
+
+def summary(job: Any, metrics: list[dict[str, Any]], pairs: dpo.Pairs, reference: Any, guard: Any) -> dict[str, Any]:
+    """Stage 03's summary plus the desirable / undesirable answers KTO trained on."""
+    good, bad = labels(pairs.train)
+    return {**dpo.summary(job, metrics, pairs, reference, guard), "desirable": good, "undesirable": bad}
 
 
 def dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> Any:
