@@ -61,6 +61,7 @@ SHAPES["qwen3-14b-shape"] = dict(
 
 from ftlab import attention, data, memory, models, stages, train  # noqa: E402
 from ftlab.paths import repo_root  # noqa: E402
+from ftlab.train import activations  # noqa: E402
 
 VOCAB = {"llama-1b-shape": 128_256, "llama-8b-shape": 128_256, "qwen3-14b-shape": 151_936}  # the families' own
 
@@ -74,11 +75,14 @@ VARIANTS = {
     "ftlab_offload": (None, {"activation_offloading": "on"}),
     "ftlab_compile": (None, {"compile_blocks": True}),  # torch.compile of each decoder block (benchmark only)
     "ftlab_no_liger": (None, {"liger": False}),
+    "ftlab_full_ckpt": (None, {"gradient_checkpointing": True}),  # every layer recomputed (the default before 'auto')
+    "ftlab_24gb": (None, {"cap_gib": 24}),  # the default on a GPU capped at 24 GiB: the planner keeps fewer layers
 }
+BENCH_ONLY = ("compile_blocks", "cap_gib")  # variant settings that are not stage-02 parameters
 RUNS = [
     (r, w)
     for w in ("fixed", "mix", "chat")
-    for r in ("recipe_b", "ftlab", "unsloth", *(("ftlab_rows",) if w == "mix" else ()))
+    for r in ("recipe_b", "ftlab", "ftlab_full_ckpt", "unsloth", *(("ftlab_rows",) if w == "mix" else ()))
 ]
 
 
@@ -166,7 +170,7 @@ def _params(batch: int, seq: int, steps: int, overrides: dict) -> dict:
         "learning_rate": 2e-4,
         "warmup_steps": 2,
         "optim": "adamw_bnb_8bit",
-        "gradient_checkpointing": True,
+        "gradient_checkpointing": "auto",  # stage 02's default
         "eval_steps": 0,
         "save_steps": 100_000,
         "logging_steps": 1,
@@ -177,7 +181,7 @@ def _params(batch: int, seq: int, steps: int, overrides: dict) -> dict:
         "packing": "auto",
         "padding_free": "auto",
         "activation_offloading": "auto",
-        **{k: v for k, v in overrides.items() if k != "compile_blocks"},
+        **{k: v for k, v in overrides.items() if k not in BENCH_ONLY},
     }
 
 
@@ -245,7 +249,7 @@ def run_one(
     out_dir = Path(tempfile.mkdtemp())
     torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
-    offload_needed = False
+    offload_needed, planned = False, None
     if recipe == "recipe_b":
         model = models.load_model(str(folder), quantization="4bit", dtype=getattr(torch, dtype))  # same NF4 config
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
@@ -262,16 +266,19 @@ def run_one(
             str(folder), quantization="4bit", dtype=getattr(torch, dtype), attn_implementation=attn or p["attention"]
         )
         torch.manual_seed(0)
-        limit, _ = memory.device_limit()  # what stage 02's memory_plan decides for activation offloading 'auto'
-        plan = memory.with_offloading(
+        limit, _ = memory.device_limit()  # what stage 02's memory_plan decides for checkpointing/offloading 'auto'
+        if overrides.get("cap_gib"):  # a smaller card: the allocator refuses more, the planner plans for less
+            limit = overrides["cap_gib"] * 2**30
+            torch.cuda.set_per_process_memory_fraction(limit / torch.cuda.get_device_properties(0).total_memory)
+        plan = memory.training_plan(
             shape,
             limit,
+            p["gradient_checkpointing"],
             p["activation_offloading"],
             quantization="4bit",
             batch_size=batch,
             seq_len=seq,
             lora_r=rank,
-            gradient_checkpointing=True,
             optim=p["optim"],
             cuda=True,
             liger=True,
@@ -280,9 +287,13 @@ def run_one(
         args = train.method_args(
             stages.method("sft"), out_dir, p, "cuda", model.config._attn_implementation, offload_needed
         )
+        keep = activations.setup(args, plan)
         if dtype == "float16":  # what a V100 (no bf16) runs: fp16 compute with loss scaling
             args.bf16, args.fp16 = False, True
-        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora)
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora, callbacks=keep
+        )
+        planned = {"keep_layers": plan.keep_layers, "layers": plan.layers, "estimate_gib": round(plan.total / 2**30, 2)}
         if overrides.get("compile_blocks"):
             for layer in trainer.model.get_base_model().model.layers:
                 layer.compile()
@@ -291,6 +302,10 @@ def run_one(
     clock = StepClock(trainer)
     trainer.add_callback(clock.callback())
     res = trainer.train()
+    recomputed = None
+    if recipe != "unsloth":  # decoder layers still recomputed in backward after training began
+        recomputed = sum(bool(x.gradient_checkpointing) for x in activations.decoder_layers(trainer.model))
+        recomputed = recomputed if trainer.args.gradient_checkpointing else 0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     steady = clock.steps[warmup:]
     secs = sum(s["seconds"] for s in steady)
@@ -327,6 +342,9 @@ def run_one(
         "padding_free": bool(getattr(a, "padding_free", False)),
         "activation_offloading": bool(getattr(a, "activation_offloading", False)),
         "offload_needed_by_planner": offload_needed,
+        "checkpointing_plan": planned,
+        "layers_recomputed": recomputed,
+        "device_cap_gib": overrides.get("cap_gib"),
         "attn_implementation": trainer.model.config._attn_implementation,
         "overrides": overrides,
     }

@@ -85,6 +85,12 @@ class Plan:
     trainable_params: int
     base_params: int
     offload: bool = False  # checkpointed activations kept in CPU memory (activation offloading)
+    keep_layers: int = 0  # decoder layers whose activations stay for backward (not recomputed); all: no checkpointing
+    layers: int = 0
+
+    @property
+    def checkpointing(self) -> bool:
+        return self.keep_layers < self.layers
 
     def gib(self) -> dict[str, float]:
         return {k: round(v / GIB, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -106,11 +112,13 @@ def estimate(
     liger: bool = False,
     fp16_compute: bool = False,
     offload: bool = False,
+    keep_layers: int = 0,
 ) -> Plan:
     """Estimated peak memory in bytes for one training step at (batch_size, seq_len). `liger`: Liger's fused
     linear cross-entropy computes the loss (stage 02 on CUDA); `fp16_compute`: fp16 mixed precision (no bf16);
     `offload`: activation offloading keeps the checkpointed block inputs in CPU memory (two stay on the GPU: the
-    block in use and the next one being fetched)."""
+    block in use and the next one being fetched); `keep_layers`: under checkpointing, that many decoder layers keep
+    their activations instead of recomputing them (selective checkpointing; all layers = no checkpointing)."""
     lin, other = shape.linear_params(), shape.other_params()
     weights = lin * (0.52 if quantization == "4bit" else dtype_bytes) + other * dtype_bytes
     targets = (
@@ -127,10 +135,10 @@ def estimate(
     # fitted on the H100 grid without checkpointing), LoRA adds its r-sized inputs; with checkpointing only each
     # block's input stays, plus one block in flight
     per_layer = tokens * (7 * h + 3 * inter + 2 * lora_r * len(targets)) * dtype_bytes
-    kept = tokens * h * dtype_bytes * shape.layers if gradient_checkpointing else per_layer * shape.layers
-    if offload and gradient_checkpointing:
-        kept = tokens * h * dtype_bytes * min(2, shape.layers)
-    activations = kept + (per_layer if gradient_checkpointing else 0)
+    keep = min(keep_layers, shape.layers) if gradient_checkpointing else shape.layers
+    recomputed = shape.layers - keep
+    kept = tokens * h * dtype_bytes * (min(2, recomputed) if offload else recomputed) + per_layer * keep
+    activations = kept + (per_layer if recomputed else 0)
     if fp16_compute:  # measured: fp16 mixed precision kept about twice the activation memory of bf16 (0.96-1.03x)
         activations *= 2
     # Liger's fused linear cross-entropy holds fp32 logits and their gradient for one chunk of tokens, sized
@@ -155,8 +163,31 @@ def estimate(
         float(total),
         int(trainable),
         int(lin + other),
-        offload and gradient_checkpointing,
+        offload and recomputed > 0,
+        keep,
+        shape.layers,
     )
+
+
+AUTO_SHARE = 0.85  # gradient_checkpointing 'auto' plans to this share of the device (the fit check allows 0.95)
+
+
+def training_plan(shape: Shape, limit_bytes: float, checkpointing: bool | str, offloading: str, **cfg: Any) -> Plan:
+    """The plan for stage 02/03's `gradient_checkpointing` (True, False or 'auto') and `activation_offloading`.
+    'auto' recomputes only what memory needs: it keeps the activations of as many decoder layers as fit under
+    AUTO_SHARE of `limit_bytes` (all of them: no checkpointing, ~25% less compute per step) and checkpoints the rest;
+    when even full checkpointing does not fit, activation offloading 'auto' decides as before."""
+    if checkpointing != "auto":
+        return with_offloading(shape, limit_bytes, offloading, gradient_checkpointing=bool(checkpointing), **cfg)
+    if offloading != "on":
+        fits = [
+            k
+            for k in range(shape.layers, -1, -1)
+            if estimate(shape, **cfg, keep_layers=k).total <= limit_bytes * AUTO_SHARE
+        ]
+        if fits:
+            return estimate(shape, **cfg, keep_layers=fits[0])
+    return with_offloading(shape, limit_bytes, offloading, gradient_checkpointing=True, **cfg)
 
 
 def with_offloading(shape: Shape, limit_bytes: float, setting: str, **cfg: Any) -> Plan:

@@ -41,6 +41,12 @@ def _nonempty(v: str) -> str:
     return v
 
 
+def _bool_or_auto(v: bool | str) -> bool | str:
+    if isinstance(v, str) and v != "auto":
+        raise ValueError(f"expected true, false or 'auto' (the memory plan decides), got {v!r}")
+    return v
+
+
 def _targets(v: str | list) -> str | list:
     if isinstance(v, str) and v != "all-linear":
         raise ValueError(f"expected 'all-linear' or a list of module names like ['q_proj', 'v_proj'], got {v!r}")
@@ -114,7 +120,7 @@ TRAINING = {
     "eval_steps": Param(int, lo=0),
     "save_steps": Param(int, lo=1),
     "logging_steps": Param(int, lo=1),
-    "gradient_checkpointing": Param(bool),
+    "gradient_checkpointing": Param((bool, str), check=_bool_or_auto),
     "optim": Param(str, choices=OPTIMIZERS),
     "seed": Param(int, lo=0),
 }

@@ -41,7 +41,7 @@ class TrainParams:
     eval_steps: int
     save_steps: int
     logging_steps: int
-    gradient_checkpointing: bool
+    gradient_checkpointing: bool | str  # True, False or "auto" (the memory plan decides: ftlab.train.activations)
     optim: str
     seed: int
 
@@ -80,7 +80,7 @@ def trainer_args(out_dir: Path, t: TrainParams, device: str) -> dict[str, Any]:
         weight_decay=0.0,
         max_grad_norm=1.0,
         optim=t.optim,
-        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing=t.gradient_checkpointing is not False,  # "auto": on; the plan may turn layers off
         gradient_checkpointing_kwargs={"use_reentrant": False},
         eval_strategy="steps" if t.eval_steps > 0 else "no",
         eval_steps=t.eval_steps or None,

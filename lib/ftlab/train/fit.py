@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ftlab import devices, memory, models, runs, stages
+from ftlab.train import activations
 from ftlab.train import checkpoints as ck
 from ftlab.train.callbacks import CheckpointComplete, LiveMetrics, extra_callbacks, quiet, read_metrics
 from ftlab.train.config import Economics, TrainParams, from_params, trainer_args
@@ -62,7 +63,8 @@ def memory_plan(
     stops at once when the estimate does not fit the device. `batch_rows` defaults to batch_size (DPO passes two
     sequences per pair); `lora` (a peft LoraConfig) defaults to the stage's lora_r and lora_targets. A method module
     may define `planned_length(params, device, seq_len)` (packed rows fill max_length). Activation offloading
-    'auto' is decided here: on only when the plan does not fit without it and fits with it (`Plan.offload`)."""
+    'auto' is decided here: on only when the plan does not fit without it and fits with it (`Plan.offload`); so is
+    gradient checkpointing 'auto': how many layers keep their activations (`Plan.keep_layers`, `ftlab.train.activations`)."""
     p = stage.params
     mod = method_module(stage)
     seq_len = mod.planned_length(p, device, seq_len) if hasattr(mod, "planned_length") else seq_len
@@ -76,7 +78,6 @@ def memory_plan(
         lora_r=r,
         lora_targets=targets,
         dtype_bytes=devices.dtype_bytes(device),
-        gradient_checkpointing=p["gradient_checkpointing"],
         optim=p["optim"],
         cuda=device == "cuda",
         liger=liger,
@@ -84,10 +85,12 @@ def memory_plan(
     )
     limit, limit_name = memory.device_limit()
     offload = p.get("activation_offloading", "off") if device == "cuda" else "off"  # a CPU has nowhere to offload
-    plan = memory.with_offloading(shape, limit, offload, **cfg)
+    plan = memory.training_plan(shape, limit, p["gradient_checkpointing"], offload, **cfg)
+    print(activations.describe(plan))
     if plan.offload:
         print("activation offloading: on (checkpointed activations wait in CPU memory)")
     print(memory.table(plan, limit, limit_name))
+    cfg["gradient_checkpointing"] = plan.checkpointing
     advice = memory.advice(plan, limit, memory.suggest(shape, limit * 0.9, **cfg))
     if plan.total > limit * 0.95:
         raise TrainingStopped("the configuration does not fit: " + advice)
@@ -274,13 +277,14 @@ def build(
     job.live = LiveMetrics(stage.path("metrics.jsonl"))
     offload = bool(plan is not None and plan.offload)
     args = method_args(method, stage.path("checkpoints"), stage.params, device, attn, offload)
+    keep = activations.setup(args, plan)  # gradient checkpointing 'auto': the plan's layers keep their activations
     job.trainer = stages.load(method.trainer)(
         model=model,
         args=args,
         train_dataset=mod.dataset(tokenizer, train_rows, t.max_length),
         eval_dataset=mod.dataset(tokenizer, eval_rows, t.max_length),
         processing_class=tokenizer,
-        callbacks=[job.live, *extra_callbacks(), CheckpointComplete()],
+        callbacks=[job.live, *extra_callbacks(), CheckpointComplete(), *keep],
         **mod.trainer_kwargs(opts, **(extra or {})),
     )
     quiet(job.trainer)

@@ -58,6 +58,9 @@ def preflight(trainer: Any, advice: str) -> dict[str, Any]:
         trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
     if trainer.args.gradient_checkpointing:  # the Trainer turns it on only inside train(); the preflight needs it now
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs)
+        for cb in trainer.callback_handler.callbacks:  # and keeps the planned layers' activations, as train() will
+            if hasattr(cb, "keep") and hasattr(cb, "apply"):
+                cb.apply(model)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t = time.time()
