@@ -8,6 +8,7 @@ reads every run under the roots that has a finished stage 03 (and 05 / 06 where 
 
 from __future__ import annotations
 
+import csv
 import json
 import platform
 import sys
@@ -64,6 +65,10 @@ def main(roots: list[str]) -> dict:
             runs[run.name] = run_record(run)
         for c in root.glob("*/06_compare_runs/summary.json"):
             compare = json.loads(c.read_text())
+            with (c.parent / "comparison.csv").open() as f:  # stage 06's leaderboard, ranked, empty cells dropped
+                compare["leaderboard"] = [
+                    {k: v for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)
+                ]
     return {
         "what": __doc__.split("\n\n")[0],
         "host": platform.node(),

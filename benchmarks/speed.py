@@ -77,6 +77,7 @@ VARIANTS = {
     "ftlab_no_liger": (None, {"liger": False}),
     "ftlab_full_ckpt": (None, {"gradient_checkpointing": True}),  # every layer recomputed (the default before 'auto')
     "ftlab_24gb": (None, {"cap_gib": 24}),  # the default on a GPU capped at 24 GiB: the planner keeps fewer layers
+    "ftlab_16gb": (None, {"cap_gib": 16}),  # ... at 16 GiB (a V100 / 4080-class card)
 }
 BENCH_ONLY = ("compile_blocks", "cap_gib")  # variant settings that are not stage-02 parameters
 RUNS = [
@@ -537,6 +538,8 @@ def main() -> None:
             dtype = dt[0] if dt else a.dtype
             part = root / f"{recipe}-{workload}-{len(results['runs'])}.json"
             env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+            if recipe.startswith("ftlab"):  # what stage 02 runs with (ftlab.pipeline sets it); others keep theirs
+                env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
             if recipe == "unsloth":
                 env["PYTHONPATH"] = os.pathsep.join([a.unsloth_site, env.get("PYTHONPATH", "")])
                 env["UNSLOTH_DISABLE_STATISTICS"] = "1"

@@ -9,6 +9,7 @@ import pytest
 from ftlab import data, memory, models, params, stages, train
 from ftlab.paths import repo_root
 from ftlab.train import activations
+from ftlab.train.preflight import preflight
 
 GIB = 2**30
 EIGHT_B = memory.Shape(
@@ -40,7 +41,9 @@ def test_the_parameter_takes_true_false_or_auto():
     defaults = {d.name: d.default for d in params.notebook_parameters(nb)}
     assert defaults["gradient_checkpointing"] == "auto"  # the notebooks' default
     for v in (True, False, "auto"):
-        assert params.validate(stages.TRAIN_SFT, {**defaults, "gradient_checkpointing": v})["gradient_checkpointing"] == v
+        assert (
+            params.validate(stages.TRAIN_SFT, {**defaults, "gradient_checkpointing": v})["gradient_checkpointing"] == v
+        )
     with pytest.raises(params.ParamError, match="gradient_checkpointing.*expected true, false or 'auto'"):
         params.validate(stages.TRAIN_SFT, {**defaults, "gradient_checkpointing": "sometimes"})
 
@@ -92,11 +95,14 @@ def test_kept_layers_are_not_recomputed_and_the_losses_do_not_change(tmp_path):
         layers = activations.decoder_layers(trainer.model)
         calls = [0] * len(layers)
         for i, layer in enumerate(layers):  # its MLP runs again in backward when the layer is recomputed
-            layer.mlp.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
+            layer.mlp.register_forward_pre_hook(lambda m, a, i=i, c=calls: c.__setitem__(i, c[i] + 1))
         trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         runs[keep] = (calls, losses, [bool(x.gradient_checkpointing) for x in layers])
     (calls0, loss0, flags0), (calls1, loss1, flags1) = runs[0], runs[1]
+    pre = _trainer(tmp_path, rows, "pre", 1)  # the preflight's worst-case step uses the plan's split too
+    preflight(pre, "advice")
+    assert [bool(x.gradient_checkpointing) for x in activations.decoder_layers(pre.model)] == flags1
     assert all(flags0) and flags1 == [True] * (len(flags1) - 1) + [False]
     assert calls0 == [6] * len(calls0)  # 3 steps x (forward + recompute)
     assert calls1 == [6] * (len(calls1) - 1) + [3]  # the kept layer: forward only

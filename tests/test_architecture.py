@@ -159,4 +159,6 @@ def test_every_format_is_a_data_format_choice_and_detected_by_its_own_fields():
 
 def test_the_notebook_folder_holds_no_run_logs():
     assert not (notebooks_dir() / "runs").exists()
+    stray = [p.name for p in notebooks_dir().iterdir() if p.suffix != ".ipynb" and p.name != ".ipynb_checkpoints"]
+    assert not stray, f"run logs or stores in notebooks/ (they belong in the run folder): {stray}"
     assert "runs/" in (repo_root() / ".gitignore").read_text()

@@ -128,3 +128,26 @@ def test_a_registered_toy_method_flows_through_params_final_adapter_metrics_verd
     assert "toy_score" not in compare.columns()
     with pytest.raises(P.ParamError):
         P.validate(stages.EXPORT, {**_defaults(stages.EXPORT), "adapter": "toy"})
+
+
+def test_compare_ranks_a_method_sweep_by_each_runs_stage03_guard(outputs):
+    """Runs that share stage 02 and differ in stage 03's method (no stage 05): 06 ranks them by the guard's held-out
+    score of the method each trained, and shows every method's guard columns beside its own."""
+    for method, nll, rouge in (("dpo", 2.66, 0.29), ("kto", 2.60, 0.31), ("orpo", 2.70, 0.30)):
+        run = outputs / f"sweep-{method}"
+        for st, summary in (
+            (stages.TRAIN_SFT, {"method": "sft", "eval_loss_before": 3.7, "eval_loss_after": 2.74}),
+            (
+                stages.TRAIN_DPO,
+                {"method": method, "guard": {"after": {"nll": nll, "rouge_l": rouge}, "nll_diff": nll - 2.65}},
+            ),
+        ):
+            (run / st).mkdir(parents=True)
+            (run / st / "summary.json").write_text(json.dumps(summary))
+        (run / "manifest.json").write_text(json.dumps({"stages": {}}))
+    rows = [compare.collect(r) for r in compare.find_runs("sweep-*")]
+    board = compare.leaderboard(rows)
+    assert list(board["run"]) == ["sweep-kto", "sweep-dpo", "sweep-orpo"]
+    assert list(board["score_source"]) == ["03 guard (kto)", "03 guard (dpo)", "03 guard (orpo)"]
+    assert board.loc[1, "kto_guard_rouge_l"] == 0.31 and board.loc[1, "kto_guard_nll_diff"] == pytest.approx(-0.05)
+    assert board["dpo_guard_nll"].isna().tolist() == [True, False, True]  # each run shows only what it trained

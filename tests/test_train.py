@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, TrainerControl
 
 from ftlab import memory, pipeline, stages, train
-from ftlab.paths import repo_root
+from ftlab.paths import notebooks_dir, repo_root
 
 LLAMA8B = LlamaConfig(
     vocab_size=128256,
@@ -318,6 +318,15 @@ def test_tensorboard_logging_stays_in_the_stage_folder(outputs, prepared):
     st = _run02(outputs, prepared, "tb", max_steps=2, eval_steps=0, report_to="tensorboard")
     events = list((st / "checkpoints").rglob("events.out.tfevents.*"))
     assert events and all(st in e.parents for e in events)
+    assert not (notebooks_dir() / "runs").exists()  # the eval before training logs first: not into the kernel's cwd
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for e in events:
+        acc = EventAccumulator(str(e))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"eval/loss", "train/loss"} <= tags  # both the eval before training and the training steps
 
 
 def test_mlflow_logs_params_every_step_and_the_adapter_into_the_run_folder(outputs, prepared):

@@ -22,7 +22,8 @@ def find_runs(pattern: str, exclude: str = "") -> list[Path]:
 
 
 def collect(run: Path) -> dict[str, Any]:
-    """One run's numbers: the stage 05 verdict when it ran, else the first method's eval loss; each method's columns
+    """One run's numbers: the stage 05 verdict when it ran, else stage 03's guard score of the method trained last (its
+    held-out NLL and ROUGE-L), else the first method's eval loss; each method's columns
     (from its registry entry: seconds, peak memory, margins, ...), time and parameters."""
     m = _read(run / "manifest.json")
     st = m.get("stages", {})
@@ -47,6 +48,12 @@ def collect(run: Path) -> dict[str, Any]:
         lm = metrics.get("extras", {}).get("lm_eval", {}).get("models", {})  # the harness's local tasks, final model
         row["lm_eval_heldout_acc_norm"] = stages.dig(lm, f"{final}.{harness.HELDOUT_TASK}.acc_norm")
         row["lm_eval_general_acc"] = stages.dig(lm, f"{final}.{harness.FORGETTING_TASK}.acc")
+    elif guarded := [m for m in stages.methods() if stages.dig(summaries[m.name] or {}, "guard.after.nll")]:
+        meth = guarded[-1]  # the method trained last: its model is the run's result
+        after = summaries[meth.name]["guard"]["after"]
+        row.update(
+            score_source=f"{meth.stage[:2]} guard ({meth.name})", heldout_nll=after["nll"], rouge_l=after["rouge_l"]
+        )
     elif summaries[first.name]:
         s = summaries[first.name]
         row.update(
@@ -54,7 +61,7 @@ def collect(run: Path) -> dict[str, Any]:
             heldout_nll=s["eval_loss_after"],
             base_nll=s["eval_loss_before"],
         )
-    row["nll_drop"] = row["base_nll"] - row["heldout_nll"] if "heldout_nll" in row else math.nan
+    row["nll_drop"] = row["base_nll"] - row["heldout_nll"] if "base_nll" in row else math.nan
     for meth in stages.methods():
         if summaries[meth.name]:
             row.update(

@@ -81,6 +81,8 @@ _GRPO = tuple(
         "rewards/judge_score/mean",
     )
 )
+# stage 03's before/after guard (held-out NLL and ROUGE-L of the tuned model, NLL change vs SFT): each method's columns
+_GUARD = {"guard_nll": "guard.after.nll", "guard_rouge_l": "guard.after.rouge_l", "guard_nll_diff": "guard.nll_diff"}
 _REWARDS = tuple(f"{p}rewards/{k}" for p in ("", "eval_") for k in ("chosen", "rejected", "margins", "accuracies"))
 
 _STAGES: list[StageInfo] = [
@@ -123,7 +125,7 @@ _METHODS: list[Method] = [
         builds_on="sft",
         metrics=_REWARDS,
         curves="dpo_curves",
-        columns={"seconds": "train_seconds", "last_margin": "last_margin"},
+        columns={"seconds": "train_seconds", "last_margin": "last_margin", **_GUARD},
     ),
     Method(
         name="kto",
@@ -136,7 +138,7 @@ _METHODS: list[Method] = [
         builds_on="sft",
         metrics=(*_REWARDS, "kl", "eval_kl"),
         curves="dpo_curves",
-        columns={"seconds": "train_seconds", "last_margin": "last_margin"},
+        columns={"seconds": "train_seconds", "last_margin": "last_margin", **_GUARD},
         adapter="adapter_kto",
     ),
     Method(
@@ -153,7 +155,7 @@ _METHODS: list[Method] = [
             *(f"{p}{k}" for p in ("", "eval_") for k in ("nll_loss", "log_odds_ratio", "log_odds_chosen")),
         ),
         curves="dpo_curves",
-        columns={"seconds": "train_seconds", "last_margin": "last_margin"},
+        columns={"seconds": "train_seconds", "last_margin": "last_margin", **_GUARD},
         adapter="adapter_orpo",
     ),
     Method(
@@ -167,7 +169,7 @@ _METHODS: list[Method] = [
         builds_on="sft",
         metrics=_GRPO,
         curves="grpo_curves",
-        columns={"seconds": "train_seconds", "last_reward": "last_reward"},
+        columns={"seconds": "train_seconds", "last_reward": "last_reward", **_GUARD},
         adapter="adapter_grpo",
     ),
 ]

@@ -161,3 +161,22 @@ def quiet(trainer: Any) -> Any:
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
+
+
+def count_pair_tokens(trainer: Any) -> Any:
+    """The Trainer counts tokens from a batch's `input_ids`; ORPO's batches hold `chosen_*` and `rejected_*`
+    sequences (each with its prompt) instead, which it would count as 0 tokens (and 0 tokens/s): count their
+    attention masks there. Other batches are counted by the Trainer itself."""
+    track = getattr(trainer, "_track_num_input_tokens", None)
+    if track is None:
+        return trainer
+
+    def counted(inputs: Any) -> None:
+        keys = ("chosen_attention_mask", "rejected_attention_mask")
+        if isinstance(inputs, dict) and "input_ids" not in inputs and all(k in inputs for k in keys):
+            trainer.state.num_input_tokens_seen += sum(int(inputs[k].sum()) for k in keys)
+        else:
+            track(inputs)
+
+    trainer._track_num_input_tokens = counted
+    return trainer

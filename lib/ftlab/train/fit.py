@@ -15,10 +15,17 @@ from typing import Any
 from ftlab import devices, memory, models, runs, stages
 from ftlab.train import activations
 from ftlab.train import checkpoints as ck
-from ftlab.train.callbacks import CheckpointComplete, LiveMetrics, extra_callbacks, quiet, read_metrics
+from ftlab.train.callbacks import (
+    CheckpointComplete,
+    LiveMetrics,
+    count_pair_tokens,
+    extra_callbacks,
+    quiet,
+    read_metrics,
+)
 from ftlab.train.config import Economics, TrainParams, from_params, trainer_args
 from ftlab.train.preflight import TrainingStopped, forecast_and_disk, preflight
-from ftlab.train.tracking import tracked
+from ftlab.train.tracking import tensorboard_in_output_dir, tracked
 from ftlab.train.watch import (
     attention_warning,
     evaluate_before_training,
@@ -287,7 +294,8 @@ def build(
         callbacks=[job.live, *extra_callbacks(), CheckpointComplete(), *keep],
         **mod.trainer_kwargs(opts, **(extra or {})),
     )
-    quiet(job.trainer)
+    count_pair_tokens(quiet(job.trainer))
+    tensorboard_in_output_dir(job.trainer)
     rows = len(job.trainer.train_dataset)
     job.steps = t.total_steps(rows)  # the steps follow the rows the trainer got (packed rows; KTO: two per pair)
     if getattr(args, "packing", False):  # token-budget batches

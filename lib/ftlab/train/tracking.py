@@ -64,3 +64,16 @@ def tracked(trainer: Any, stage: Any) -> Iterator[Callable[..., None]]:
     else:
         mlflow.end_run()
     print(f"MLflow run {run.info.run_id} in {store_uri(run_folder)} (experiment {name!r})")
+
+
+def tensorboard_in_output_dir(trainer: Any) -> None:
+    """report_to="tensorboard": fix the event folder before the first log. The stage evaluates before training, and
+    transformers' TensorBoardCallback opens its writer on that first log with no folder set, which lands in the
+    kernel's working directory (notebooks/runs/); training would then log there too. This is the folder the callback
+    picks itself at train begin: <output_dir>/runs/<date>_<host>."""
+    from transformers.integrations import TensorBoardCallback
+    from transformers.integrations.integration_utils import default_logdir
+
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback) and cb.logging_dir is None:
+            cb.logging_dir = str(Path(trainer.args.output_dir) / default_logdir())
