@@ -180,13 +180,10 @@ def training_plan(shape: Shape, limit_bytes: float, checkpointing: bool | str, o
     if checkpointing != "auto":
         return with_offloading(shape, limit_bytes, offloading, gradient_checkpointing=bool(checkpointing), **cfg)
     if offloading != "on":
-        fits = [
-            k
-            for k in range(shape.layers, -1, -1)
-            if estimate(shape, **cfg, keep_layers=k).total <= limit_bytes * AUTO_SHARE
-        ]
-        if fits:
-            return estimate(shape, **cfg, keep_layers=fits[0])
+        plans = (estimate(shape, **cfg, keep_layers=k) for k in range(shape.layers, -1, -1))  # most kept first
+        fit = next((p for p in plans if p.total <= limit_bytes * AUTO_SHARE), None)
+        if fit is not None:
+            return fit
     return with_offloading(shape, limit_bytes, offloading, gradient_checkpointing=True, **cfg)
 
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ftlab.train.activations import KeepActivations
 from ftlab.train.callbacks import memory_now
 
 
@@ -59,7 +60,7 @@ def preflight(trainer: Any, advice: str) -> dict[str, Any]:
     if trainer.args.gradient_checkpointing:  # the Trainer turns it on only inside train(); the preflight needs it now
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs)
         for cb in trainer.callback_handler.callbacks:  # and keeps the planned layers' activations, as train() will
-            if hasattr(cb, "keep") and hasattr(cb, "apply"):
+            if isinstance(cb, KeepActivations):
                 cb.apply(model)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
