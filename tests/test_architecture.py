@@ -26,7 +26,7 @@ LAYERS = [
     {"params"},  # parameter specs and the vocabularies
     {"devices", "attention", "runs", "telemetry", "progress", "served", "metrics"},
     {"generate", "audit", "memory", "models", "env"},
-    {"data", "scoring", "teach", "prepare", "harness"},
+    {"data", "scoring", "teach", "prepare", "harness", "layout"},
     {"plots"},
     {"widgets"},
     {"train", "export"},  # packages: every module inside counts as the package

@@ -73,6 +73,23 @@ def cmd_params(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(a: argparse.Namespace) -> int:
+    from ftlab import layout, memory, pipeline, stages
+
+    nb = next(p for p in pipeline.list_notebooks() if p.stem == stages.TRAIN_SFT)
+    try:
+        [(_, values)] = pipeline.plan([nb], {**pipeline.load_params_file(a.f), **{k: _value(v) for k, v in a.p or []}})
+    except P.ParamError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    p = {**{d.name: d.default for d in P.notebook_parameters(nb)}, **values}
+    plan, lay = layout.what_if(p, a.gpu_gib, a.gpus, a.seq)
+    print(f"{p['base_model']}: batch {p['batch_size']} x {a.seq or p['max_length']} tokens, LoRA r{p['lora_r']}")
+    print(memory.table(lay.plan, a.gpu_gib * memory.GIB, f"one GPU ({a.gpu_gib:g} GiB)"))
+    print(layout.describe(lay))
+    return 0 if lay.kind != layout.NONE else 1
+
+
 def cmd_setup(a: argparse.Namespace) -> int:
     from ftlab import export, models, pipeline
 
@@ -108,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     pp = sub.add_parser("params", help="list a notebook's parameters with their comments")
     pp.add_argument("notebook", help="a path or a stage prefix like 02")
     pp.set_defaults(func=cmd_params)
+    pl = sub.add_parser("plan", help="will stage 02 fit these GPUs? the memory estimate, the layout, the command")
+    pl.add_argument("--gpus", type=int, default=1, help="GPUs in the machine (default 1)")
+    pl.add_argument("--gpu-gib", type=float, required=True, help="memory of one GPU in GiB (a 24 GB card: 22)")
+    pl.add_argument("--seq", type=int, default=None, help="tokens per row (default: max_length, the worst case)")
+    pl.add_argument("-f", help="parameters YAML file (params/*.yaml)")
+    pl.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"), help="override one parameter")
+    pl.set_defaults(func=cmd_plan)
     s = sub.add_parser("setup", help="register the Jupyter kernel and convert the embedded model (idempotent)")
     s.add_argument("--tiny", action="store_true", help="also build the tiny random test model")
     s.set_defaults(func=cmd_setup)

@@ -34,6 +34,13 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def gpu_count() -> int:
+    """CUDA GPUs this process sees (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def torch_device(device: str) -> str:
     """This process's own GPU under `accelerate launch` (cuda:LOCAL_RANK), else the device as given."""
     return f"cuda:{process_rank()[1]}" if device == "cuda" else device

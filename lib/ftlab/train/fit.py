@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftlab import devices, memory, models, runs, stages
+from ftlab import devices, layout, memory, models, runs, stages
 from ftlab.train import activations
 from ftlab.train import checkpoints as ck
 from ftlab.train.callbacks import (
@@ -96,11 +96,14 @@ def memory_plan(
     print(activations.describe(plan))
     if plan.offload:
         print("activation offloading: on (checkpointed activations wait in CPU memory)")
-    print(memory.table(plan, limit, limit_name))
+    gpus = devices.gpu_count() if stage.name in stages.multi_process_stages() else min(1, devices.gpu_count())
+    check, layout_text = layout.for_stage(shape, plan, limit, gpus, stage=stage.name, **cfg)
+    print(memory.table(check, limit, limit_name))
+    print(layout_text or "layout: one process on the CPU")
     cfg["gradient_checkpointing"] = plan.checkpointing
-    advice = memory.advice(plan, limit, memory.suggest(shape, limit * 0.9, **cfg))
-    if plan.total > limit * 0.95:
-        raise TrainingStopped("the configuration does not fit: " + advice)
+    advice = memory.advice(check, limit, memory.suggest(shape, limit * 0.9, **cfg))
+    if check.total > limit * 0.95:
+        raise TrainingStopped(f"the configuration does not fit: {advice}\n{layout_text}".rstrip())
     return plan, advice
 
 
