@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from sft_memory import build
+from sft_memory import VOCAB, build
 
 from ftlab import data, models, runs
 from ftlab.paths import repo_root, stage_dir
@@ -68,6 +68,63 @@ def steady_tokens_per_s(run: str) -> float | None:
     return round(statistics.median(rates), 1) if rates else None
 
 
+def _fresh_run(work: Path, run: str) -> None:
+    """A copy of the stage-01 run `prep` under `run`."""
+    shutil.copytree(work / "outputs" / "prep", work / "outputs" / run)
+    m = json.loads((work / "outputs" / run / "manifest.json").read_text())
+    (work / "outputs" / run / "manifest.json").write_text(json.dumps({**m, "run_name": run}))
+
+
+def _adapter(work: Path, run: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(work / "outputs" / run / "02_train_sft" / "adapter" / "adapter_model.safetensors"))
+
+
+def resume_check(work: Path, env: dict, launcher: list[str], train_p: list[str], steps: int, crash: int) -> dict:
+    """Under the launcher (FSDP): an uninterrupted run of `steps` steps, checkpoints every 2; a second run killed
+    after step `crash` (the test suite's fault injector, tests/hooks), then started again with the same command: it
+    must resume from the last complete checkpoint and end where the uninterrupted run ended."""
+    p = [*train_p, "-p", "max_steps", str(steps), "-p", "save_steps", "2"]
+    rec: dict = {"steps": steps, "killed_after_step": crash}
+    _fresh_run(work, "resume-ref")
+    rc, rec["uninterrupted_wall_s"] = sh(
+        [*launcher, "02_train_sft", "-p", "run_name", "resume-ref", *p], work / "logs" / "resume-ref.log", env
+    )
+    _fresh_run(work, "resume-kill")
+    cmd = [*launcher, "02_train_sft", "-p", "run_name", "resume-kill", *p]
+    hooks = str(repo_root() / "tests" / "hooks")
+    crash_env = {
+        **env,
+        "FTLAB_CRASH_AT_STEP": str(crash),
+        "PYTHONPATH": os.pathsep.join((hooks, env.get("PYTHONPATH", ""))),
+    }
+    rc_kill, _ = sh(cmd, work / "logs" / "resume-kill-1.log", crash_env)
+    rc_again, rec["resumed_wall_s"] = sh(cmd, work / "logs" / "resume-kill-2.log", env)
+    rec.update(rc_uninterrupted=rc, rc_killed=rc_kill, rc_resumed=rc_again)
+    if rc or rc_again or not rc_kill:
+        rec["log_tail"] = (work / "logs" / ("resume-ref.log" if rc else "resume-kill-2.log")).read_text()[-3000:]
+        return rec
+    summary = json.loads((work / "outputs" / "resume-kill" / "02_train_sft" / "summary.json").read_text())
+    ref, got = _adapter(work, "resume-ref"), _adapter(work, "resume-kill")
+    diff = max((got[k].float() - ref[k].float()).abs().max().item() for k in ref)
+    scale = max(ref[k].float().abs().max().item() for k in ref)
+    metrics = (work / "outputs" / "resume-kill" / "02_train_sft" / "metrics.jsonl").read_text().splitlines()
+    rec.update(
+        resumed_from=summary["resumed_from"],
+        steps_done=summary["steps"],
+        logged_steps=[json.loads(x)["step"] for x in metrics if '"loss"' in x],
+        same_keys=ref.keys() == got.keys(),
+        adapter_max_abs_diff=diff,
+        adapter_max_abs=scale,
+        last_loss=summary["last_loss"],
+        uninterrupted_last_loss=json.loads(
+            (work / "outputs" / "resume-ref" / "02_train_sft" / "summary.json").read_text()
+        )["last_loss"],
+    )
+    return rec
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -77,7 +134,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--gpus", type=int, default=torch.cuda.device_count())
-    ap.add_argument("--only", nargs="*", default=["single", "ddp", "fsdp"])
+    ap.add_argument("--only", nargs="*", default=["single", "ddp", "fsdp"], help="runs: single ddp fsdp fsdp_resume")
+    ap.add_argument("--cap-gib", type=float, default=None, help="cap each process's GPU memory (FTLAB_GPU_CAP_GIB)")
+    ap.add_argument("--vocab", type=int, default=None, help="vocabulary of the random model (default: the shape's own)")
     ap.add_argument(
         "--warmup",
         type=int,
@@ -90,11 +149,13 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     (work / "logs").mkdir(parents=True)
     tok = models.load_tokenizer("tiny-random")
-    base = build(a.shape, work / "base", tok)
+    base = build(a.shape, work / "base", tok, vocab=a.vocab or VOCAB.get(a.shape))
     rows = mixed_rows(tok, a.seq, 64 * a.batch * max(1, a.gpus))
     with open(work / "long.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     env = {**os.environ, "FTLAB_OUTPUTS": str(work / "outputs")}
+    if a.cap_gib:
+        env["FTLAB_GPU_CAP_GIB"] = str(a.cap_gib)
     common = ["-p", "base_model", str(base), "-p", "max_length", str(a.seq + 64)]
     rc, s01 = sh(
         [
@@ -181,11 +242,12 @@ def main() -> None:
         ],
     }
     results: dict[str, dict] = {}
-    for name in (["warmup"] if a.warmup else []) + a.only:
+    if "fsdp_resume" in a.only:
+        results["fsdp_resume"] = resume_check(work, env, launchers["fsdp"], train_p, steps=6, crash=5)
+        print("fsdp_resume", {k: v for k, v in results["fsdp_resume"].items() if k != "log_tail"}, flush=True)
+    for name in (["warmup"] if a.warmup else []) + [n for n in a.only if n != "fsdp_resume"]:
         run = f"bench-{name}"
-        shutil.copytree(work / "outputs" / "prep", work / "outputs" / run)
-        m = json.loads((work / "outputs" / run / "manifest.json").read_text())
-        (work / "outputs" / run / "manifest.json").write_text(json.dumps({**m, "run_name": run}))
+        _fresh_run(work, run)
         cmd = [*launchers[name.replace("warmup", "single")], "02_train_sft", "-p", "run_name", run, *train_p]
         if name == "warmup":
             cmd += ["-p", "max_steps", str(a.warmup)]
@@ -218,6 +280,8 @@ def main() -> None:
             eval_loss_after=summary["eval_loss_after"],
             per_gpu_train_peak=[r.get("train_peak") for r in info["ranks"]],
             per_gpu_process_peak_allocated_gib=[r.get("process_peak_allocated_gib") for r in info["ranks"]],
+            per_rank_host_peak_rss_gib=[r.get("host_peak_rss_gib") for r in info["ranks"]],
+            load_seconds=summary.get("load_seconds"),
             planner_estimate_gib=summary["memory"]["estimate_gib"]["total"],
         )
         results[name] = rec
@@ -252,6 +316,7 @@ def main() -> None:
             "steps": a.steps,
             "lora_r": a.rank,
             "gpus": a.gpus,
+            "gpu_cap_gib": a.cap_gib,
             "quantization": "4bit nf4 double-quant, quant_storage bf16",
         },
         "stage01_seconds": s01,

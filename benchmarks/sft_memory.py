@@ -51,7 +51,18 @@ SHAPES = {
         num_key_value_heads=8,
         tie_word_embeddings=False,
     ),
+    # Qwen2.5-32B's dimensions in a Llama block (no q/k/v bias: 0.01% of the weights), for the FSDP run of issue 23
+    "qwen2.5-32b-shape": dict(
+        hidden_size=5120,
+        intermediate_size=27648,
+        num_hidden_layers=64,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    ),
 }
+# the families' own vocabularies (random ids beyond the bundled tokenizer's are still valid rows of the embedding)
+VOCAB = {"llama-1b-shape": 128_256, "llama-8b-shape": 128_256, "qwen2.5-32b-shape": 152_064}
 CONFIGS = [  # (shape, quantization, batch, seq)
     ("smollm2-135m-shape", "4bit", 8, 1024),
     ("llama-1b-shape", "4bit", 4, 2048),

@@ -41,6 +41,28 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+CAP_VARIABLE = "FTLAB_GPU_CAP_GIB"  # rehearse a smaller card on a big one: e.g. 22 for a 24 GB card
+
+
+def gpu_cap_bytes() -> float | None:
+    """The per-process GPU memory cap `FTLAB_GPU_CAP_GIB` asks for, in bytes (None: the whole GPU)."""
+    cap = os.environ.get(CAP_VARIABLE)
+    return float(cap) * 2**30 if cap else None
+
+
+def cap_memory() -> float | None:
+    """Apply `FTLAB_GPU_CAP_GIB` to this process's GPU (torch's allocator refuses more, as a smaller card would);
+    returns the cap in bytes. No-op without the variable or without CUDA."""
+    import torch
+
+    cap = gpu_cap_bytes()
+    if cap and torch.cuda.is_available():
+        i = torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(i).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), i)
+    return cap
+
+
 def torch_device(device: str) -> str:
     """This process's own GPU under `accelerate launch` (cuda:LOCAL_RANK), else the device as given."""
     return f"cuda:{process_rank()[1]}" if device == "cuda" else device

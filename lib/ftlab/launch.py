@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -68,6 +69,7 @@ def rank_record(ns: dict[str, Any], seconds: float) -> dict[str, Any]:
 
     rank, local, world = devices.process_rank()
     rec: dict[str, Any] = {"rank": rank, "local_rank": local, "world_size": world, "seconds": round(seconds, 1)}
+    rec["host_peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # KiB on Linux
     live = getattr(ns.get("job"), "live", None)
     if torch.cuda.is_available():
         rec["device"] = torch.cuda.get_device_name(torch.cuda.current_device())

@@ -247,12 +247,17 @@ def table(plan: Plan, device_bytes: float | None, device_name: str = "device mem
 
 
 def device_limit() -> tuple[float, str]:
-    """Bytes training may use: the GPU's total memory, or the RAM available now on a CPU machine."""
+    """Bytes training may use: the GPU's total memory (or the cap `FTLAB_GPU_CAP_GIB` sets, applied here), or the
+    RAM available now on a CPU machine."""
     import psutil
     import torch
 
+    from ftlab import devices
+
     if torch.cuda.is_available():
-        return float(torch.cuda.get_device_properties(0).total_memory), "GPU memory"
+        cap = devices.cap_memory()
+        total = float(torch.cuda.get_device_properties(0).total_memory)
+        return (min(cap, total), f"GPU memory (capped by {devices.CAP_VARIABLE})") if cap else (total, "GPU memory")
     return float(psutil.virtual_memory().available), "available RAM"
 
 

@@ -8,6 +8,7 @@ trainer, its dataset, its options) come from the registry entry (`ftlab.stages`)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,7 +105,7 @@ def memory_plan(
     advice = memory.advice(check, limit, memory.suggest(shape, limit * 0.9, **cfg))
     if check.total > limit * 0.95:
         raise TrainingStopped(f"the configuration does not fit: {advice}\n{layout_text}".rstrip())
-    return plan, advice
+    return check, advice  # under FSDP the per-GPU plan (same checkpointing and offloading as `plan`)
 
 
 @dataclass
@@ -128,6 +129,7 @@ class Job:
     eval_before: float | None = None
     final: dict[str, float] = field(default_factory=dict)
     result: Any = None
+    load_seconds: float | None = None
 
     @property
     def done(self) -> bool:
@@ -217,6 +219,7 @@ class Job:
         s.update(
             eval=self.final,
             resumed_from=self.resume,
+            load_seconds=self.load_seconds,
             quantization=self.quantization,
             device=self.device,
             preflight=self.pre,
@@ -281,7 +284,9 @@ def build(
         return job
     mod = stages.load(method.module)
     opts = from_params(mod.Options, stage.params)
+    t0 = time.time()
     model = model if model is not None else load()
+    job.load_seconds = round(time.time() - t0, 1)
     attn = getattr(model.config, "_attn_implementation", None)
     print(attention_warning(model) or f"attention kernel: {attn}")
     job.live = LiveMetrics(stage.path("metrics.jsonl"))
