@@ -92,3 +92,22 @@ def test_ftlab_plan_answers_from_a_config_folder(tmp_path, gib, rc, says):
     assert says in p.stdout and "32,763,417,600" in p.stdout  # the model's parameters, counted from its config
     bad = subprocess.run([*cmd[:-2], "-p", "lora_rank", "8"], capture_output=True, text=True, cwd=repo_root())
     assert bad.returncode == 2 and "unknown parameter(s) 'lora_rank'" in bad.stderr
+
+
+def test_a_memory_cap_rehearses_a_smaller_card(monkeypatch):
+    """FTLAB_GPU_CAP_GIB=22 on an 80 GiB GPU (CUDA mocked): the allocator is capped and the planner plans for 22."""
+    import torch
+
+    from ftlab import devices
+
+    fractions = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 80 * GIB})())
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, i: fractions.append((f, i)))
+    assert memory.device_limit() == (80 * GIB, "GPU memory") and fractions == []
+    monkeypatch.setenv(devices.CAP_VARIABLE, "22")
+    limit, name = memory.device_limit()
+    assert limit == 22 * GIB and "capped" in name and fractions == [(22 / 80, 0)]
+    monkeypatch.setenv(devices.CAP_VARIABLE, "200")  # more than the card: the card's own memory
+    assert memory.device_limit()[0] == 80 * GIB and fractions[-1] == (1.0, 0)
