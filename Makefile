@@ -43,17 +43,14 @@ browser:
 	      echo "chromium did not install (see /tmp/ftlab-apt.log): the browser tests will be skipped"; fi; }
 
 # The whole test suite (CI runs this through .ci/run).
-# Two worker processes (pytest-xdist): while one waits on a notebook kernel or a subprocess the other computes; the
-# longest tests start first. WORKERS=0 runs everything in this one process, in file order.
-WORKERS ?= 2
 test: setup browser
 	@$(PY) -m ftlab setup --tiny
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -n $(WORKERS) $(ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest $(ARGS)
 
 # Tests without the slow embedded-default runs.
 test-fast: setup
 	@$(PY) -m ftlab setup --tiny
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -n $(WORKERS) -m "not slow" $(ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -m "not slow" $(ARGS)
 
 # JupyterLab on the notebooks with the project's kernel ("Python (ftlab)").
 lab: setup

@@ -13,11 +13,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-# `make test` runs two pytest-xdist workers: each gets its share of the cores (torch and the notebook kernels it starts
-# inherit this), so two computing tests do not fight over the same two cores
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-if _WORKERS > 1:
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 import pytest  # noqa: E402
 
@@ -34,20 +29,8 @@ def outputs(tmp_path, monkeypatch):
     return out
 
 
-# the longest tests start first (on different workers), so none of them is left to run alone at the end
-_LONG_FIRST = ("test_series_slow.py", "test_browser.py", "test_sweep.py", "test_dpo.py", "test_reliability.py")
-
-
-def _start_order(item) -> int:
-    name = item.path.name
-    return _LONG_FIRST.index(name) if name in _LONG_FIRST else len(_LONG_FIRST)
-
-
 def pytest_collection_modifyitems(config, items):
     import torch
-
-    if _WORKERS > 1:
-        items.sort(key=_start_order)  # stable: the order inside a file stays as written
 
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU (results from GPU runs are in benchmarks/results/)")
@@ -133,17 +116,6 @@ def resilience():
         _RESILIENCE["fault injections survived" if kind == "fault" else "bad inputs tried"] += n
 
     return record
-
-
-def pytest_sessionfinish(session):
-    if hasattr(session.config, "workeroutput"):  # an xdist worker: hand the counts to the controller
-        session.config.workeroutput["resilience"] = dict(_RESILIENCE)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error):
-    for k, v in getattr(node, "workeroutput", {}).get("resilience", {}).items():
-        _RESILIENCE[k] += v
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
