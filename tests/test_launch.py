@@ -107,7 +107,12 @@ def test_several_processes_only_for_stages_built_for_them(monkeypatch, capsys, r
     assert "unknown parameter(s) 'lora_rank'" in capsys.readouterr().err
     assert launch.main(["09"]) == 2
     assert "no single notebook matches '09'" in capsys.readouterr().err
-    resilience("bad", 3)
+    monkeypatch.setenv(
+        "ACCELERATE_USE_FSDP", "true"
+    )  # accelerate launch --config_file fsdp_qlora.yaml --num_processes 1
+    assert launch.main(["02", "-p", "run_name", "x"]) == 2
+    assert "FSDP needs two or more GPUs" in capsys.readouterr().err
+    resilience("bad", 4)
 
 
 @pytest.mark.parametrize("name", ["ddp.yaml", "fsdp_qlora.yaml"])

@@ -105,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{nb.stem} runs as one process only (several processes: {', '.join(stages.multi_process_stages())}); "
                 f"run it with `python -m ftlab.launch {nb.stem}` or `python -m ftlab run {nb.name[:2]}`."
             )
+        if world == 1 and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+            raise P.ParamError(
+                "FSDP was asked for with one process: FSDP needs two or more GPUs (on one, torch 2.11's FSDP falls "
+                "back to NO_SHARD and fails in its first forward: benchmarks/results/fsdp_one_process_h200.json). "
+                f"On one GPU run `python -m ftlab.launch {nb.stem} ...`; on several pass --num_processes N."
+            )
     except P.ParamError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
