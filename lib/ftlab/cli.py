@@ -83,7 +83,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     p = {**{d.name: d.default for d in P.notebook_parameters(nb)}, **values}
-    plan, lay = layout.what_if(p, a.gpu_gib, a.gpus, a.seq)
+    _, lay = layout.what_if(p, a.gpu_gib, a.gpus, a.seq)
     print(f"{p['base_model']}: batch {p['batch_size']} x {a.seq or p['max_length']} tokens, LoRA r{p['lora_r']}")
     print(memory.table(lay.plan, a.gpu_gib * memory.GIB, f"one GPU ({a.gpu_gib:g} GiB)"))
     print(layout.describe(lay))
