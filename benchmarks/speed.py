@@ -78,8 +78,15 @@ VARIANTS = {
     "ftlab_full_ckpt": (None, {"gradient_checkpointing": True}),  # every layer recomputed (the default before 'auto')
     "ftlab_24gb": (None, {"cap_gib": 24}),  # the default on a GPU capped at 24 GiB: the planner keeps fewer layers
     "ftlab_16gb": (None, {"cap_gib": 16}),  # ... at 16 GiB (a V100 / 4080-class card)
+    "ftlab_fused": (None, {"fused_lora": True}),  # ftlab.train.fused_lora on every 4-bit LoRA layer
+    "ftlab_fused_full_ckpt": (None, {"fused_lora": True, "gradient_checkpointing": True}),
+    "ftlab_ckpt_offload": (None, {"gradient_checkpointing": True, "activation_offloading": "on"}),  # Unsloth's class
+    "ftlab_fused_ckpt_offload": (
+        None,
+        {"fused_lora": True, "gradient_checkpointing": True, "activation_offloading": "on"},
+    ),
 }
-BENCH_ONLY = ("compile_blocks", "cap_gib")  # variant settings that are not stage-02 parameters
+BENCH_ONLY = ("compile_blocks", "cap_gib", "fused_lora")  # variant settings that are not stage-02 parameters
 RUNS = [
     (r, w)
     for w in ("fixed", "mix", "chat")
@@ -295,6 +302,10 @@ def run_one(
             model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora, callbacks=keep
         )
         planned = {"keep_layers": plan.keep_layers, "layers": plan.layers, "estimate_gib": round(plan.total / 2**30, 2)}
+        if overrides.get("fused_lora"):
+            from ftlab.train import fused_lora
+
+            planned["fused_lora_layers"] = fused_lora.apply(trainer.model)
         if overrides.get("compile_blocks"):
             for layer in trainer.model.get_base_model().model.layers:
                 layer.compile()

@@ -121,6 +121,7 @@ TRAINING = {
     "save_steps": Param(int, lo=1),
     "logging_steps": Param(int, lo=1),
     "gradient_checkpointing": Param((bool, str), check=_bool_or_auto),
+    "fused_lora": Param(str, choices=AUTO_ON_OFF),
     "optim": Param(str, choices=OPTIMIZERS),
     "seed": Param(int, lo=0),
 }

@@ -44,6 +44,7 @@ class TrainParams:
     gradient_checkpointing: bool | str  # True, False or "auto" (the memory plan decides: ftlab.train.activations)
     optim: str
     seed: int
+    fused_lora: str = "auto"  # "auto": 4-bit LoRA layers as one function each on CUDA (ftlab.train.fused_lora)
 
     def total_steps(self, n_rows: int) -> int:
         if self.max_steps > 0:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ftlab import devices, layout, memory, models, runs, stages
-from ftlab.train import activations
+from ftlab.train import activations, fused_lora
 from ftlab.train import checkpoints as ck
 from ftlab.train.callbacks import (
     CheckpointComplete,
@@ -302,6 +302,7 @@ def build(
         callbacks=[job.live, *extra_callbacks(), CheckpointComplete(), *keep],
         **mod.trainer_kwargs(opts, **(extra or {})),
     )
+    fused_lora.setup(job.trainer.model, t.fused_lora, quantization, device)
     count_pair_tokens(quiet(job.trainer))
     tensorboard_in_output_dir(job.trainer)
     rows = len(job.trainer.train_dataset)
