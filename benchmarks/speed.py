@@ -9,7 +9,7 @@ Recipe B is what the tutorials do: load the base in 4-bit NF4 (double quantizati
 `get_peft_model` (LoRA r16 on all linear layers), and train with TRL's SFTTrainer on padded batches.
 Ours ("ftlab") is exactly what stage 02 builds with its defaults: `ftlab.models.load_model(.., "4bit",
 attn_implementation="auto")` (torch's varlen flash kernel on CUDA, non-linear weights in bf16), TRL's SFTTrainer with
-`ftlab.train.method_args` (Liger kernels, token-budget packing, activation offloading only where the planner says the
+`ftlab.train.method_args` (Liger kernels, fused 4-bit LoRA layers, token-budget packing, activation offloading only where the planner says the
 run would not fit) and `ftlab.train.lora_config`. Unsloth runs in its own process with its own site (it pins older
 trl/datasets; `--unsloth-site`), its own loader, LoRA and "unsloth" gradient checkpointing, on the same checkpoint
 and rows, padded batches as its notebooks train. All use 8-bit AdamW (non-paged) and gradient checkpointing.
@@ -61,7 +61,7 @@ SHAPES["qwen3-14b-shape"] = dict(
 
 from ftlab import attention, data, memory, models, stages, train  # noqa: E402
 from ftlab.paths import repo_root  # noqa: E402
-from ftlab.train import activations  # noqa: E402
+from ftlab.train import activations, fused_lora  # noqa: E402
 
 VOCAB = {"llama-1b-shape": 128_256, "llama-8b-shape": 128_256, "qwen3-14b-shape": 151_936}  # the families' own
 
@@ -78,15 +78,15 @@ VARIANTS = {
     "ftlab_full_ckpt": (None, {"gradient_checkpointing": True}),  # every layer recomputed (the default before 'auto')
     "ftlab_24gb": (None, {"cap_gib": 24}),  # the default on a GPU capped at 24 GiB: the planner keeps fewer layers
     "ftlab_16gb": (None, {"cap_gib": 16}),  # ... at 16 GiB (a V100 / 4080-class card)
-    "ftlab_fused": (None, {"fused_lora": True}),  # ftlab.train.fused_lora on every 4-bit LoRA layer
-    "ftlab_fused_full_ckpt": (None, {"fused_lora": True, "gradient_checkpointing": True}),
+    "ftlab_unfused": (None, {"fused_lora": "off"}),  # PEFT's own LoRA forward (the default before fused_lora)
+    "ftlab_unfused_full_ckpt": (None, {"fused_lora": "off", "gradient_checkpointing": True}),
     "ftlab_ckpt_offload": (None, {"gradient_checkpointing": True, "activation_offloading": "on"}),  # Unsloth's class
-    "ftlab_fused_ckpt_offload": (
+    "ftlab_unfused_ckpt_offload": (
         None,
-        {"fused_lora": True, "gradient_checkpointing": True, "activation_offloading": "on"},
+        {"fused_lora": "off", "gradient_checkpointing": True, "activation_offloading": "on"},
     ),
 }
-BENCH_ONLY = ("compile_blocks", "cap_gib", "fused_lora")  # variant settings that are not stage-02 parameters
+BENCH_ONLY = ("compile_blocks", "cap_gib")  # variant settings that are not stage-02 parameters
 RUNS = [
     (r, w)
     for w in ("fixed", "mix", "chat")
@@ -179,6 +179,7 @@ def _params(batch: int, seq: int, steps: int, overrides: dict) -> dict:
         "warmup_steps": 2,
         "optim": "adamw_bnb_8bit",
         "gradient_checkpointing": "auto",  # stage 02's default
+        "fused_lora": "auto",
         "eval_steps": 0,
         "save_steps": 100_000,
         "logging_steps": 1,
@@ -302,10 +303,7 @@ def run_one(
             model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora, callbacks=keep
         )
         planned = {"keep_layers": plan.keep_layers, "layers": plan.layers, "estimate_gib": round(plan.total / 2**30, 2)}
-        if overrides.get("fused_lora"):
-            from ftlab.train import fused_lora
-
-            planned["fused_lora_layers"] = fused_lora.apply(trainer.model)
+        planned["fused_lora_layers"] = fused_lora.setup(trainer.model, p["fused_lora"], "4bit", "cuda")
         if overrides.get("compile_blocks"):
             for layer in trainer.model.get_base_model().model.layers:
                 layer.compile()
