@@ -94,8 +94,12 @@ def test_what_the_fused_path_does_not_handle_goes_through_peft(ids, monkeypatch)
         assert len(calls) == 14
 
 
-def test_the_parameter_fuses_4bit_layers_on_cuda_by_default_and_can_be_turned_off():
+def test_the_parameter_fuses_4bit_layers_on_cuda_by_default_and_can_be_turned_off(monkeypatch):
     assert fused_lora.wanted("auto", "4bit", "cuda")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert not fused_lora.wanted("auto", "4bit", "cuda") and fused_lora.wanted("on", "4bit", "cuda")  # unmeasured
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
     assert not fused_lora.wanted("auto", "4bit", "cpu") and not fused_lora.wanted("auto", "none", "cuda")
     assert fused_lora.wanted("on", "4bit", "cpu") and not fused_lora.wanted("off", "4bit", "cuda")
     m = _model()

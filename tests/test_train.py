@@ -223,7 +223,9 @@ def test_finished_stage_is_not_retrained(outputs, prepared):
 
 
 def test_4bit_qlora_on_cpu_trains_every_lora_layer(outputs, prepared):
-    st = _run02(outputs, prepared, "q4", quantization="4bit", max_steps=2, eval_steps=0)
+    # with the fused layers (the default on CUDA; "on" here, as CPU's "auto" keeps PEFT's forward)
+    st = _run02(outputs, prepared, "q4", quantization="4bit", max_steps=2, eval_steps=0, fused_lora="on")
+    assert "fused QLoRA: 14 4-bit LoRA layers" in (st.parent / "notebooks" / "02_train_sft.ipynb").read_text()
     s = json.loads((st / "summary.json").read_text())
     assert s["quantization"] == "4bit" and s["preflight"]["without_grad"] == 0
     assert math.isfinite(s["last_loss"])

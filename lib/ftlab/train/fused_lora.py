@@ -20,6 +20,8 @@ import types
 
 import torch
 
+from ftlab import layout
+
 MIN_TOKENS = 16  # below this (token-by-token decoding) bitsandbytes' own 4-bit kernels are the faster path
 
 
@@ -100,9 +102,11 @@ def _layers(model):
 
 
 def wanted(setting: str, quantization: str, device: str) -> bool:
-    """The `fused_lora` parameter: "auto" fuses 4-bit LoRA layers on CUDA, "on" wherever there are any (CPU too),
-    "off" keeps PEFT's forward."""
-    return setting == "on" or (setting == "auto" and quantization == "4bit" and device == "cuda")
+    """The `fused_lora` parameter: "auto" fuses 4-bit LoRA layers on CUDA (one process or DDP; not under FSDP, where
+    it has not been measured), "on" wherever there are any (CPU too), "off" keeps PEFT's forward."""
+    if setting != "auto":
+        return setting == "on"
+    return quantization == "4bit" and device == "cuda" and not layout.under_fsdp()[0]
 
 
 def setup(model, setting: str, quantization: str, device: str) -> int:
