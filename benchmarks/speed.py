@@ -168,6 +168,60 @@ class StepClock:
         return _CB()
 
 
+PROFILE_STEP = int(os.environ.get("SPEED_PROFILE_STEP", "0"))  # >0: that optimizer step under torch.profiler
+KERNEL_KINDS = {  # GPU kernel name fragments (lowercase) -> what they are, for a profile's breakdown
+    "matmul": ("gemm", "cutlass", "nvjet", "xmma", "cublas", "sm90_", "sm100_"),
+    "dequantize_4bit": ("dequant",),
+    "attention": ("flash", "fmha", "attention", "attn"),
+    "triton (liger, loss)": ("triton", "_rms", "swiglu", "rope", "cross_entropy"),
+    "copies": ("memcpy", "copy", "cat", "fill"),
+    "elementwise and reductions": ("elementwise", "vectorized", "reduce", "unrolled"),
+}
+
+
+def profiled(trainer, step: int) -> dict:
+    """Profile optimizer step `step` (1-based) of `trainer`: GPU time by kernel kind and the 25 costliest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    found: dict = {}
+
+    class _Prof(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step + 1 == step:
+                found["prof"] = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]).__enter__()
+
+        def on_step_end(self, args, state, control, **kw):
+            if "prof" in found and "summary" not in found:
+                torch.cuda.synchronize()
+                found["prof"].__exit__(None, None, None)
+                found["summary"] = _kernel_summary(found.pop("prof"))
+
+    trainer.add_callback(_Prof())
+    return found
+
+
+def _kernel_summary(prof) -> dict:
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        if us and "cuda" in str(getattr(e, "device_type", "")).lower():
+            rows.append((e.key, us, e.count))
+    total = sum(us for _, us, _ in rows) or 1
+    kinds: dict = {}
+    for name, us, _ in rows:
+        kind = next((k for k, frags in KERNEL_KINDS.items() if any(f in name.lower() for f in frags)), "other")
+        kinds[kind] = kinds.get(kind, 0) + us
+    return {
+        "gpu_ms": round(total / 1e3, 1),
+        "by_kind_ms": {k: round(v / 1e3, 1) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+        "top_kernels": [
+            {"name": n[:120], "ms": round(us / 1e3, 2), "calls": c}
+            for n, us, c in sorted(rows, key=lambda r: -r[1])[:25]
+        ],
+    }
+
+
 def _params(batch: int, seq: int, steps: int, overrides: dict) -> dict:
     return {
         "seed": 0,
@@ -311,13 +365,14 @@ def run_one(
     train.quiet(trainer)
     clock = StepClock(trainer)
     trainer.add_callback(clock.callback())
+    prof = profiled(trainer, PROFILE_STEP) if PROFILE_STEP else {}
     res = trainer.train()
     recomputed = None
     if recipe != "unsloth":  # decoder layers still recomputed in backward after training began
         recomputed = sum(bool(x.gradient_checkpointing) for x in activations.decoder_layers(trainer.model))
         recomputed = recomputed if trainer.args.gradient_checkpointing else 0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    steady = clock.steps[warmup:]
+    steady = [x for i, x in enumerate(clock.steps) if i >= warmup and i + 1 != PROFILE_STEP]  # profiling slows its step
     secs = sum(s["seconds"] for s in steady)
     tok_s = sum(s["tokens"] for s in steady) / secs
     # 6N: the decoder's linear layers plus the lm_head matmul (embedding lookups cost no FLOPs)
@@ -357,6 +412,9 @@ def run_one(
         "device_cap_gib": overrides.get("cap_gib"),
         "attn_implementation": trainer.model.config._attn_implementation,
         "overrides": overrides,
+        "profile_of_step": {"step": PROFILE_STEP, "tokens": clock.steps[PROFILE_STEP - 1]["tokens"], **prof["summary"]}
+        if prof.get("summary")
+        else None,
     }
     shutil.rmtree(out_dir, ignore_errors=True)
     return out
