@@ -77,7 +77,7 @@ def test_the_series_as_registered():
     # stage 03's `method` choices, default first
     assert stages.stage_methods(stages.TRAIN_DPO) == ("dpo", "kto", "orpo", "grpo")
     assert stages.adapter_choices() == ("auto", "sft", "dpo", "kto", "orpo", "grpo")
-    assert stages.compare_choices() == ("base", "sft", "dpo", "kto", "orpo", "grpo", "merged")
+    assert stages.compare_choices() == ("base", "sft", "dpo", "kto", "orpo", "grpo", "final", "merged")
 
 
 def test_a_registered_toy_method_flows_through_params_final_adapter_metrics_verdicts_report_card_and_comparison(
@@ -94,6 +94,13 @@ def test_a_registered_toy_method_flows_through_params_final_adapter_metrics_verd
         _fake_run(outputs, "r", with_toy=True)
         assert stages.final_method(lambda s: stage_dir("r", s)).name == "toy"
         assert stages.final_method(lambda s: stage_dir("before", s)).name == "dpo"  # toy did not run there
+        # stage 05's compare_models: "final" is that adapter, scored once; with none trained, a note says so
+        assert list(evaluation.find("r", ["base", "sft", "final", "toy"])[0]) == ["sft", "toy"]
+        assert list(evaluation.find("before", ["base", "final", "dpo"])[0]) == ["dpo"]
+        assert evaluation.find("nothing-here", ["base", "final"]) == (
+            {},
+            ["final: not evaluated, no stage has trained an adapter yet"],
+        )
         with pytest.raises(FileNotFoundError, match="07_train_toy"):
             stages.final_method(lambda s: stage_dir("before", s), "toy")
         # live metrics keep the method's own log keys

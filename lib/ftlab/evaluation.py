@@ -20,12 +20,14 @@ from ftlab.paths import repo_root, stage_dir
 
 
 def find(run_name: str, compare_models: list[str]) -> tuple[dict[str, Path], list[str]]:
-    """The requested models whose stage produced them (name -> folder), and a note for each one that is missing."""
+    """The requested models whose stage produced them (name -> folder), and a note for each one that is missing.
+    `final` stands for the run's final adapter (`stages.final_method`: DPO's, KTO's, ... or SFT's)."""
     paths = stages.contenders(lambda s: stage_dir(run_name, s))
-    found = {m: p for m, p in paths.items() if m in compare_models and p.exists()}
-    notes = [
+    wanted, notes = stages.expand_final(compare_models, lambda s: stage_dir(run_name, s))
+    found = {m: paths[m] for m in wanted if m in paths and paths[m].exists()}
+    notes += [
         f"{m}: not evaluated, {paths[m]} does not exist (run its stage first)"
-        for m in compare_models
+        for m in wanted
         if m != stages.BASE and m not in found
     ]
     return found, notes

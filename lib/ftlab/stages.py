@@ -181,6 +181,7 @@ EXPORT_TARGETS: tuple[ExportTarget, ...] = (
 )
 BASE = "base"  # the untuned model: the number every method must beat
 MERGED = EXPORT_TARGETS[0].name  # the merged model, scored beside the adapters in stage 05
+FINAL = "final"  # in stage 05's compare_models: the run's final adapter, whichever method trained it last
 
 
 # ---- stages ------------------------------------------------------------------------------------------------------
@@ -271,6 +272,14 @@ def final_method(stage_dir: Callable[[str], Path], choice: str = "auto") -> Meth
     return pick
 
 
+def expand_final(names: list[str], stage_dir: Callable[[str], Path]) -> tuple[list[str], list[str]]:
+    """Stage 05's compare_models with `final` as the run's final adapter (once each); a note when none exists yet."""
+    have = any(m.has_adapter(stage_dir) for m in methods())
+    final = [final_method(stage_dir).name] if have else []
+    out = list(dict.fromkeys(x for n in names for x in (final if n == FINAL else [n])))
+    return out, [] if have or FINAL not in names else [f"{FINAL}: not evaluated, no stage has trained an adapter yet"]
+
+
 def contenders(stage_dir: Callable[[str], Path]) -> dict[str, Path]:
     """What stage 05 can score besides the base: every method's adapter folder and the merged model's folder."""
     out = {m.name: m.adapter_dir(stage_dir) for m in methods()}
@@ -279,7 +288,7 @@ def contenders(stage_dir: Callable[[str], Path]) -> dict[str, Path]:
 
 
 def compare_choices() -> tuple[str, ...]:
-    return (BASE, *method_names(), MERGED)
+    return (BASE, *method_names(), FINAL, MERGED)
 
 
 def adapter_choices() -> tuple[str, ...]:
