@@ -25,6 +25,17 @@ def test_resolve_creates_stage_folder_and_manifest(outputs):
     entry = m["stages"]["00_check_environment"]
     assert entry["params"] == NS and entry["status"] == "running"
     assert m["versions"]["torch"] and m["device"]["type"] in ("cpu", "cuda") and "commit" in m["git"]
+    assert entry["git"] == m["git"]
+
+
+def test_each_stage_records_the_commit_it_ran_at_and_the_run_keeps_its_first(outputs, monkeypatch):
+    monkeypatch.setattr(runs, "git_commit", lambda: {"commit": "a" * 40, "dirty": False})
+    runs.resolve_stage("00_check_environment", dict(NS))
+    monkeypatch.setattr(runs, "git_commit", lambda: {"commit": "b" * 40, "dirty": True})  # the code moved on
+    runs.resolve_stage("00_check_environment", {**NS, "min_ram_gb": 2.0})
+    m = runs.load_manifest("r1")
+    assert m["git"]["commit"] == "a" * 40
+    assert m["stages"]["00_check_environment"]["git"] == {"commit": "b" * 40, "dirty": True}
 
 
 def test_unknown_name_injected_by_papermill_fails_before_any_folder(outputs):

@@ -235,8 +235,8 @@ def resolve_stage(stage: str, ns: dict[str, Any]) -> Stage:
     os.chmod(st.run_dir, 0o700)  # runs hold private data and models trained on it: readable by their owner only
     st.dir.mkdir(exist_ok=True)
     m = load_manifest(st.run_name)
-    if "git" not in m:
-        m["git"] = git_commit()
+    code = git_commit()
+    m.setdefault("git", code)  # the commit the run was created at; each stage records the one it ran at
     m["versions"] = package_versions()
     m["python"] = sys.version.split()[0]
     m["host"] = {"platform": platform.platform(), "user": getpass.getuser()}
@@ -247,6 +247,7 @@ def resolve_stage(stage: str, ns: dict[str, Any]) -> Stage:
         **(prev if same else {}),
         "params": params,
         "started": now(),
+        "git": code,
         "status": prev.get("status") if same else "running",
     }
     save_manifest(st.run_name, m)
