@@ -68,15 +68,29 @@ def test_training_with_fused_layers_follows_the_same_losses(ids):
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
 
 
+def test_with_adapter_dropout_the_fused_path_draws_the_same_masks_and_gradients(ids, monkeypatch):
+    # stage 02's default lora_dropout is 0.05: the dropout module runs in the same order as in PEFT's forward
+    calls = []
+    real = fused_lora.LoRA4bitLinear.apply
+    monkeypatch.setattr(fused_lora.LoRA4bitLinear, "apply", lambda *a: calls.append(1) or real(*a))
+    m = _model(dropout=0.3)
+    m.train()
+    torch.manual_seed(7)
+    loss, grads = _loss_and_grads(m, ids)
+    fused_lora.apply(m)
+    torch.manual_seed(7)
+    loss_f, grads_f = _loss_and_grads(m, ids)
+    assert len(calls) == 14 and loss_f == pytest.approx(loss, rel=1e-6)
+    for n, g in grads.items():
+        assert (grads_f[n] - g).abs().max() <= 1e-5 * g.abs().max(), n
+    torch.manual_seed(8)  # other masks: another loss, so the masks above really were drawn
+    assert _loss_and_grads(m, ids)[0] != loss
+
+
 def test_what_the_fused_path_does_not_handle_goes_through_peft(ids, monkeypatch):
     calls = []
     real = fused_lora.LoRA4bitLinear.apply
     monkeypatch.setattr(fused_lora.LoRA4bitLinear, "apply", lambda *a: calls.append(1) or real(*a))
-    m = _model(dropout=0.1)
-    m.train()
-    fused_lora.apply(m)
-    m(input_ids=ids, labels=ids).loss.backward()
-    assert calls == []  # dropout on the adapter input: PEFT's forward
     m = _model()
     fused_lora.apply(m)
     with torch.no_grad():
