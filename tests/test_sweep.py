@@ -59,23 +59,25 @@ def _sweep(outputs, *args):
 
 
 def test_cohort_sweep_broken_file_fails_alone_then_compare_runs(outputs, tmp_path):
-    assert len(COHORT) >= 4
-    files = [shutil.copy(f, tmp_path / f.name) for f in COHORT]
+    assert len(COHORT) >= 4  # the shipped cohort; two of its students are swept here (each file runs the same way,
+    # and every cohort file's values are validated in test_notebooks_static): 3 notebooks a student, ~75 s on CI
+    cohort = COHORT[:2]
+    files = [shutil.copy(f, tmp_path / f.name) for f in cohort]
     broken = tmp_path / "zed.yaml"
     broken.write_text("run_name: cohort-zed\nlora_r: lots  # not a number\n")
     r = _sweep(outputs, *map(str, files), str(broken), "--to", "02", *TINY)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "1 of 5 parameter set(s) are invalid" in r.stdout and "lora_r='lots'" in r.stdout
-    assert "sweep: 4 ran, 0 skipped (complete), 1 failed" in r.stdout
+    assert "1 of 3 parameter set(s) are invalid" in r.stdout and "lora_r='lots'" in r.stdout
+    assert "sweep: 2 ran, 0 skipped (complete), 1 failed" in r.stdout
     assert not (outputs / "cohort-zed").exists()  # nothing written for the broken file
-    for f in COHORT:
+    for f in cohort:
         run = outputs / f"cohort-{f.stem}"
         m = json.loads((run / "manifest.json").read_text())
         assert m["stages"]["02_train_sft"]["status"] == "complete"
         assert (run / "notebooks" / "02_train_sft.html").stat().st_size > 10_000  # readable without Jupyter
 
     again = _sweep(outputs, *map(str, files), "--to", "02", *TINY)
-    assert again.returncode == 0 and "sweep: 0 ran, 4 skipped (complete), 0 failed" in again.stdout
+    assert again.returncode == 0 and "sweep: 0 ran, 2 skipped (complete), 0 failed" in again.stdout
 
     os.environ["FTLAB_OUTPUTS"] = str(outputs)
     try:
@@ -84,7 +86,7 @@ def test_cohort_sweep_broken_file_fails_alone_then_compare_runs(outputs, tmp_pat
         del os.environ["FTLAB_OUTPUTS"]
     st = outputs / "cohort-report" / "06_compare_runs"
     rows = list(csv.DictReader((st / "comparison.csv").open()))
-    assert sorted(r["run"] for r in rows) == sorted(f"cohort-{f.stem}" for f in COHORT)
+    assert sorted(r["run"] for r in rows) == sorted(f"cohort-{f.stem}" for f in cohort)
     nll = [float(r["heldout_nll"]) for r in rows]
     assert nll == sorted(nll) and all(r["score_source"] == "02 eval loss" for r in rows)
     page = (st / "comparison.html").read_text()
