@@ -1,6 +1,6 @@
 """The fused QLoRA linear (`ftlab.train.fused_lora`) on the tiny model in 4 bits on CPU: the same losses and
-gradients as PEFT's forward, training with it moves the loss the same way, and everything it does not handle (adapters
-off, dropout, decoding) goes through PEFT unchanged. GPU speed: benchmarks/results/speed_h200_fused_lora.json."""
+gradients as PEFT's forward (with the adapter's dropout too: the same masks), training with it moves the loss the same
+way, and what it does not handle (adapters off, decoding) goes through PEFT unchanged. GPU speed: benchmarks/results/speed_h200_fused_lora.json."""
 
 import pytest
 import torch
