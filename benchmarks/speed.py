@@ -9,8 +9,8 @@ Recipe B is what the tutorials do: load the base in 4-bit NF4 (double quantizati
 `get_peft_model` (LoRA r16 on all linear layers), and train with TRL's SFTTrainer on padded batches.
 Ours ("ftlab") is exactly what stage 02 builds with its defaults: `ftlab.models.load_model(.., "4bit",
 attn_implementation="auto")` (torch's varlen flash kernel on CUDA, non-linear weights in bf16), TRL's SFTTrainer with
-`ftlab.train.method_args` (Liger kernels, fused 4-bit LoRA layers, token-budget packing, activation offloading only where the planner says the
-run would not fit) and `ftlab.train.lora_config`. Unsloth runs in its own process with its own site (it pins older
+`ftlab.train.method_args` (Liger kernels, token-budget packing, activation offloading only where the planner says the
+run would not fit), `ftlab.train.lora_config` and `ftlab.train.fused_lora` (fused 4-bit LoRA layers). Unsloth runs in its own process with its own site (it pins older
 trl/datasets; `--unsloth-site`), its own loader, LoRA and "unsloth" gradient checkpointing, on the same checkpoint
 and rows, padded batches as its notebooks train. All use 8-bit AdamW (non-paged) and gradient checkpointing.
 

@@ -27,6 +27,15 @@ def ids():
     return tok(["the fused path must give the same numbers as the plain one"] * 3, return_tensors="pt")["input_ids"]
 
 
+@pytest.fixture
+def calls(monkeypatch):
+    """One entry per call of the fused function."""
+    seen = []
+    real = fused_lora.LoRA4bitLinear.apply
+    monkeypatch.setattr(fused_lora.LoRA4bitLinear, "apply", lambda *a: seen.append(1) or real(*a))
+    return seen
+
+
 def _loss_and_grads(m, ids):
     m.zero_grad()
     out = m(input_ids=ids, labels=ids)
@@ -34,13 +43,10 @@ def _loss_and_grads(m, ids):
     return out.loss.item(), {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
 
 
-def test_fused_layers_give_the_same_loss_and_gradients_as_peft(ids, monkeypatch):
+def test_fused_layers_give_the_same_loss_and_gradients_as_peft(ids, calls):
     m = _model()
     loss, grads = _loss_and_grads(m, ids)
     assert fused_lora.apply(m) == 14  # 2 layers x (q, k, v, o, gate, up, down)
-    calls = []
-    real = fused_lora.LoRA4bitLinear.apply
-    monkeypatch.setattr(fused_lora.LoRA4bitLinear, "apply", lambda *a: calls.append(1) or real(*a))
     loss_f, grads_f = _loss_and_grads(m, ids)
     assert len(calls) == 14  # every layer took the fused function, none fell back
     assert loss_f == pytest.approx(loss, rel=1e-6)
@@ -68,11 +74,8 @@ def test_training_with_fused_layers_follows_the_same_losses(ids):
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
 
 
-def test_with_adapter_dropout_the_fused_path_draws_the_same_masks_and_gradients(ids, monkeypatch):
+def test_with_adapter_dropout_the_fused_path_draws_the_same_masks_and_gradients(ids, calls):
     # stage 02's default lora_dropout is 0.05: the dropout module runs in the same order as in PEFT's forward
-    calls = []
-    real = fused_lora.LoRA4bitLinear.apply
-    monkeypatch.setattr(fused_lora.LoRA4bitLinear, "apply", lambda *a: calls.append(1) or real(*a))
     m = _model(dropout=0.3)
     m.train()
     torch.manual_seed(7)
@@ -87,10 +90,7 @@ def test_with_adapter_dropout_the_fused_path_draws_the_same_masks_and_gradients(
     assert _loss_and_grads(m, ids)[0] != loss
 
 
-def test_what_the_fused_path_does_not_handle_goes_through_peft(ids, monkeypatch):
-    calls = []
-    real = fused_lora.LoRA4bitLinear.apply
-    monkeypatch.setattr(fused_lora.LoRA4bitLinear, "apply", lambda *a: calls.append(1) or real(*a))
+def test_what_the_fused_path_does_not_handle_goes_through_peft(ids, calls):
     m = _model()
     fused_lora.apply(m)
     with torch.no_grad():
