@@ -55,50 +55,80 @@ def crash_at(monkeypatch):
     return set_step
 
 
-TINY_SFT = {
-    "base_model": "tiny-random",
-    "max_rows": 200,
-    "max_steps": 6,
-    "eval_steps": 0,
-    "save_steps": 6,
-    "logging_steps": 1,
-    "learning_rate": 0.003,
-    "batch_size": 4,
+# The shared tiny series: one dict per stage, read by every test that runs or copies it. 02 checkpoints every 2
+# steps and evaluates at step 3, so the kill-and-resume tests can take the session's adapter as their reference.
+TINY = {
+    "01_prepare_data": {"base_model": "tiny-random", "max_rows": 200},
+    "02_train_sft": {
+        "base_model": "tiny-random",
+        "max_steps": 6,
+        "eval_steps": 3,
+        "save_steps": 2,
+        "logging_steps": 1,
+        "learning_rate": 0.003,
+        "batch_size": 4,
+    },
+    "05_evaluate": {
+        "base_model": "tiny-random",
+        "generate_rows": 4,
+        "max_new_tokens": 8,
+        "forgetting_probe": True,
+        "lm_eval_limit": 10,  # the harness too runs under the network guard (its local tasks, no hub)
+    },
 }
+TINY_SFT = {**TINY["01_prepare_data"], **TINY["02_train_sft"]}
+OFFLINE_GUARD = HOOKS / "offline"  # sitecustomize that refuses every non-loopback connection and name lookup
 
 
 @pytest.fixture(scope="session")
 def tiny_sft_run(tmp_path_factory):
-    """Stages 01 (a 200-row sample) and 02 (6 steps) once per session on the tiny model, for stages 03-05's tests.
-    Tests copy it with `copy_run` and never change it."""
+    """The shared tiny series, once per session: stages 01 (a 200-row sample), 02 (6 steps) and 05 (base vs SFT,
+    the probe and lm-eval) on the tiny model, every kernel under the network guard (`guard.log` beside the run folder
+    lists their pids). The reference adapter of the train/reliability/launch tests and the input of 03-05's tests.
+    Tests read it or branch from it with `tiny_run`; none changes it."""
     from ftlab import pipeline
 
-    out = tmp_path_factory.mktemp("tiny-sft")
-    old = os.environ.get("FTLAB_OUTPUTS")
+    out = tmp_path_factory.mktemp("tiny-series")
+    saved = {k: os.environ.get(k) for k in ("FTLAB_OUTPUTS", "PYTHONPATH", "FTLAB_GUARD_LOG")}
     os.environ["FTLAB_OUTPUTS"] = str(out)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(OFFLINE_GUARD), saved["PYTHONPATH"]) if p)
+    os.environ["FTLAB_GUARD_LOG"] = str(out / "guard.log")
     try:
         pipeline.run("01", "02", overrides={"run_name": "base", **TINY_SFT}, log=lambda *a: None)
+        pipeline.run("05", "05", overrides={"run_name": "base", **TINY["05_evaluate"]}, log=lambda *a: None)
     finally:
-        if old is None:
-            del os.environ["FTLAB_OUTPUTS"]
-        else:
-            os.environ["FTLAB_OUTPUTS"] = old
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return out / "base"
+
+
+def branch(src, dst, stages=("01_prepare_data", "02_train_sft")):
+    """A new run folder `dst` holding only `stages` of run folder `src` (their folders and manifest entries), under
+    dst's own name: what a user has after running those stages. Later stages run there afresh."""
+    import json
+    import shutil
+
+    dst.mkdir(parents=True)
+    for name in stages:
+        shutil.copytree(src / name, dst / name)
+    m = json.loads((src / "manifest.json").read_text())
+    m["run_name"] = dst.name
+    m["stages"] = {k: v for k, v in m["stages"].items() if k in stages}
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
 
 
 @pytest.fixture
 def tiny_run(tiny_sft_run, outputs):
-    """`tiny_run(name)`: a copy of the session's tiny SFT run under `name` in this test's outputs/ (idempotent)."""
-    import json
-    import shutil
+    """`tiny_run(name)`: stages 01 and 02 of the shared tiny series under `name` in this test's outputs/
+    (idempotent); `tiny_run(name, stages=("01_prepare_data",))` for stage 01 alone."""
 
-    def copy(run_name):
+    def copy(run_name, stages=("01_prepare_data", "02_train_sft")):
         dst = outputs / run_name
-        if not dst.exists():
-            shutil.copytree(tiny_sft_run, dst, ignore=shutil.ignore_patterns("notebooks"))
-            m = json.loads((dst / "manifest.json").read_text())
-            (dst / "manifest.json").write_text(json.dumps({**m, "run_name": run_name}))
-        return dst
+        return dst if dst.exists() else branch(tiny_sft_run, dst, stages)
 
     return copy
 

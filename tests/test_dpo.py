@@ -33,6 +33,50 @@ def _run03(outputs, tiny_run, run_name, **params):
     return outputs / run_name / "03_train_dpo"
 
 
+# Each method's run that a test reads and that its kill-and-resume test takes as the uninterrupted reference:
+# trained once per module, in a branch of the shared tiny series
+REFERENCE = {
+    "dpo": {},  # FAST: 6 steps, eval at 3, checkpoints every 2
+    "grpo": {
+        "method": "grpo",
+        "max_steps": 4,
+        "eval_steps": 2,
+        "learning_rate": 0.01,
+        "max_completion_length": 8,
+        "num_generations": 4,
+        "batch_size": 2,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def reference_runs(tiny_sft_run, tmp_path_factory):
+    """`reference_runs(method)`: stage 03 folder of that method's REFERENCE run (trained on first use)."""
+    import os
+
+    from conftest import branch
+
+    out, done = tmp_path_factory.mktemp("stage03-ref"), {}
+
+    def get(method):
+        if method not in done:
+            old = os.environ.get("FTLAB_OUTPUTS")
+            os.environ["FTLAB_OUTPUTS"] = str(out)
+            try:
+                branch(tiny_sft_run, out / method)
+                over = {"run_name": method, **FAST, **REFERENCE[method]}
+                pipeline.run("03", "03", overrides=over, log=lambda *a: None)
+            finally:
+                if old is None:
+                    os.environ.pop("FTLAB_OUTPUTS")
+                else:
+                    os.environ["FTLAB_OUTPUTS"] = old
+            done[method] = out / method / "03_train_dpo"
+        return done[method]
+
+    return get
+
+
 def _completion_logps(model, batch):
     """Sum of log-probs of the completion tokens, computed independently of TRL."""
     with torch.no_grad():
@@ -121,10 +165,10 @@ def test_self_pairs_use_the_reference_as_chosen_and_skip_identical_answers():
     assert pairs[0]["prompt"] == [{"role": "user", "content": "q2"}] and pairs[0]["_line"] == 9
 
 
-def test_dpo_stage_trains_the_sft_adapter_and_guard_reports_before_and_after(outputs, tiny_run):
+def test_dpo_stage_trains_the_sft_adapter_and_guard_reports_before_and_after(reference_runs):
     # Random weights learn no real preference in 6 steps: that reward margins grow is asserted on the embedded
     # default model in test_series_slow.py. Here: the mechanics and the outputs of the stage.
-    st = _run03(outputs, tiny_run, "dpo")
+    st = reference_runs("dpo")
     s = json.loads((st / "summary.json").read_text())
     assert s["steps"] == 6 and s["first_loss"] == pytest.approx(0.6931, abs=1e-3)  # ln 2: policy == reference
     assert s["reference"]["max_abs_diff_to_policy"] == 0 and s["preflight"]["without_grad"] == 0
@@ -133,7 +177,7 @@ def test_dpo_stage_trains_the_sft_adapter_and_guard_reports_before_and_after(out
     assert g["verdict"].startswith(("DPO improved", "DPO regressed", "no material difference"))
     saved = load_file(str(st / "adapter" / "adapter_model.safetensors"))
     assert saved and not any(".ref." in k for k in saved)  # only the trained policy adapter is exported
-    sft = load_file(str(outputs / "dpo" / "02_train_sft" / "adapter" / "adapter_model.safetensors"))
+    sft = load_file(str(st.parent / "02_train_sft" / "adapter" / "adapter_model.safetensors"))
     assert max((saved[k] - sft[k]).abs().max().item() for k in sft) > 0  # DPO moved the adapter
     metrics = [json.loads(x) for x in (st / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_rewards/accuracies" in m for m in metrics) and (st / "dpo_curves.png").stat().st_size > 1000
@@ -149,24 +193,20 @@ def test_self_pairs_mode_runs_and_reports_skips(outputs, tiny_run):
 
 # KTO and ORPO run DPO's own stage-03 steps and the Trainer's checkpoints; both passed this test (kto 134 s, orpo
 # 111 s in the 2026-12-03 CI run) and were taken out of the suite to keep CI under its time limit
-RESUME = {
-    "dpo": {},
-    "grpo": {"max_completion_length": 8, "num_generations": 4, "batch_size": 2, "learning_rate": 0.01},
-}
-
-
-@pytest.mark.parametrize("method", list(RESUME))
-def test_killed_run_of_every_method_resumes_to_the_same_adapter(outputs, tiny_run, crash_at, resilience, method):
-    """DPO and GRPO (the two trainers stage 03's others share code with): a kernel killed after step 3 resumes from checkpoint-2 and ends with the adapter an
-    uninterrupted run ends with (GRPO: the sampling RNG comes back with the checkpoint)."""
-    kw = {"method": method, "max_steps": 4, "eval_steps": 0, "save_steps": 2, "guard_rows": 2, **RESUME[method]}
+@pytest.mark.parametrize("method", list(REFERENCE))
+def test_killed_run_of_every_method_resumes_to_the_same_adapter(
+    outputs, tiny_run, reference_runs, crash_at, resilience, method
+):
+    """DPO and GRPO (the two trainers stage 03's others share code with): a kernel killed after step 3 resumes from
+    checkpoint-2 and ends with the adapter the module's uninterrupted run of the same parameters ends with (GRPO:
+    the sampling RNG comes back with the checkpoint)."""
     folder = stages.method(method).adapter
-    ref = load_file(str(_run03(outputs, tiny_run, f"{method}-ok", **kw) / folder / "adapter_model.safetensors"))
+    ref = load_file(str(reference_runs(method) / folder / "adapter_model.safetensors"))
     crash_at(3)
     with pytest.raises(pipeline.StageFailed):
-        _run03(outputs, tiny_run, f"{method}-crash", **kw)
+        _run03(outputs, tiny_run, f"{method}-crash", **REFERENCE[method])
     crash_at(None)
-    st = _run03(outputs, tiny_run, f"{method}-crash", **kw)
+    st = _run03(outputs, tiny_run, f"{method}-crash", **REFERENCE[method])
     assert json.loads((st / "summary.json").read_text())["resumed_from"].endswith("checkpoint-2")
     got = load_file(str(st / folder / "adapter_model.safetensors"))
     assert max((got[k] - ref[k]).abs().max().item() for k in ref) < 1e-5
@@ -254,27 +294,17 @@ def test_orpo_trains_pairs_without_a_reference_into_its_own_adapter(outputs, tin
     assert stages.final_method(lambda n: outputs / "orpo" / n).name == "orpo"
 
 
-def test_grpo_samples_groups_scores_them_with_plain_rewards_and_its_reward_rises(outputs, tiny_run):
+def test_grpo_samples_groups_scores_them_with_plain_rewards_and_its_reward_rises(reference_runs):
     """GRPO through the notebook on the tiny model: 4 answers per prompt, the bundled rewards, every step's reward
     and KL logged, its adapter saved and judged by the guard (the reward rising is the next test's)."""
-    st = _run03(
-        outputs,
-        tiny_run,
-        "grpo",
-        method="grpo",
-        max_steps=8,
-        eval_steps=4,
-        learning_rate=0.01,
-        max_completion_length=8,
-        num_generations=4,
-        batch_size=2,
-    )
+    st = reference_runs("grpo")
+    n = REFERENCE["grpo"]["max_steps"]
     s = json.loads((st / "summary.json").read_text())
-    assert s["method"] == "grpo" and s["steps"] == 8
+    assert s["method"] == "grpo" and s["steps"] == n
     assert s["reference"]["max_abs_diff_to_policy"] == 0  # beta 0.1: TRL's frozen `ref` copy of the SFT adapter
     metrics = [json.loads(x) for x in (st / "metrics.jsonl").read_text().splitlines()]
     rewards = [m["reward"] for m in metrics if "reward" in m]
-    assert len(rewards) == 8 and any(m.get("kl", 0) > 0 for m in metrics) and any("eval_reward" in m for m in metrics)
+    assert len(rewards) == n and any(m.get("kl", 0) > 0 for m in metrics) and any("eval_reward" in m for m in metrics)
     assert all("rewards/rouge_l/mean" in m and "completions/mean_length" in m for m in metrics if "reward" in m)
     assert all(m["completions/mean_length"] <= 8 for m in metrics if "reward" in m)  # max_completion_length holds
     assert s["last_reward"] == rewards[-1] and s["first_reward"] == rewards[0]

@@ -9,24 +9,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from ftlab import evaluation, pipeline, scoring
+from ftlab import evaluation, scoring
 
 
-def test_stage_05_on_the_tiny_model_scores_base_and_sft_and_names_what_it_skipped(outputs, tiny_run):
-    run = tiny_run("ev")
-    pipeline.run(
-        "05",
-        "05",
-        overrides={
-            "run_name": "ev",
-            "base_model": "tiny-random",
-            "generate_rows": 4,
-            "max_new_tokens": 8,
-            "forgetting_probe": True,
-            "lm_eval_limit": 10,
-        },
-        log=lambda *a: None,
-    )
+def test_stage_05_on_the_tiny_model_scores_base_and_sft_and_names_what_it_skipped(tiny_sft_run):
+    run = tiny_sft_run  # the shared series' stage 05 (conftest TINY): 4 generated rows, the probe, lm-eval on 10
     m = json.loads((run / "05_evaluate" / "metrics.json").read_text())
     assert set(m["models"]) == {"base", "sft"} and m["final"] == "sft"
     assert any("merged: not evaluated" in n for n in m["notes"])  # stage 04 did not run

@@ -9,7 +9,6 @@ Run: .venv/bin/python -m pytest tests/test_launch.py
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -22,12 +21,7 @@ from ftlab.paths import repo_root
 
 
 def _only_stage01(tiny_run, name):
-    run = tiny_run(name)
-    shutil.rmtree(run / "02_train_sft")
-    m = json.loads((run / "manifest.json").read_text())
-    del m["stages"]["02_train_sft"]
-    (run / "manifest.json").write_text(json.dumps(m))
-    return run
+    return tiny_run(name, stages=("01_prepare_data",))
 
 
 def _args(run_name):

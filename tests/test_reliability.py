@@ -9,9 +9,9 @@ import os
 import stat
 import subprocess
 import sys
-import textwrap
 
 import pytest
+from conftest import OFFLINE_GUARD, TINY
 from ftlab_faults import CrashAt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -200,67 +200,27 @@ def test_training_reports_to_no_tracker_by_default(tmp_path):
     assert train.method_args(stages.method("sft"), tmp_path, p, "cpu").report_to == []
 
 
-GUARD = textwrap.dedent("""
-    import socket
-    _connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
-    LOCAL = {"127.0.0.1", "::1", "localhost", "0.0.0.0", ""}
-    def _host(address):
-        return address[0] if isinstance(address, tuple) else None
-    def connect(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6) and _host(address) not in LOCAL:
-            raise OSError(f"network access blocked by the test guard: {address}")
-        return _connect(self, address)
-    def getaddrinfo(host, *a, **kw):
-        if host not in LOCAL and host is not None:
-            raise OSError(f"name lookup blocked by the test guard: {host}")
-        return _getaddrinfo(host, *a, **kw)
-    socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
-""")
-
-
-def test_series_runs_with_the_network_blocked(outputs, tmp_path, monkeypatch, resilience):
-    """A socket guard (sitecustomize, inherited by the notebook kernels) refuses every non-loopback connection and
-    name lookup; stages 00-02 and 05 still run on the tiny model: nothing needs the network."""
-    guard = tmp_path / "guard"
-    guard.mkdir()
-    (guard / "sitecustomize.py").write_text(GUARD)
-    monkeypatch.setenv("PYTHONPATH", f"{guard}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+def test_series_runs_with_the_network_blocked(tiny_sft_run, resilience):
+    """The shared tiny series (conftest) ran with a socket guard on PYTHONPATH (a sitecustomize, inherited by every
+    notebook kernel) that refuses every non-loopback connection and name lookup: stages 01, 02 and 05 (lm-eval
+    included) still ran on the tiny model. Nothing needs the network."""
     probe = subprocess.run(
         [sys.executable, "-c", "import urllib.request; urllib.request.urlopen('https://huggingface.co', timeout=5)"],
         capture_output=True,
         text=True,
+        env={**os.environ, "PYTHONPATH": str(OFFLINE_GUARD)},
     )
     assert probe.returncode != 0 and "blocked by the test guard" in probe.stderr  # the guard is real
-    tiny = {
-        "base_model": "tiny-random",
-        "max_rows": 80,
-        "max_steps": 2,
-        "eval_steps": 0,
-        "batch_size": 4,
-        "generate_rows": 2,
-        "max_new_tokens": 4,
-        "forgetting_probe": False,
-        "lm_eval_limit": 4,  # the harness too runs with the network blocked (its local tasks, no hub)
-        "chat_check": False,
-    }
-    env = {**os.environ, "FTLAB_OUTPUTS": str(outputs)}
-    for rng in (("--to", "02"), ("05",)):
-        args = [a for k, v in tiny.items() for a in ("-p", k, json.dumps(v) if not isinstance(v, str) else v)]
-        r = subprocess.run(
-            [sys.executable, "-m", "ftlab", "run", *rng, "-p", "run_name", "offline", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=repo_root(),
-            timeout=900,
-        )
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    m = json.loads((outputs / "offline" / "manifest.json").read_text())
+    kernels = (tiny_sft_run.parent / "guard.log").read_text().split()
+    assert len(set(kernels)) >= 3  # the guard was loaded in each stage's kernel (01, 02, 05)
+    m = json.loads((tiny_sft_run / "manifest.json").read_text())
     assert {k for k, s in m["stages"].items() if s["status"] == "complete"} >= {
         "01_prepare_data",
         "02_train_sft",
         "05_evaluate",
     }
+    lm = json.loads((tiny_sft_run / "05_evaluate" / "metrics.json").read_text())["extras"]["lm_eval"]
+    assert set(lm["models"]) == {"base", "sft"}  # the harness ran offline on both models
     resilience("fault")
 
 
@@ -326,23 +286,9 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resume_finishe
 
 
 def _run02(tiny_run, name, **extra):
-    tiny_run(name)
-    pipeline.run(
-        "02",
-        "02",
-        overrides={
-            "run_name": name,
-            "base_model": "tiny-random",
-            "max_steps": 6,
-            "save_steps": 2,
-            "eval_steps": 0,
-            "logging_steps": 1,
-            "batch_size": 4,
-            "learning_rate": 0.003,
-            **extra,
-        },
-        log=lambda *a: None,
-    )
+    """Stage 02 with the shared series' parameters in a branch of it that holds its stage 01 only."""
+    tiny_run(name, stages=("01_prepare_data",))
+    pipeline.run("02", "02", overrides={"run_name": name, **TINY["02_train_sft"], **extra}, log=lambda *a: None)
     return tiny_run(name) / "02_train_sft"
 
 
@@ -351,13 +297,11 @@ def _losses(st):
 
 
 def test_same_seed_same_losses_and_a_kill_during_a_checkpoint_write_resumes_to_the_same_adapter(
-    outputs, tiny_run, crash_at, resilience
+    tiny_sft_run, tiny_run, crash_at, resilience
 ):
     from safetensors.torch import load_file
 
-    first = _losses(tiny_run("det-a") / "02_train_sft")  # the session's SFT run: same data, seed, steps, LR
-    a = _run02(tiny_run, "det-a")  # trained again here (checkpoints every 2 steps instead of 6)
-    assert _losses(a) == first and len(first) == 6  # bit-identical losses on CPU with the same seed
+    a = tiny_sft_run / "02_train_sft"  # the shared series: same data, seed, steps, LR, checkpoints every 2 steps
     crash_at(4, in_save=True)  # killed after writing checkpoint-4, before marking it
     with pytest.raises(pipeline.StageFailed):
         _run02(tiny_run, "det-crash")
@@ -367,7 +311,9 @@ def test_same_seed_same_losses_and_a_kill_during_a_checkpoint_write_resumes_to_t
     assert s["resumed_from"].endswith("checkpoint-2")  # never the unmarked checkpoint-4
     ref, got = (load_file(str(x / "adapter" / "adapter_model.safetensors")) for x in (a, c))
     assert max((got[k] - ref[k]).abs().max().item() for k in ref) < 1e-5
-    m = json.loads((outputs / "det-a" / "manifest.json").read_text())
+    # bit-identical losses on CPU with the same seed: steps 1-2 trained afresh here, 3-6 after the resume
+    assert _losses(c) == _losses(a) and len(_losses(a)) == 6
+    m = json.loads((tiny_sft_run / "manifest.json").read_text())
     assert {"git", "versions", "device"} <= set(m) and m["stages"]["02_train_sft"]["params"]["seed"] == 42
     assert set(m["stages"]["01_prepare_data"]["inputs"]) >= {"data"}  # data hashes recorded
     resilience("fault")

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from conftest import TINY
 from safetensors.torch import load_file
 from transformers import LlamaConfig, TrainerControl
 
@@ -133,55 +134,28 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
 
 # ---- papermill runs on the tiny model -------------------------------------------------------------------------
 
-FAST = {
-    "base_model": "tiny-random",
-    "max_steps": 6,
-    "eval_steps": 3,
-    "save_steps": 2,
-    "logging_steps": 1,
-    "learning_rate": 0.003,
-    "batch_size": 4,
-}
+FAST = TINY["02_train_sft"]  # the shared tiny series' stage 02 (conftest): 6 steps, eval at 3, checkpoints every 2
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """Stage 01 once on the bundled data (a 200-row sample), copied into each test's outputs."""
-    import os
-
-    out = tmp_path_factory.mktemp("prep")
-    os.environ["FTLAB_OUTPUTS"] = str(out)
-    try:
-        pipeline.run(
-            "01",
-            "01",
-            overrides={"run_name": "prep", "base_model": "tiny-random", "max_rows": 200},
-            log=lambda *a: None,
-        )
-    finally:
-        del os.environ["FTLAB_OUTPUTS"]
-    return out / "prep" / "01_prepare_data"
+@pytest.fixture
+def prepared(tiny_sft_run):
+    """Stage 01 of the shared tiny series (the bundled data, a 200-row sample)."""
+    return tiny_sft_run / "01_prepare_data"
 
 
-def _run02(outputs, prepared, run_name, **params):
-    import shutil
-
-    dst = outputs / run_name / "01_prepare_data"
-    if not dst.exists():
-        shutil.copytree(prepared, dst)
-        manifest = json.loads((prepared.parent / "manifest.json").read_text())
-        manifest["run_name"] = run_name
-        (outputs / run_name / "manifest.json").write_text(json.dumps(manifest))
+def _run02(tiny_run, run_name, **params):
+    """Stage 02 in a branch of the shared series that holds its stage 01 only."""
+    tiny_run(run_name, stages=("01_prepare_data",))
     pipeline.run("02", "02", overrides={"run_name": run_name, **FAST, **params}, log=lambda *a: None)
-    return outputs / run_name / "02_train_sft"
+    return tiny_run(run_name) / "02_train_sft"
 
 
 def _adapter(st):
     return load_file(str(st / "adapter" / "adapter_model.safetensors"))
 
 
-def test_sft_loss_falls_and_outputs_match_the_contract(outputs, prepared):
-    st = _run02(outputs, prepared, "sft")
+def test_sft_loss_falls_and_outputs_match_the_contract(tiny_sft_run):
+    st = tiny_sft_run / "02_train_sft"  # the shared series' papermill run of notebook 02
     s = json.loads((st / "summary.json").read_text())
     assert s["last_loss"] < s["first_loss"] and s["eval_loss_after"] < s["eval_loss_before"]
     assert s["steps"] == 6 and s["preflight"]["without_grad"] == 0 and s["memory"]["estimate_gib"]["total"] > 0
@@ -192,16 +166,18 @@ def test_sft_loss_falls_and_outputs_match_the_contract(outputs, prepared):
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4, 5, 6]
     assert all(m["tokens_per_s"] > 0 for m in metrics if "tokens_per_s" in m)
     assert (st / "curves.png").stat().st_size > 1000
-    assert json.loads((outputs / "sft" / "manifest.json").read_text())["stages"]["02_train_sft"]["status"] == "complete"
+    assert json.loads((tiny_sft_run / "manifest.json").read_text())["stages"]["02_train_sft"]["status"] == "complete"
 
 
-def test_killed_run_resumes_from_last_complete_checkpoint_to_the_same_adapter(outputs, prepared, crash_at, resilience):
-    ref = _adapter(_run02(outputs, prepared, "uninterrupted"))
+def test_killed_run_resumes_from_last_complete_checkpoint_to_the_same_adapter(
+    tiny_run, tiny_sft_run, crash_at, resilience
+):
+    ref = _adapter(tiny_sft_run / "02_train_sft")  # the shared series: same data, seed and parameters, not stopped
     crash_at(5)  # os._exit after step 5: checkpoint-4 is the last complete one
     with pytest.raises(pipeline.StageFailed, match="DeadKernelError|kernel died|stopped"):
-        _run02(outputs, prepared, "crashed")
+        _run02(tiny_run, "crashed")
     crash_at(None)
-    st = _run02(outputs, prepared, "crashed")
+    st = _run02(tiny_run, "crashed")
     s = json.loads((st / "summary.json").read_text())
     assert s["resumed_from"].endswith("checkpoint-4") and s["steps"] == 6
     got = _adapter(st)
@@ -213,18 +189,18 @@ def test_killed_run_resumes_from_last_complete_checkpoint_to_the_same_adapter(ou
     resilience("fault")
 
 
-def test_finished_stage_is_not_retrained(outputs, prepared):
-    st = _run02(outputs, prepared, "twice", max_steps=2, eval_steps=0)
+def test_finished_stage_is_not_retrained(outputs, tiny_run):
+    st = _run02(tiny_run, "twice", max_steps=2, eval_steps=0)
     first = (st / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
-    _run02(outputs, prepared, "twice", max_steps=2, eval_steps=0)
+    _run02(tiny_run, "twice", max_steps=2, eval_steps=0)
     assert (st / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == first
     nb = json.loads((outputs / "twice" / "notebooks" / "02_train_sft.ipynb").read_text())
     assert "already finished with these parameters" in json.dumps(nb)
 
 
-def test_4bit_qlora_on_cpu_trains_every_lora_layer(outputs, prepared):
+def test_4bit_qlora_on_cpu_trains_every_lora_layer(outputs, tiny_run):
     # with the fused layers (the default on CUDA; "on" here, as CPU's "auto" keeps PEFT's forward)
-    st = _run02(outputs, prepared, "q4", quantization="4bit", max_steps=2, eval_steps=0, fused_lora="on")
+    st = _run02(tiny_run, "q4", quantization="4bit", max_steps=2, eval_steps=0, fused_lora="on")
     assert "fused QLoRA: 14 4-bit LoRA layers" in (st.parent / "notebooks" / "02_train_sft.ipynb").read_text()
     s = json.loads((st / "summary.json").read_text())
     assert s["quantization"] == "4bit" and s["preflight"]["without_grad"] == 0
@@ -298,14 +274,14 @@ def test_preflight_oom_stops_with_the_planners_advice(monkeypatch, resilience):
     resilience("fault")
 
 
-def test_packed_stage_02_trains_one_epoch_of_every_token_in_fewer_steps(outputs, prepared):
+def test_packed_stage_02_trains_one_epoch_of_every_token_in_fewer_steps(tiny_run, prepared):
     """packing='on' (the CUDA default under a varlen kernel; under sdpa on a CPU the block-diagonal mask keeps the
     conversations apart): the steps follow the packed rows, and one epoch sees every token of train.jsonl once."""
     from trl.data_utils import pack_dataset
 
     from ftlab import data, models
 
-    st = _run02(outputs, prepared, "packed", packing="on", max_steps=0, epochs=1.0, eval_steps=0, save_steps=50)
+    st = _run02(tiny_run, "packed", packing="on", max_steps=0, epochs=1.0, eval_steps=0, save_steps=50)
     s = json.loads((st / "summary.json").read_text())
     rows = data.read_jsonl(prepared / "train.jsonl")
     ds = train.encode_dataset(models.load_tokenizer("tiny-random"), rows, 512)
@@ -316,8 +292,8 @@ def test_packed_stage_02_trains_one_epoch_of_every_token_in_fewer_steps(outputs,
     assert s["last_loss"] < s["first_loss"]
 
 
-def test_tensorboard_logging_stays_in_the_stage_folder(outputs, prepared):
-    st = _run02(outputs, prepared, "tb", max_steps=2, eval_steps=0, report_to="tensorboard")
+def test_tensorboard_logging_stays_in_the_stage_folder(outputs, tiny_run):
+    st = _run02(tiny_run, "tb", max_steps=2, eval_steps=0, report_to="tensorboard")
     events = list((st / "checkpoints").rglob("events.out.tfevents.*"))
     assert events and all(st in e.parents for e in events)
     assert not (notebooks_dir() / "runs").exists()  # the eval before training logs first: not into the kernel's cwd
@@ -331,14 +307,14 @@ def test_tensorboard_logging_stays_in_the_stage_folder(outputs, prepared):
     assert {"eval/loss", "train/loss"} <= tags  # both the eval before training and the training steps
 
 
-def test_mlflow_logs_params_every_step_and_the_adapter_into_the_run_folder(outputs, prepared):
+def test_mlflow_logs_params_every_step_and_the_adapter_into_the_run_folder(outputs, tiny_run):
     """report_to='mlflow' on the tiny model: a local SQLite store under the run folder holds the stage's run with its
     parameters, a loss value per logged step, the losses before and after, and the adapter as an artifact."""
     from mlflow.tracking import MlflowClient
 
     from ftlab.train import tracking
 
-    st = _run02(outputs, prepared, "mlf", eval_steps=0, report_to="mlflow")
+    st = _run02(tiny_run, "mlf", eval_steps=0, report_to="mlflow")
     run_folder = st.parent
     assert (run_folder / "mlflow.db").exists() and not (st / "checkpoints" / "mlruns").exists()
     client = MlflowClient(tracking.store_uri(run_folder))
