@@ -47,6 +47,7 @@ def test_stage_05_on_the_tiny_model_scores_base_and_sft_and_names_what_it_skippe
     html = (run / "05_evaluate" / "report.html").read_text()
     assert html.startswith("<!doctype html>") and "<h2>Side by side</h2>" in html and samples[0]["prompt"][:20] in html
     assert "<h2>lm-evaluation-harness" in html and "ftlab_heldout acc_norm" in html
+    assert ("<div class='verdict failed'>" in html) == (not m["passed"])  # a failed gate turns the top box red
     # the SFT stage's time and energy (estimated from device_power_w on a CPU) are in the metrics and the report
     (c,) = m["compute"]
     sft = json.loads((run / "02_train_sft" / "summary.json").read_text())
@@ -113,3 +114,21 @@ def test_a_forgetting_regression_beyond_tolerance_is_not_promoted_and_says_why()
     assert v.passed and "promotion gate, forgetting: not checked: off" in v.gate_lines()
     worse = evaluation.Verdict("sft", comparisons={"sft_vs_base": {"improved": False, "regressed": False}})
     assert not worse.passed and worse.refusal() == "the tuned model did not beat the base on the held-out task data"
+
+
+def test_a_failed_gate_turns_the_reports_top_box_red_and_says_why_first():
+    from ftlab import report
+
+    v = evaluation.Verdict("dpo", comparisons={"dpo_vs_base": {"improved": True, "regressed": False}})
+    v.gates["forgetting"] = evaluation.forgetting_gate(
+        {"nll": 2.1, "correct": 0.57}, {"nll": 2.3, "correct": 0.57}, 0.1, 0.1
+    )
+    args = ("Evaluation of run r", v.lines + v.gate_lines(), [], {}, [], {}, [], [])
+    failed = report.page(*args, refused=v.refusal())
+    box = failed.split("<div class='verdict failed'>")[1].split("</div>")[0]
+    assert box.startswith("<strong>Not promoted: forgetting: general-knowledge probe NLL 2.100 -&gt; 2.300")
+    assert box.count("<strong>") == 1 and "promotion gate: not passed" in box
+    ok = report.page(*args)
+    assert (
+        "<div class='verdict'>" in ok and "verdict failed" not in ok.split("</style>")[1] and "Not promoted" not in ok
+    )

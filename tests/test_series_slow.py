@@ -92,6 +92,7 @@ def test_embedded_default_series_trains_exports_and_evaluates_a_better_model(out
     assert m["dpo"]["stopped_share"] == 1.0
     html = (run / "05_evaluate" / "report.html").read_text()
     assert "<h2>Side by side</h2>" in html and html.count("<tr>") > 30 and "data:image/png;base64," in html
+    assert ("<div class='verdict failed'>" in html) == (not ev["passed"])  # a failed gate is red at the top
     assert (
         "<h2>lm-evaluation-harness" in html and "<h2>The deployed artifact</h2>" in html and "llama.cpp server" in html
     )

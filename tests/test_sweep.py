@@ -60,12 +60,13 @@ def _sweep(outputs, *args):
 
 def test_cohort_sweep_broken_file_fails_alone_then_compare_runs(outputs, tmp_path):
     assert len(COHORT) >= 4  # the shipped cohort; two of its students are swept here (each file runs the same way,
-    # and every cohort file's values are validated in test_notebooks_static): 3 notebooks a student, ~75 s on CI
+    # and every cohort file's values are validated in test_notebooks_static): stages 01-02 a student (stage 00 runs
+    # in the embedded series and test_pipeline)
     cohort = COHORT[:2]
     files = [shutil.copy(f, tmp_path / f.name) for f in cohort]
     broken = tmp_path / "zed.yaml"
     broken.write_text("run_name: cohort-zed\nlora_r: lots  # not a number\n")
-    r = _sweep(outputs, *map(str, files), str(broken), "--to", "02", *TINY)
+    r = _sweep(outputs, *map(str, files), str(broken), "--from", "01", "--to", "02", *TINY)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "1 of 3 parameter set(s) are invalid" in r.stdout and "lora_r='lots'" in r.stdout
     assert "sweep: 2 ran, 0 skipped (complete), 1 failed" in r.stdout
@@ -76,7 +77,7 @@ def test_cohort_sweep_broken_file_fails_alone_then_compare_runs(outputs, tmp_pat
         assert m["stages"]["02_train_sft"]["status"] == "complete"
         assert (run / "notebooks" / "02_train_sft.html").stat().st_size > 10_000  # readable without Jupyter
 
-    again = _sweep(outputs, *map(str, files), "--to", "02", *TINY)
+    again = _sweep(outputs, *map(str, files), "--from", "01", "--to", "02", *TINY)
     assert again.returncode == 0 and "sweep: 0 ran, 2 skipped (complete), 0 failed" in again.stdout
 
     os.environ["FTLAB_OUTPUTS"] = str(outputs)

@@ -290,6 +290,7 @@ def write_results(
         notes,
         metrics["compute"],
         tables(extra),
+        refused=metrics["not_promoted_because"],
     )
     stage.path("report.html").write_text(html, encoding="utf-8")
     if v.final and card.evaluated_card(run, scores, v.lines, stage.path("MODEL_CARD.md"), card_numbers(extra)):

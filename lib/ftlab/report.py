@@ -23,6 +23,8 @@ table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}
 th,td{border:1px solid #ccc;padding:.35rem .5rem;vertical-align:top;text-align:left}
 th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .verdict{background:#eef6ee;border-left:4px solid #3a7d44;padding:.6rem 1rem}
+.verdict.failed{background:#fdecea;border-left-color:#c62828}
+.verdict.failed strong{color:#b71c1c}
 .warn{background:#fff4e5;border-left:4px solid #d9822b;padding:.6rem 1rem}
 img{max-width:100%}
 """
@@ -112,12 +114,18 @@ def page(
     notes: list[str],
     compute: list[dict[str, Any]] | None = None,
     tables: list[tuple[str, list[str], list[list[str]]]] = (),
+    refused: str | None = None,
 ) -> str:
+    """The evaluation report. `refused`: why the promotion gate did not pass, in one sentence; the top box then
+    turns red and opens with it, so a failed gate never looks like a green verdict."""
     models = list(scores)
+    head = [f"<strong>Not promoted: {html.escape(refused)}.</strong>"] if refused else []
     parts = [
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-        "<div class='verdict'>" + "<br>".join(html.escape(v) for v in verdict) + "</div>",
+        f"<div class='verdict{' failed' if refused else ''}'>"
+        + "<br>".join(head + [html.escape(v) for v in verdict])
+        + "</div>",
     ]
     parts += [f"<div class='warn'>WARNING: {html.escape(w)}</div>" for w in warnings]
     parts += ["<h2>Held-out metrics</h2>", metrics_table(scores)]
