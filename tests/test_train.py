@@ -351,3 +351,32 @@ def test_mlflow_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
     )
     with pytest.raises(ValueError, match="needs the mlflow package"):
         train.method_args(stages.method("sft"), tmp_path, p, "cpu")
+
+
+def test_the_config_objects_in_the_notebooks_cells_are_the_ones_that_train(tiny_run, outputs, tmp_path, monkeypatch):
+    """A learner changes a field of the SFTConfig and of the LoraConfig in their own cells of 02: the trainer the
+    next cells build trains with them, and summary.json records the config that trained (not the parameters cell)."""
+    import nbformat
+
+    from ftlab import launch
+
+    nb = nbformat.read(notebooks_dir() / "02_train_sft.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    next(c for c in code if "SFTConfig(**" in c.source).source += "\nargs.learning_rate = 0.001  # the learner's edit"
+    lora = next(c for c in code if "LoraConfig(" in c.source)
+    lora.source = lora.source.replace("print(peft_config)", "peft_config.r = 4\nprint(peft_config)")
+    nbformat.write(nb, tmp_path / "02_train_sft.ipynb")
+    tiny_run("edited", stages=("01_prepare_data",))
+    monkeypatch.setenv("FTLAB_HEADLESS", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    ns = launch.execute(
+        tmp_path / "02_train_sft.ipynb", {"run_name": "edited", **FAST, "max_steps": 2, "eval_steps": 0}
+    )
+    trainer = ns["trainer"]
+    assert trainer.args is ns["args"] and trainer.optimizer.param_groups[0]["initial_lr"] == 0.001
+    assert {m.r["default"] for m in trainer.model.modules() if hasattr(m, "r") and isinstance(m.r, dict)} == {4}
+    s = json.loads((outputs / "edited" / "02_train_sft" / "summary.json").read_text())
+    assert s["config"]["learning_rate"] == 0.001 and s["steps"] == 2 and s["trainable_params"] == ns["trainable"]
+    entry = json.loads((outputs / "edited" / "manifest.json").read_text())["stages"]["02_train_sft"]
+    assert entry["trained_with"]["learning_rate"] == 0.001  # what trained, beside the parameters cell's value
+    assert entry["params"]["learning_rate"] == FAST["learning_rate"]

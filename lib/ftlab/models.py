@@ -210,10 +210,12 @@ def load_model(
     device: str | None = None,
     dtype: Any = None,
     attn_implementation: str | None = None,
+    quantization_config: Any = None,
 ) -> Any:
-    """Load a causal LM for training or inference; `quantization="4bit"` loads NF4 with double quantization.
-    `attn_implementation` (sdpa, flex_attention, flash_attention_2, "varlen", or "auto": `ftlab.attention.resolve`)
-    defaults to transformers' choice."""
+    """Load a causal LM for training or inference; `quantization="4bit"` loads NF4 with double quantization
+    (`bnb_config`), or with `quantization_config` when given (a transformers `BitsAndBytesConfig`: the one a
+    notebook built and printed). `attn_implementation` (sdpa, flex_attention, flash_attention_2, "varlen", or "auto":
+    `ftlab.attention.resolve`) defaults to transformers' choice."""
     from transformers import AutoModelForCausalLM
 
     device = device or devices.kind()
@@ -225,8 +227,13 @@ def load_model(
         if kwargs["attn_implementation"] == attention.VARLEN:
             attention.register()
     device = devices.torch_device(device)  # under `accelerate launch` each process trains on its own GPU
+    if quantization_config is not None and q != "4bit":
+        raise ValueError(
+            f"a quantization_config was given but quantization resolves to {q!r} on {device}: "
+            "pass quantization='4bit' with it, or no config for 16/32-bit weights"
+        )
     if q == "4bit":
-        kwargs["quantization_config"] = bnb_config(dtype)
+        kwargs["quantization_config"] = quantization_config or bnb_config(dtype)
         kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(resolve_model(name), **kwargs)
     if q != "4bit":

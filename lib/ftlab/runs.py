@@ -166,6 +166,8 @@ class Stage:
         m = load_manifest(self.run_name)
         entry = m["stages"].setdefault(self.name, {})
         entry.update(status="complete", finished=now(), seconds=summary["seconds"])
+        if "config" in summary:  # a training stage: the trainer config that trained, edits in the notebook included
+            entry["trained_with"] = summary["config"]
         save_manifest(self.run_name, m)
         return out
 

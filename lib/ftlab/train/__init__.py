@@ -11,7 +11,19 @@ from ftlab.train.checkpoints import (
     truncate_metrics,
 )
 from ftlab.train.config import Economics, TrainParams, from_params, lora_config, trainer_args
-from ftlab.train.fit import Job, build, finished, inputs, memory_plan, method_args, method_module
+from ftlab.train.fit import (
+    Job,
+    attach,
+    build,
+    config_kwargs,
+    datasets,
+    explain,
+    finished,
+    inputs,
+    memory_plan,
+    method_args,
+    method_module,
+)
 from ftlab.train.preflight import TrainingStopped, forecast_and_disk, preflight, worst_case_batch
 from ftlab.train.sft import dataset as encode_dataset
 from ftlab.train.watch import check_same_model, save_adapter, train_watched
@@ -26,9 +38,13 @@ __all__ = [
     "TrainParams",
     "TrainingStopped",
     "add_callback",
+    "attach",
     "build",
     "check_same_model",
+    "config_kwargs",
+    "datasets",
     "encode_dataset",
+    "explain",
     "finished",
     "forecast_and_disk",
     "from_params",

@@ -130,6 +130,7 @@ class Job:
     final: dict[str, float] = field(default_factory=dict)
     result: Any = None
     load_seconds: float | None = None
+    trainable_params: int | None = None
 
     @property
     def done(self) -> bool:
@@ -234,9 +235,29 @@ class Job:
             disk=self.disk,
             processes=devices.process_rank()[2],
             train_peak_gib=self.live.train_peak,
+            trainable_params=self.trainable_params,
+            config=config_fields(self.trainer.args),
             **extra,
         )
         return s | telemetry_summary(self.live, runtime, from_params(Economics, self.stage.params))
+
+
+def method_kwargs(
+    method: stages.Method,
+    out_dir: Any,
+    p: dict[str, Any],
+    device: str,
+    attn: str | None = None,
+    offload_needed: bool = False,
+) -> dict[str, Any]:
+    """The arguments of the method's TRL config from a parameter dict: the shared ones, then the method's own.
+    `attn` is the model's attention implementation (packing and padding-free 'auto' depend on it);
+    `offload_needed` is the planner's verdict for activation offloading 'auto' (`Plan.offload`)."""
+    mod = stages.load(method.module)
+    t, o = from_params(TrainParams, p), from_params(mod.Options, p)
+    own = mod.config_kwargs(out_dir, t, o, device, attn, offload_needed)
+    shared = {k: v for k, v in trainer_args(out_dir, t, device).items() if k not in getattr(mod, "NOT_ARGS", ())}
+    return {**shared, **own}
 
 
 def method_args(
@@ -247,14 +268,126 @@ def method_args(
     attn: str | None = None,
     offload_needed: bool = False,
 ) -> Any:
-    """The method's TRL config (SFTConfig, DPOConfig, ...) from a parameter dict: the shared arguments, then the
-    method's own. `attn` is the model's attention implementation (packing and padding-free 'auto' depend on it);
-    `offload_needed` is the planner's verdict for activation offloading 'auto' (`Plan.offload`)."""
-    mod = stages.load(method.module)
-    t, o = from_params(TrainParams, p), from_params(mod.Options, p)
-    own = mod.config_kwargs(out_dir, t, o, device, attn, offload_needed)
-    shared = {k: v for k, v in trainer_args(out_dir, t, device).items() if k not in getattr(mod, "NOT_ARGS", ())}
-    return stages.load(method.config)(**{**shared, **own})
+    """The method's TRL config object (SFTConfig, DPOConfig, ...) from a parameter dict (`method_kwargs`)."""
+    return stages.load(method.config)(**method_kwargs(method, out_dir, p, device, attn, offload_needed))
+
+
+def config_kwargs(stage: runs.Stage, device: str, model: Any = None, plan: Any = None) -> dict[str, Any]:
+    """Every argument of this stage's TRL config (`SFTConfig(**config_kwargs(...))` in notebook 02) from its
+    parameters: checkpoints in the stage folder, the schedule, batch, optimizer, eval/save cadence, precision, and
+    what depends on the machine: packing and padding-free follow `model`'s attention kernel, activation offloading
+    and gradient checkpointing follow the memory `plan` (off when every layer's activations fit)."""
+    method = stages.method_of_stage(stage.name, stage.params)
+    attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    offload = bool(plan is not None and plan.offload)
+    kw = method_kwargs(method, stage.path("checkpoints"), stage.params, device, attn, offload)
+    if plan is not None and kw.get("gradient_checkpointing") and not plan.checkpointing:
+        kw["gradient_checkpointing"] = False
+    return kw
+
+
+EXPLAINED = {  # the config fields a lesson looks at, with what each does
+    "per_device_train_batch_size": "rows per step on each device: more is faster per row, costs activation memory",
+    "gradient_accumulation_steps": "steps summed before each optimizer update: effective batch = batch x this",
+    "learning_rate": "peak learning rate, reached after the warmup",
+    "lr_scheduler_type": "how the learning rate decays after the warmup",
+    "warmup_steps": "steps of linear warmup from 0: avoids early loss spikes",
+    "max_steps": "optimizer steps to train (-1: num_train_epochs passes over the data)",
+    "max_length": "longest row in tokens (None: padding-free rows, stage 01 already rejected longer ones)",
+    "packing": "whole conversations packed into rows of up to max_length tokens (fewer, fuller steps)",
+    "padding_free": "a batch laid out as one row without padding (needs a kernel that keeps rows apart)",
+    "gradient_checkpointing": "recompute activations in backward: less memory, about a quarter more compute",
+    "optim": "the optimizer (8-bit AdamW keeps its state small)",
+    "save_steps": "a complete checkpoint every N steps: a crash loses at most this many",
+    "eval_steps": "eval loss on the held-out rows every N steps",
+    "bf16": "16-bit brain-float compute (GPUs that have it)",
+    "beta": "how far the policy may move from the reference (DPO, KTO, ORPO, GRPO)",
+}
+
+
+def explain(args: Any) -> list[tuple[str, Any, str]]:
+    """Print the fields of a TRL config that a lesson looks at, each with its value and what it does; `print(args)`
+    lists every field. Returns the rows."""
+    rows = _rows(args)
+    width = max(len(k) for k, _, _ in rows)
+    print(f"{type(args).__name__}: the fields that matter (print(args) shows all {len(vars(args))})")
+    for k, v, why in rows:
+        print(f"  {k:<{width}} = {v!r:<12}  # {why}")
+    return rows
+
+
+def config_fields(args: Any) -> dict[str, Any]:
+    """The explained fields of the config that trained (summary.json's `config`): what a notebook changed shows."""
+    plain = (bool, int, float, str, type(None))
+    return {k: (v if isinstance(v, plain) else str(v)) for k, _, _ in _rows(args) for v in [getattr(args, k)]}
+
+
+def _rows(args: Any) -> list[tuple[str, Any, str]]:
+    return [(k, getattr(args, k), why) for k, why in EXPLAINED.items() if hasattr(args, k)]
+
+
+def datasets(stage: runs.Stage, tokenizer: Any, rows: dict[str, Any], max_length: int) -> tuple[Any, Any]:
+    """The method's train and eval datasets (tokenized as stage 01's audit saw them) from `inputs(stage)`."""
+    mod = method_module(stage)
+    return mod.dataset(tokenizer, rows["train"], max_length), mod.dataset(tokenizer, rows["eval"], max_length)
+
+
+def attach(
+    stage: runs.Stage,
+    trainer: Any,
+    *,
+    quantization: str,
+    device: str,
+    plan: Any = None,
+    dashboard: Callable[[stages.Method, int], Callable[[dict[str, Any]], None]] | None = None,
+    rows: int | None = None,
+) -> Job:
+    """What TRL does not do, put on a TRL trainer built in the open: live metrics and their dashboard, the guards
+    (NaN, spikes, disk), checkpoints marked complete, the plan's kept activations, fused 4-bit LoRA layers, token
+    counts, TensorBoard's folder. Prints what it changed; returns the Job whose `preflight`, `fit` and `summary`
+    run the stage. `trainer=None` (a finished stage): the Job reads the saved results."""
+    method = stages.method_of_stage(stage.name, stage.params)
+    t = from_params(TrainParams, stage.params)
+    job = Job(stage, method, trainer.processing_class if trainer else None, t.max_steps, quantization, device)
+    if trainer is None:
+        print("this stage already finished with these parameters: training is skipped")
+        saved = runs.read_json(stage.path("summary.json")) if stage.path("summary.json").exists() else {}
+        job.trainable_params = saved.get("trainable_params") or (plan.trainable_params if plan else None)
+        return job
+    job.trainer, job.live = trainer, LiveMetrics(stage.path("metrics.jsonl"))
+    args = trainer.args
+    if warning := attention_warning(trainer.model):
+        print(f"WARNING: {warning}")
+    keep = (
+        [activations.KeepActivations(plan.keep_layers)]
+        if plan and args.gradient_checkpointing and plan.keep_layers
+        else []
+    )
+    for cb in [job.live, *extra_callbacks(), CheckpointComplete(), *keep]:
+        trainer.add_callback(cb)
+    changed = [f"live metrics every {args.logging_steps} steps", "checkpoints marked complete once written"]
+    if plan is not None:
+        changed.append(activations.describe(plan) if args.gradient_checkpointing else "gradient checkpointing: off")
+    n = fused_lora.setup(trainer.model, t.fused_lora, quantization, device)
+    changed += [f"fused 4-bit LoRA on {n} layers"] if n else []
+    count_pair_tokens(quiet(trainer))
+    tensorboard_in_output_dir(trainer)
+    # the config's max_steps (a notebook may have changed it), else the epochs over the rows the trainer got
+    job.steps = args.max_steps if args.max_steps > 0 else t.total_steps(len(trainer.train_dataset))
+    if getattr(args, "packing", False) and rows is not None:
+        changed.append(f"packed {rows} conversations into {len(trainer.train_dataset)} rows")
+    job.live.on_record = dashboard(method, job.steps) if dashboard else None
+    if hasattr(trainer.model, "get_nb_trainable_parameters"):  # PEFT's count (4-bit weights counted unpacked)
+        job.trainable_params, total = trainer.model.get_nb_trainable_parameters()
+    else:
+        job.trainable_params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in trainer.model.parameters())
+    print(
+        f"{type(trainer).__name__} ready: {job.steps} optimizer steps of {t.batch_size} x {t.grad_accum} rows; "
+        f"trainable parameters {job.trainable_params:,} of {total:,} ({100 * job.trainable_params / total:.2f}%)"
+    )
+    print("attached: " + "; ".join(changed))
+    return job
 
 
 def build(
@@ -276,41 +409,27 @@ def build(
     (from `memory_plan`) says whether activation offloading is needed; `extra` goes to the method's
     `trainer_kwargs` (GRPO: its `reward_funcs`); a finished stage loads nothing and returns a
     Job whose calls read its saved results."""
-    method = stages.method_of_stage(stage.name, stage.params)
-    t = from_params(TrainParams, stage.params)
-    job = Job(stage, method, tokenizer, t.total_steps(len(train_rows)), quantization, device)
     if finished(stage):
-        print("this stage already finished with these parameters: training is skipped")
-        return job
+        return attach(stage, None, quantization=quantization, device=device)
+    method = stages.method_of_stage(stage.name, stage.params)
     mod = stages.load(method.module)
-    opts = from_params(mod.Options, stage.params)
+    t, opts = from_params(TrainParams, stage.params), from_params(mod.Options, stage.params)
     t0 = time.time()
     model = model if model is not None else load()
-    job.load_seconds = round(time.time() - t0, 1)
-    attn = getattr(model.config, "_attn_implementation", None)
-    print(attention_warning(model) or f"attention kernel: {attn}")
-    job.live = LiveMetrics(stage.path("metrics.jsonl"))
-    offload = bool(plan is not None and plan.offload)
-    args = method_args(method, stage.path("checkpoints"), stage.params, device, attn, offload)
-    keep = activations.setup(args, plan)  # gradient checkpointing 'auto': the plan's layers keep their activations
-    job.trainer = stages.load(method.trainer)(
+    load_seconds = round(time.time() - t0, 1)
+    print(f"attention kernel: {getattr(model.config, '_attn_implementation', None)}")
+    args = stages.load(method.config)(**config_kwargs(stage, device, model, plan))
+    train_ds, eval_ds = datasets(stage, tokenizer, {"train": train_rows, "eval": eval_rows}, t.max_length)
+    trainer = stages.load(method.trainer)(
         model=model,
         args=args,
-        train_dataset=mod.dataset(tokenizer, train_rows, t.max_length),
-        eval_dataset=mod.dataset(tokenizer, eval_rows, t.max_length),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
         processing_class=tokenizer,
-        callbacks=[job.live, *extra_callbacks(), CheckpointComplete(), *keep],
         **mod.trainer_kwargs(opts, **(extra or {})),
     )
-    fused_lora.setup(job.trainer.model, t.fused_lora, quantization, device)
-    count_pair_tokens(quiet(job.trainer))
-    tensorboard_in_output_dir(job.trainer)
-    rows = len(job.trainer.train_dataset)
-    job.steps = t.total_steps(rows)  # the steps follow the rows the trainer got (packed rows; KTO: two per pair)
-    if getattr(args, "packing", False):  # token-budget batches
-        print(f"packed {len(train_rows)} conversations into {rows} rows of up to {t.max_length} tokens")
-    print(f"{job.steps} optimizer steps of {t.batch_size} x {t.grad_accum} rows")
-    job.live.on_record = dashboard(method, job.steps) if dashboard else None
-    if hasattr(job.trainer.model, "print_trainable_parameters"):
-        job.trainer.model.print_trainable_parameters()
+    job = attach(
+        stage, trainer, quantization=quantization, device=device, plan=plan, dashboard=dashboard, rows=len(train_rows)
+    )
+    job.load_seconds = load_seconds
     return job
