@@ -341,7 +341,7 @@ def test_grpo_config_and_trainer_learn_what_a_reward_pays_for(tiny_sft_run, tmp_
     benchmarks/results/methods_sweep.json.)"""
     from trl import GRPOTrainer
 
-    from ftlab.train import fit, grpo
+    from ftlab.train import grpo
 
     tok = models.load_tokenizer("tiny-random")
     rows = grpo.prompts(data.read_jsonl(tiny_sft_run / "01_prepare_data" / "train.jsonl")[:32])
@@ -383,7 +383,7 @@ def test_grpo_config_and_trainer_learn_what_a_reward_pays_for(tiny_sft_run, tmp_
         def share_paid(completion_ids, ids=ids, **_):
             return [sum(t in ids for t in c) / max(1, len(c)) for c in completion_ids]
 
-        args = fit.method_args(stages.method("grpo"), tmp_path / name, p, "cpu")
+        args = train.method_args(stages.method("grpo"), tmp_path / name, p, "cpu")
         assert args.per_device_train_batch_size == 8 and args.num_generations == 4  # 2 prompts x 4 answers
         policy = dpo.load_policy("tiny-random", "none", tiny_sft_run / "02_train_sft" / "adapter")
         trainer = GRPOTrainer(

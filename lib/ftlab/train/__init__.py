@@ -11,21 +11,10 @@ from ftlab.train.checkpoints import (
     truncate_metrics,
 )
 from ftlab.train.config import Economics, TrainParams, from_params, lora_config, trainer_args
-from ftlab.train.fit import (
-    Job,
-    attach,
-    build,
-    config_kwargs,
-    datasets,
-    explain,
-    finished,
-    inputs,
-    memory_plan,
-    method_args,
-    method_module,
-)
+from ftlab.train.fit import Job, attach, build, datasets, finished, inputs, memory_plan, method_module
 from ftlab.train.preflight import TrainingStopped, forecast_and_disk, preflight, worst_case_batch
 from ftlab.train.sft import dataset as encode_dataset
+from ftlab.train.trainer_config import config_kwargs, explain, method_args
 from ftlab.train.watch import check_same_model, save_adapter, train_watched
 
 __all__ = [
