@@ -98,4 +98,7 @@ def test_the_sft_lesson_builds_the_ecosystems_objects_in_its_own_cells():
         assert name in code, f"02_train_sft builds no {name[:-1]} in a code cell"
     assert "train.build(" not in code and "algo." not in code and "method ==" not in code
     checks = [c for c in cells if "teach.check(" in c]
+    dpo = "\n".join(_src(c) for c in _cells(notebooks_dir() / "03_train_dpo.ipynb") if c["cell_type"] == "code")
+    assert "DPOConfig" in dpo and "DPOTrainer" in dpo and "Config(**train.config_kwargs(" in dpo  # 03: built in sight
+    assert "Trainer(\n" in dpo and "train.build(" not in dpo
     assert len(checks) >= 3, f"02_train_sft has {len(checks)} check-yourself cells; a lesson has at least three"

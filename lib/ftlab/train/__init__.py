@@ -11,10 +11,10 @@ from ftlab.train.checkpoints import (
     truncate_metrics,
 )
 from ftlab.train.config import Economics, TrainParams, from_params, lora_config, trainer_args
-from ftlab.train.fit import Job, attach, build, datasets, finished, inputs, memory_plan, method_module
+from ftlab.train.fit import Job, attach, datasets, finished, inputs, memory_plan, method_module
 from ftlab.train.preflight import TrainingStopped, forecast_and_disk, preflight, worst_case_batch
 from ftlab.train.sft import dataset as encode_dataset
-from ftlab.train.trainer_config import config_kwargs, explain, method_args
+from ftlab.train.trainer_config import config_kwargs, explain, method_args, trainer_kwargs, trl_classes
 from ftlab.train.watch import check_same_model, save_adapter, train_watched
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "TrainingStopped",
     "add_callback",
     "attach",
-    "build",
     "check_same_model",
     "config_kwargs",
     "datasets",
@@ -50,6 +49,8 @@ __all__ = [
     "save_adapter",
     "train_watched",
     "trainer_args",
+    "trainer_kwargs",
+    "trl_classes",
     "truncate_metrics",
     "worst_case_batch",
 ]

@@ -21,7 +21,7 @@ _EXTRA: list[Callable[[], TrainerCallback]] = []
 
 
 def add_callback(factory: Callable[[], TrainerCallback]) -> None:
-    """Every trainer `ftlab.train.fit.build` makes from now on also gets `factory()`, after the live metrics and
+    """Every trainer `ftlab.train.fit.attach` equips from now on also gets `factory()`, after the live metrics and
     before the checkpoint marks (so its on_save runs first). For experiments and for tests' fault injection."""
     _EXTRA.append(factory)
 

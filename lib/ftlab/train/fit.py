@@ -1,5 +1,5 @@
-"""One training stage as a few calls: a TRL trainer built in the open and `attach`ed (or `build` for the method the
-stage's parameters name, or a finished stage skipped), then `Job.preflight`, `Job.fit`, `Job.summary`.
+"""One training stage as a few calls: a TRL trainer built in the notebook's own cells and `attach`ed (None for a
+finished stage), then `Job.preflight`, `Job.fit`, `Job.summary`.
 
 `fit` does the bookkeeping every method needs, in order: move aside checkpoints of other parameters, find the resume
 point and cut the metrics back to it, evaluate before training (methods that ask for it), train with the GPU sampler
@@ -7,7 +7,6 @@ and disk watch, stop on a guard, evaluate after, save the adapter."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ from ftlab.train.callbacks import (
 from ftlab.train.config import Economics, TrainParams, from_params
 from ftlab.train.preflight import TrainingStopped, forecast_and_disk, preflight
 from ftlab.train.tracking import tensorboard_in_output_dir, tracked
-from ftlab.train.trainer_config import config_fields, config_kwargs
+from ftlab.train.trainer_config import config_fields
 from ftlab.train.watch import (
     attention_warning,
     evaluate_before_training,
@@ -129,7 +128,6 @@ class Job:
     eval_before: float | None = None
     final: dict[str, float] = field(default_factory=dict)
     result: Any = None
-    load_seconds: float | None = None
     trainable_params: int | None = None
 
     @property
@@ -220,7 +218,6 @@ class Job:
         s.update(
             eval=self.final,
             resumed_from=self.resume,
-            load_seconds=self.load_seconds,
             quantization=self.quantization,
             device=self.device,
             preflight=self.pre,
@@ -300,49 +297,4 @@ def attach(
         f"trainable parameters {job.trainable_params:,} of {total:,} ({100 * job.trainable_params / total:.2f}%)"
     )
     print("attached: " + "; ".join(changed))
-    return job
-
-
-def build(
-    stage: runs.Stage,
-    tokenizer: Any,
-    train_rows: list[dict[str, Any]],
-    eval_rows: list[dict[str, Any]],
-    *,
-    quantization: str,
-    device: str,
-    model: Any = None,
-    load: Callable[[], Any] | None = None,
-    dashboard: Callable[[stages.Method, int], Callable[[dict[str, Any]], None]] | None = None,
-    plan: Any = None,
-    extra: dict[str, Any] | None = None,
-) -> Job:
-    """The stage's trainer: the method's TRL config and trainer from the registry, its datasets, live metrics (shown
-    by `dashboard(method, steps)`), extra callbacks and checkpoint marks. `model` or `load()` gives the model; `plan`
-    (from `memory_plan`) says whether activation offloading is needed; `extra` goes to the method's
-    `trainer_kwargs` (GRPO: its `reward_funcs`); a finished stage loads nothing and returns a
-    Job whose calls read its saved results."""
-    if finished(stage):
-        return attach(stage, None, quantization=quantization, device=device)
-    method = stages.method_of_stage(stage.name, stage.params)
-    mod = stages.load(method.module)
-    t, opts = from_params(TrainParams, stage.params), from_params(mod.Options, stage.params)
-    t0 = time.time()
-    model = model if model is not None else load()
-    load_seconds = round(time.time() - t0, 1)
-    print(f"attention kernel: {getattr(model.config, '_attn_implementation', None)}")
-    args = stages.load(method.config)(**config_kwargs(stage, device, model, plan))
-    train_ds, eval_ds = datasets(stage, tokenizer, {"train": train_rows, "eval": eval_rows}, t.max_length)
-    trainer = stages.load(method.trainer)(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        **mod.trainer_kwargs(opts, **(extra or {})),
-    )
-    job = attach(
-        stage, trainer, quantization=quantization, device=device, plan=plan, dashboard=dashboard, rows=len(train_rows)
-    )
-    job.load_seconds = load_seconds
     return job

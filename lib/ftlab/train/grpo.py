@@ -72,7 +72,7 @@ def batch_rows(p: dict[str, Any]) -> int:
 def trainer_kwargs(o: Options, reward_funcs: list[Any] | None = None, **_: Any) -> dict[str, Any]:
     if not reward_funcs:
         raise ValueError(
-            "GRPO needs reward functions: expected train.build(..., extra={'reward_funcs': [...]}) with plain functions "
+            "GRPO needs reward functions: expected train.trainer_kwargs(stage, reward_funcs=[...]) with plain functions "
             "(ftlab.train.rewards: rouge_l, ends_cleanly, judge), found none"
         )
     return {"reward_funcs": list(reward_funcs)}

@@ -31,16 +31,9 @@ def method_kwargs(
     return {**shared, **own}
 
 
-def method_args(
-    method: stages.Method,
-    out_dir: Any,
-    p: dict[str, Any],
-    device: str,
-    attn: str | None = None,
-    offload_needed: bool = False,
-) -> Any:
-    """The method's TRL config object (SFTConfig, DPOConfig, ...) from a parameter dict (`method_kwargs`)."""
-    return stages.load(method.config)(**method_kwargs(method, out_dir, p, device, attn, offload_needed))
+def method_args(method: stages.Method, *args: Any, **kwargs: Any) -> Any:
+    """The method's TRL config object (SFTConfig, DPOConfig, ...): `method_kwargs`' arguments, same signature."""
+    return stages.load(method.config)(**method_kwargs(method, *args, **kwargs))
 
 
 def config_kwargs(stage: runs.Stage, device: str, model: Any = None, plan: Any = None) -> dict[str, Any]:
@@ -95,3 +88,16 @@ def config_fields(args: Any) -> dict[str, Any]:
 
 def _rows(args: Any) -> list[tuple[str, Any, str]]:
     return [(k, getattr(args, k), why) for k, why in EXPLAINED.items() if hasattr(args, k)]
+
+
+def trl_classes(stage: runs.Stage) -> tuple[type, type]:
+    """The TRL config and trainer classes of the method this stage trains, from the registry (`method` in stage 03:
+    DPOConfig and DPOTrainer by default; KTO's, ORPO's, GRPO's otherwise)."""
+    method = stages.method_of_stage(stage.name, stage.params)
+    return stages.load(method.config), stages.load(method.trainer)
+
+
+def trainer_kwargs(stage: runs.Stage, **extra: Any) -> dict[str, Any]:
+    """The trainer's method-specific arguments (SFT: the LoRA config; GRPO: its `reward_funcs` from `extra`)."""
+    mod = stages.load(stages.method_of_stage(stage.name, stage.params).module)
+    return mod.trainer_kwargs(from_params(mod.Options, stage.params), **extra)
