@@ -89,19 +89,12 @@ def tiny_sft_run(tmp_path_factory):
     from ftlab import pipeline
 
     out = tmp_path_factory.mktemp("tiny-series")
-    saved = {k: os.environ.get(k) for k in ("FTLAB_OUTPUTS", "PYTHONPATH", "FTLAB_GUARD_LOG")}
-    os.environ["FTLAB_OUTPUTS"] = str(out)
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(OFFLINE_GUARD), saved["PYTHONPATH"]) if p)
-    os.environ["FTLAB_GUARD_LOG"] = str(out / "guard.log")
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # the variables are back as they were after the series
+        mp.setenv("FTLAB_OUTPUTS", str(out))
+        mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(OFFLINE_GUARD), os.environ.get("PYTHONPATH")) if p))
+        mp.setenv("FTLAB_GUARD_LOG", str(out / "guard.log"))
         pipeline.run("01", "02", overrides={"run_name": "base", **TINY_SFT}, log=lambda *a: None)
         pipeline.run("05", "05", overrides={"run_name": "base", **TINY["05_evaluate"]}, log=lambda *a: None)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return out / "base"
 
 

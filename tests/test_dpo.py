@@ -52,25 +52,17 @@ REFERENCE = {
 @pytest.fixture(scope="module")
 def reference_runs(tiny_sft_run, tmp_path_factory):
     """`reference_runs(method)`: stage 03 folder of that method's REFERENCE run (trained on first use)."""
-    import os
-
     from conftest import branch
 
     out, done = tmp_path_factory.mktemp("stage03-ref"), {}
 
     def get(method):
         if method not in done:
-            old = os.environ.get("FTLAB_OUTPUTS")
-            os.environ["FTLAB_OUTPUTS"] = str(out)
-            try:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("FTLAB_OUTPUTS", str(out))
                 branch(tiny_sft_run, out / method)
                 over = {"run_name": method, **FAST, **REFERENCE[method]}
                 pipeline.run("03", "03", overrides=over, log=lambda *a: None)
-            finally:
-                if old is None:
-                    os.environ.pop("FTLAB_OUTPUTS")
-                else:
-                    os.environ["FTLAB_OUTPUTS"] = old
             done[method] = out / method / "03_train_dpo"
         return done[method]
 
