@@ -1,11 +1,13 @@
 """The notebooks in a real JupyterLab, driven by headless Chromium (Playwright with Debian's `chromium`).
 
 JupyterLab starts on loopback with a token, in the project's environment, with the `ftlab` kernel and every
-Jupyter folder inside the test's tmp dir (nothing written to $HOME). Each notebook 00-06 is copied with tiny-model
-values appended to its parameters cell (as a learner would edit them), opened, run with Run > Run All Cells (runmenu:run-all), saved
-and read back: no error output may appear. The widgets are checked in the page: the dataset browser (01) moves to
-another row, the live dashboard (02) shows the step advancing while training runs, the chat playground (05) shows
-one streamed answer per model. Screenshots go to the test's tmp folder (`browser-shots/`).
+Jupyter folder inside the test's tmp dir (nothing written to $HOME). Its outputs/ starts with a copy of the shared tiny
+series (conftest) without stage 02. Each notebook 00-06 is copied with tiny-model values appended to its parameters
+cell (as a learner would edit them), opened, run with Run > Run All Cells (runmenu:run-all), saved and read back: no
+error output may appear. Stages 03 and 04, finished with the same parameters, skip their work and show their cells.
+The widgets are checked in the page: the dataset browser (01) moves to another row, the live dashboard (02) shows the
+step advancing while training runs, the chat playground (05) shows one streamed answer per model. Screenshots go to
+the test's tmp folder (`browser-shots/`).
 
 Needs a Chromium: `make test` installs Debian's package when it is missing; without one the test is skipped and says
 why. Run: .venv/bin/python -m pytest tests/test_browser.py
@@ -25,6 +27,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import TINY as SERIES
+from conftest import branch
 
 from ftlab.paths import repo_root
 
@@ -40,47 +44,20 @@ pytestmark = [
     ),
 ]
 
+# The browser opens a copy of the shared tiny series (conftest) without its stage 02: 02 trains there, live, for the
+# dashboard (24 steps, long enough to watch it move); 00, 01, 03, 04 and 06 run with the series' parameters, so the
+# stages already finished skip their work and show their cells, as they do for a user; 05 scores every model again
+# (it always does), with the probe and lm-eval kept short.
 TINY = {
-    "00_check_environment": {"base_model": "tiny-random", "min_free_disk_gb": 0.1, "min_ram_gb": 0.1},
-    "01_prepare_data": {"base_model": "tiny-random", "max_rows": 120},
+    **SERIES,
     "02_train_sft": {
-        "base_model": "tiny-random",
+        **SERIES["02_train_sft"],
         "max_steps": 24,
         "eval_steps": 12,
         "save_steps": 12,
-        "logging_steps": 1,
-        "learning_rate": 0.003,
-        "batch_size": 4,
         "forecast_rows": 0,
     },
-    "03_train_dpo": {
-        "base_model": "tiny-random",
-        "max_steps": 4,
-        "eval_steps": 2,
-        "save_steps": 2,
-        "logging_steps": 1,
-        "batch_size": 4,
-        "eval_pairs": 8,
-        "guard_rows": 4,
-        "max_new_tokens": 8,
-        "warmup_steps": 0,
-        "forecast_rows": 0,
-    },
-    "04_merge_export": {
-        "base_model": "tiny-random",
-        "verify_prompts": 2,
-        "max_new_tokens": 8,
-        "min_agreement": 0.0,
-        "gguf_types": ["f16"],
-    },
-    "05_evaluate": {
-        "base_model": "tiny-random",
-        "generate_rows": 4,
-        "max_new_tokens": 8,
-        "forgetting_probe": False,
-        "lm_eval_limit": 4,
-    },
-    "06_compare_runs": {},
+    "05_evaluate": {**SERIES["05_evaluate"], "forgetting_probe": False, "lm_eval_limit": 4},
 }
 
 
@@ -91,9 +68,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """A JupyterLab server on loopback serving tiny-parameter copies of the notebooks; yields (url, token, folder)."""
+def lab(tiny_series, tmp_path_factory):
+    """A JupyterLab server on loopback serving tiny-parameter copies of the notebooks and, under its outputs/, the
+    shared series without stage 02 as run "browser"; yields (url, token, folder, root)."""
     root = tmp_path_factory.mktemp("lab")
+    branch(tiny_series, root / "outputs" / "browser", [s for s in SERIES if s != "02_train_sft"])
     nbdir = root / "notebooks"
     nbdir.mkdir()
     for name, values in TINY.items():
@@ -253,7 +232,7 @@ def _unexecuted(nbfile: Path) -> list[int]:
     ]
 
 
-def test_every_notebook_runs_in_jupyterlab_and_its_widgets_work(lab, page, tmp_path):
+def test_every_notebook_runs_in_jupyterlab_and_its_widgets_work(lab, page, tiny_series, tmp_path):
     url, token, nbdir, root = lab
     shots = tmp_path / "browser-shots"
     shots.mkdir()
@@ -297,4 +276,11 @@ def test_every_notebook_runs_in_jupyterlab_and_its_widgets_work(lab, page, tmp_p
             assert len(answers.all_inner_texts()) == len(before) == 3
         _shutdown_kernels(url, token)  # as closing the notebook with its kernel: frees the memory
     assert sorted(p.name for p in shots.iterdir()) == sorted(f"{n}.png" for n in TINY)
-    assert json.loads((root / "outputs" / "browser" / "05_evaluate" / "metrics.json").read_text())["final"]
+    run = root / "outputs" / "browser"
+    for name in ("03_train_dpo", "04_merge_export"):  # finished in the copy: shown, not redone
+        assert (run / name / "summary.json").read_bytes() == (tiny_series / name / "summary.json").read_bytes(), name
+    assert "this stage already finished with these parameters" in (nbdir / "04_merge_export.ipynb").read_text()
+    assert "(finished before)" in (nbdir / "03_train_dpo.ipynb").read_text()
+    m = json.loads((run / "05_evaluate" / "metrics.json").read_text())
+    assert m["final"] == "dpo" and set(m["models"]) == {"base", "sft", "dpo", "merged"}  # 02 anew, 03 and 04 copied
+    assert json.loads((run / "02_train_sft" / "summary.json").read_text())["steps"] == 24

@@ -7,24 +7,13 @@ import json
 
 import pytest
 import torch
+from conftest import TINY, branch
 from safetensors.torch import load_file
 
 from ftlab import data, models, pipeline, stages, train
 from ftlab.train import dpo
 
-FAST = {
-    "base_model": "tiny-random",
-    "max_steps": 6,
-    "eval_steps": 3,
-    "save_steps": 2,
-    "logging_steps": 1,
-    "learning_rate": 0.002,
-    "batch_size": 4,
-    "eval_pairs": 8,
-    "guard_rows": 4,
-    "max_new_tokens": 8,
-    "warmup_steps": 0,
-}
+FAST = TINY["03_train_dpo"]  # the shared series' stage 03: 6 steps, eval at 3, checkpoints every 2
 
 
 def _run03(outputs, tiny_run, run_name, **params):
@@ -33,10 +22,10 @@ def _run03(outputs, tiny_run, run_name, **params):
     return outputs / run_name / "03_train_dpo"
 
 
-# Each method's run that a test reads and that its kill-and-resume test takes as the uninterrupted reference:
-# trained once per module, in a branch of the shared tiny series
+# Each method's run that a test reads and that its kill-and-resume test takes as the uninterrupted reference: DPO's
+# is the shared series' stage 03; the others are trained once per module, in a branch of the shared series
 REFERENCE = {
-    "dpo": {},  # FAST: 6 steps, eval at 3, checkpoints every 2
+    "dpo": {},  # FAST: the shared series' own stage 03
     "grpo": {
         "method": "grpo",
         "max_steps": 4,
@@ -50,17 +39,15 @@ REFERENCE = {
 
 
 @pytest.fixture(scope="module")
-def reference_runs(tiny_sft_run, tmp_path_factory):
+def reference_runs(tiny_series, tmp_path_factory):
     """`reference_runs(method)`: stage 03 folder of that method's REFERENCE run (trained on first use)."""
-    from conftest import branch
-
-    out, done = tmp_path_factory.mktemp("stage03-ref"), {}
+    out, done = tmp_path_factory.mktemp("stage03-ref"), {"dpo": tiny_series / "03_train_dpo"}
 
     def get(method):
         if method not in done:
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv("FTLAB_OUTPUTS", str(out))
-                branch(tiny_sft_run, out / method)
+                branch(tiny_series, out / method)
                 over = {"run_name": method, **FAST, **REFERENCE[method]}
                 pipeline.run("03", "03", overrides=over, log=lambda *a: None)
             done[method] = out / method / "03_train_dpo"
@@ -77,8 +64,8 @@ def _completion_logps(model, batch):
     return (logp * batch["completion_mask"][:, 1:]).sum(1)
 
 
-def test_reference_is_the_sft_policy_and_the_base_is_loaded_once(tiny_sft_run):
-    sft_run = tiny_sft_run
+def test_reference_is_the_sft_policy_and_the_base_is_loaded_once(tiny_series):
+    sft_run = tiny_series
     from peft import PeftModel
     from trl import DPOTrainer
 
@@ -322,7 +309,7 @@ def test_grpo_rewards_pay_for_the_reference_and_for_stopping():
         grpo.trainer_kwargs(grpo.Options(), reward_funcs=[])
 
 
-def test_grpo_config_and_trainer_learn_what_a_reward_pays_for(tiny_sft_run, tmp_path):
+def test_grpo_config_and_trainer_learn_what_a_reward_pays_for(tiny_series, tmp_path):
     """Stage 03's GRPO settings (batch_size prompts x num_generations answers, the SFT adapter as policy, beta's
     frozen ref copy) on the tiny model with a reward it can learn in a few steps: the share of answer tokens from
     one half of the vocabulary (the tokens whose tied embedding points along a fixed direction, which moving the last
@@ -336,7 +323,7 @@ def test_grpo_config_and_trainer_learn_what_a_reward_pays_for(tiny_sft_run, tmp_
     from ftlab.train import grpo
 
     tok = models.load_tokenizer("tiny-random")
-    rows = grpo.prompts(data.read_jsonl(tiny_sft_run / "01_prepare_data" / "train.jsonl")[:32])
+    rows = grpo.prompts(data.read_jsonl(tiny_series / "01_prepare_data" / "train.jsonl")[:32])
     emb = models.load_model("tiny-random").get_input_embeddings().weight.detach()
     u = torch.nn.functional.normalize(torch.randn(emb.shape[1], generator=torch.Generator().manual_seed(0)), dim=0)
     halves = {"along u": (emb @ u > 0), "against u": (emb @ u <= 0)}
@@ -377,7 +364,7 @@ def test_grpo_config_and_trainer_learn_what_a_reward_pays_for(tiny_sft_run, tmp_
 
         args = train.method_args(stages.method("grpo"), tmp_path / name, p, "cpu")
         assert args.per_device_train_batch_size == 8 and args.num_generations == 4  # 2 prompts x 4 answers
-        policy = dpo.load_policy("tiny-random", "none", tiny_sft_run / "02_train_sft" / "adapter")
+        policy = dpo.load_policy("tiny-random", "none", tiny_series / "02_train_sft" / "adapter")
         trainer = GRPOTrainer(
             model=policy,
             args=args,

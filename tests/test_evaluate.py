@@ -12,47 +12,53 @@ import pytest
 from ftlab import evaluation, scoring
 
 
-def test_stage_05_on_the_tiny_model_scores_base_and_sft_and_names_what_it_skipped(tiny_sft_run):
-    run = tiny_sft_run  # the shared series' stage 05 (conftest TINY): 4 generated rows, the probe, lm-eval on 10
+def test_stage_05_on_the_tiny_model_scores_every_model_and_names_what_it_skipped(tiny_series, tiny_run):
+    run = tiny_series  # the shared series' stage 05 (conftest TINY): 4 generated rows, the probe, lm-eval on 10
     m = json.loads((run / "05_evaluate" / "metrics.json").read_text())
-    assert set(m["models"]) == {"base", "sft"} and m["final"] == "sft"
-    assert any("merged: not evaluated" in n for n in m["notes"])  # stage 04 did not run
-    # the default compare_models names "final": here the SFT adapter (no stage 03), scored once, nothing missing
-    assert not any(n.startswith(("dpo", "final")) for n in m["notes"]), m["notes"]
+    assert set(m["models"]) == {"base", "sft", "dpo", "merged"} and m["final"] == "dpo"
+    # the default compare_models names "final": here DPO's adapter, scored once, nothing missing
+    assert not any(n.startswith(("dpo", "final", "merged")) for n in m["notes"]), m["notes"]
+    tiny_run("sft-only")  # a run without stages 03 and 04: "final" is SFT's adapter, scored once; merged is named
+    found, notes = evaluation.find("sft-only", ["base", "sft", "final", "merged"])
+    assert list(found) == ["sft"]
+    assert len(notes) == 1 and notes[0].startswith("merged: not evaluated") and "run its stage first" in notes[0]
     assert m["models"]["sft"]["nll"] < m["models"]["base"]["nll"]  # 6 SFT steps lower held-out NLL even here
-    for name in ("base", "sft"):  # generation speed, from the tokens each model actually generated
+    assert abs(m["models"]["merged"]["nll"] - m["models"]["dpo"]["nll"]) < 1e-3  # merged == base + DPO adapter
+    for name in m["models"]:  # generation speed, from the tokens each model actually generated
         s = m["models"][name]
         assert s["generated_tokens_per_s"] > 0 and s["answer_tokens"] * s["n_generate"] > 0
     summary = json.loads((run / "05_evaluate" / "summary.json").read_text())
-    assert set(summary["generated_tokens_per_s"]) == {"base", "sft"}
+    assert set(summary["generated_tokens_per_s"]) == set(m["models"])
     assert m["comparisons"]["sft_vs_base"]["nll_diff"] < 0 and m["verdict"][0].startswith("SFT improved on BASE")
-    assert set(m["probe"]) == {"base", "sft"} and "pairwise judge: off" in " ".join(m["notes"])
-    lm = m["extras"]["lm_eval"]  # the harness on both models, both local tasks, 10 questions each (lm_eval_limit)
-    assert set(lm["models"]) == {"base", "sft"} and lm["tasks"] == ["ftlab_general_knowledge", "ftlab_heldout"]
+    assert set(m["probe"]) == {"base", "dpo"} and "pairwise judge: off" in " ".join(m["notes"])  # base vs final
+    lm = m["extras"]["lm_eval"]  # the harness on every model, both local tasks, 10 questions each (lm_eval_limit)
+    assert set(lm["models"]) == set(m["models"]) and lm["tasks"] == ["ftlab_general_knowledge", "ftlab_heldout"]
     for tasks in lm["models"].values():
         assert {t: r["n"] for t, r in tasks.items()} == {"ftlab_general_knowledge": 10, "ftlab_heldout": 10}
         assert all(0 <= r["acc"] <= 1 and r["acc_stderr"] >= 0 for r in tasks.values())
     assert ",peft=" in lm["commands"]["sft"] and ",peft=" not in lm["commands"]["base"]
-    assert (run / "05_evaluate" / "lm_eval" / "sft.json").exists()
+    assert all((run / "05_evaluate" / "lm_eval" / f"{name}.json").exists() for name in m["models"])
     assert m["gates"]["forgetting_lm_eval"]["ok"] is not None  # decided from the harness's general-knowledge acc
-    kept = json.loads((run / "05_evaluate" / "lm_eval" / "sft.json").read_text())["questions"]
+    kept = json.loads((run / "05_evaluate" / "lm_eval" / "dpo.json").read_text())["questions"]
     assert len(kept["ftlab_heldout"]) == 10 and isinstance(lm["lost_by_final"], list)
     gate = m["gates"]["forgetting"]  # the probe ran: its gate condition was decided, with its numbers
-    assert (
-        gate["ok"] in (True, False) and "nll_rise" in gate and m["passed"] == (m["gates"]["task"]["ok"] and gate["ok"])
-    )
+    assert gate["ok"] in (True, False) and "nll_rise" in gate
+    assert m["passed"] == all(g["ok"] is not False for g in m["gates"].values())
+    served = m["extras"]["deployed"]  # stage 04's q8_0 GGUF, answered through llama.cpp's server
+    assert served["qtype"] == "q8_0" and served["tokens_per_s"] > 0 and m["gates"]["deployed"]["ok"] is not None
     assert (m["not_promoted_because"] is None) == m["passed"]
     samples = [json.loads(x) for x in (run / "05_evaluate" / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 4 and set(samples[0]["answers"]) == {"base", "sft"}
+    assert len(samples) == 4 and set(samples[0]["answers"]) == set(m["models"])
     html = (run / "05_evaluate" / "report.html").read_text()
     assert html.startswith("<!doctype html>") and "<h2>Side by side</h2>" in html and samples[0]["prompt"][:20] in html
     assert "<h2>lm-evaluation-harness" in html and "ftlab_heldout acc_norm" in html
     assert ("<div class='verdict failed'>" in html) == (not m["passed"])  # a failed gate turns the top box red
-    # the SFT stage's time and energy (estimated from device_power_w on a CPU) are in the metrics and the report
-    (c,) = m["compute"]
-    sft = json.loads((run / "02_train_sft" / "summary.json").read_text())
-    assert c["stage"] == "02_train_sft" and c["energy_wh"] == sft["economics"]["energy_wh"] > 0
-    assert c["energy_source"].startswith("estimate") and c["gpu_samples"] == 0
+    # the training stages' time and energy (estimated from device_power_w on a CPU) are in the metrics and the report
+    assert [c["stage"] for c in m["compute"]] == ["02_train_sft", "03_train_dpo"]
+    for c in m["compute"]:
+        trained = json.loads((run / c["stage"] / "summary.json").read_text())
+        assert c["energy_wh"] == trained["economics"]["energy_wh"] > 0
+        assert c["energy_source"].startswith("estimate") and c["gpu_samples"] == 0
     assert "<h2>Compute and cost</h2>" in html and html.count("<tr><th>total</th>") == 1
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftlab import export, models, pipeline
+from ftlab import export, models, stages
 
 # ---- the Ollama template, rendered as Go renders it -------------------------------------------------------------
 
@@ -61,28 +61,20 @@ def test_interrupted_quantize_leaves_no_file_under_the_final_name(tmp_path, monk
 # ---- the stage on the tiny model: the real converter, quantizer and llama.cpp ----------------------------------
 
 
-def test_stage_04_exports_verified_gguf_modelfile_and_card(outputs, tiny_run, tmp_path_factory):
-    tiny_run("exp")
-    # random weights: near-tied logits make f16 rounding flip greedy tokens, so agreement is not asserted here (it
-    # is on the embedded default in test_series_slow.py); everything else is
-    pipeline.run(
-        "04",
-        "04",
-        overrides={
-            "run_name": "exp",
-            "base_model": "tiny-random",
-            "verify_prompts": 4,
-            "max_new_tokens": 16,
-            "min_agreement": 0.0,
-            "gguf_types": ["f16", "q8_0", "q4_k_m"],
-        },
-        log=lambda *a: None,
-    )
-    st = outputs / "exp" / "04_merge_export"
+def test_stage_04_exports_verified_gguf_modelfile_and_card(
+    tiny_series, tiny_run, outputs, monkeypatch, tmp_path_factory
+):
+    # the shared series' stage 04 (conftest TINY: 4 check prompts, f16 + q8_0 + q4_k_m). Random weights: near-tied
+    # logits make f16 rounding flip greedy tokens, so agreement is not asserted here (it is on the embedded default
+    # in test_series_slow.py); everything else is
+    monkeypatch.setenv("FTLAB_OUTPUTS", str(tiny_series.parent))  # read it where it is; nothing is written there
+    st = tiny_series / "04_merge_export"
     s = json.loads((st / "summary.json").read_text())
-    assert s["adapter"] == "sft"  # no stage 03 in this run: auto falls back to SFT
+    assert s["adapter"] == "dpo"  # adapter="auto": the last training stage that saved one (03)
+    sft_only = tiny_run("sft-only")  # a run without stage 03: auto falls back to SFT's adapter
+    assert stages.final_method(lambda n: sft_only / n, "auto").name == "sft"
     assert s["merge"]["agreement"] == 1.0 and s["merge"]["max_logit_diff"] < 1e-3  # merged == base + adapter
-    assert {p.name for p in (st / "gguf").iterdir()} == {f"ftlab-exp-{t}.gguf" for t in ("f16", "q8_0", "q4_k_m")}
+    assert {p.name for p in (st / "gguf").iterdir()} == {f"ftlab-base-{t}.gguf" for t in ("f16", "q8_0", "q4_k_m")}
     assert s["sizes_mb"]["q4_k_m"] < s["sizes_mb"]["q8_0"] < s["sizes_mb"]["f16"]
     for c in s["gguf"]:
         assert c["template_matches"] and c["tokens_match"], c
@@ -90,7 +82,7 @@ def test_stage_04_exports_verified_gguf_modelfile_and_card(outputs, tiny_run, tm
     # a time budget stops once spent (also mid-answer, that prompt not counted), never below 1 prompt
     tok = models.load_tokenizer("tiny-random")
     prompts = [[{"role": "user", "content": f"Question {i}?"}] for i in range(4)]
-    q4 = st / "gguf" / "ftlab-exp-q4_k_m.gguf"
+    q4 = st / "gguf" / "ftlab-base-q4_k_m.gguf"
     quick = export.verify_gguf(q4, "q4_k_m", tok, prompts, [[0]] * 4, 8, budget_s=1e-9)
     assert quick.prompts_checked == 1 and quick.max_tokens == 8
     assert export.verify_gguf(q4, "q4_k_m", tok, prompts, [[0]] * 4, 8).prompts_checked == 4
@@ -106,8 +98,8 @@ def test_stage_04_exports_verified_gguf_modelfile_and_card(outputs, tiny_run, tm
     assert set(meta["ftlab"]["input_sha256"]) >= {"data", "train", "eval", "adapter"}
     assert meta["ftlab"]["parameters"]["02_train_sft"]["max_steps"] == 6
     assert "**Warning:** a fine-tuned model can reproduce its training data" in card and "| train |" in card
-    assert "ollama create ftlab-exp:" in card and s["ollama_commands"]["promote_after_stage_05"].endswith(":latest")
-    assert "llama_model_loader" not in (outputs / "exp" / "notebooks" / "04_merge_export.ipynb").read_text()
+    assert "ollama create ftlab-base:" in card and s["ollama_commands"]["promote_after_stage_05"].endswith(":latest")
+    assert "llama_model_loader" not in (tiny_series / "notebooks" / "04_merge_export.ipynb").read_text()
     assert "llama_model_quantize" in (st / "llama_cpp.log").read_text()  # llama.cpp's log went to the file
     _served_gguf_answers_like_llama_cpp_and_stops(q4, tmp_path_factory.mktemp("srv"), outputs)
 
@@ -127,8 +119,8 @@ def _served_gguf_answers_like_llama_cpp_and_stops(gguf, tmp, outputs):
     assert a.text == b.text and 0 < a.tokens <= 8 and a.seconds > 0
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0  # the server was stopped
-    path, adapter, why = deployed.find_gguf("exp", "q4_k_m")
-    assert path == gguf and adapter == "sft" and not why
+    path, adapter, why = deployed.find_gguf("base", "q4_k_m")
+    assert path == gguf and adapter == "dpo" and not why
     # the default local judge: judge_model names a GGUF and no judge_url, so llama.cpp's server is started on it
 
     from ftlab import scoring
@@ -139,7 +131,9 @@ def _served_gguf_answers_like_llama_cpp_and_stops(gguf, tmp, outputs):
     with pytest.raises(FileNotFoundError, match="expected a GGUF file to serve with llama.cpp's server, found no file"):
         with served.judge_server("", "nope.gguf", tmp / "judge_server.log"):
             pass
-    assert deployed.find_gguf("exp", "q6_k")[0] is None and "wrote no q6_k GGUF" in deployed.find_gguf("exp", "q6_k")[2]
+    assert (
+        deployed.find_gguf("base", "q6_k")[0] is None and "wrote no q6_k GGUF" in deployed.find_gguf("base", "q6_k")[2]
+    )
 
 
 def test_the_deployed_gate_allows_a_set_gap_to_the_hf_model():

@@ -39,10 +39,10 @@ def _adapter(run):
     return load_file(str(run / "02_train_sft" / "adapter" / "adapter_model.safetensors"))
 
 
-def test_one_process_runs_the_notebooks_code_to_the_same_adapter(tiny_run, tiny_sft_run, outputs):
+def test_one_process_runs_the_notebooks_code_to_the_same_adapter(tiny_run, tiny_series, outputs):
     run = _only_stage01(tiny_run, "single")
     _launch([sys.executable, "-m", "ftlab.launch", *_args("single")], outputs)
-    ref, got = _adapter(tiny_sft_run), _adapter(run)  # the session's papermill run of notebook 02, same parameters
+    ref, got = _adapter(tiny_series), _adapter(run)  # the session's papermill run of notebook 02, same parameters
     assert got.keys() == ref.keys()
     assert max((got[k] - ref[k]).abs().max().item() for k in ref) < 1e-5
     s = json.loads((run / "02_train_sft" / "summary.json").read_text())
@@ -51,7 +51,7 @@ def test_one_process_runs_the_notebooks_code_to_the_same_adapter(tiny_run, tiny_
     assert info["world_size"] == 1 and info["tokens_per_s"] == s["tokens_per_s"]
 
 
-def test_two_processes_under_accelerate_launch(tiny_run, tiny_sft_run, outputs):
+def test_two_processes_under_accelerate_launch(tiny_run, tiny_series, outputs):
     run = _only_stage01(tiny_run, "ddp")
     # accelerate's multi-GPU launcher is torch's elastic launcher (torchrun); on a CPU `accelerate launch --cpu` runs
     # one process unless MPI is set up, so the test starts torchrun itself. The Trainer picks gloo on a CPU.
@@ -74,7 +74,7 @@ def test_two_processes_under_accelerate_launch(tiny_run, tiny_sft_run, outputs):
     assert info["world_size"] == 2 and info["distributed_type"] == "MULTI_CPU"
     assert [r["rank"] for r in info["ranks"]] == [0, 1] and all(r["seconds"] > 0 for r in info["ranks"])
     s = json.loads((st / "summary.json").read_text())
-    one = json.loads((tiny_sft_run / "02_train_sft" / "summary.json").read_text())
+    one = json.loads((tiny_series / "02_train_sft" / "summary.json").read_text())
     assert s["processes"] == 2 and s["steps"] == TINY_SFT["max_steps"]
     # each step took a batch on each process: the gathered token count is about twice one process's
     assert s["train_tokens"] > 1.6 * one["train_tokens"], (s["train_tokens"], one["train_tokens"])
@@ -82,7 +82,7 @@ def test_two_processes_under_accelerate_launch(tiny_run, tiny_sft_run, outputs):
     steps = [json.loads(x)["step"] for x in (st / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert steps == list(range(1, TINY_SFT["max_steps"] + 1))  # written once, by the main process
     assert (st / "checkpoints" / f"checkpoint-{TINY_SFT['max_steps']}" / "CHECKPOINT_COMPLETE").exists()
-    got, one_adapter = _adapter(run), _adapter(tiny_sft_run)
+    got, one_adapter = _adapter(run), _adapter(tiny_series)
     assert got.keys() == one_adapter.keys()  # a whole adapter, trained on other rows than one process saw
     assert not (st / "adapter" / "training_args.bin").exists()  # no pickle beside the safetensors
     assert max((got[k] - one_adapter[k]).abs().max().item() for k in got) > 1e-4

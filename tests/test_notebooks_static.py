@@ -88,17 +88,26 @@ def test_params_file_keys_exist_and_values_validate(path):
     assert path.read_text().startswith("#"), "a params file opens with the command that runs it"
 
 
-def test_the_sft_lesson_builds_the_ecosystems_objects_in_its_own_cells():
-    """02 shows what it teaches: the 4-bit config, the LoRA config, the trainer config and the trainer are built in
-    code cells a learner can print, change and copy, never behind a builder; no method dispatch in a cell; at least
-    three check-yourself cells (short cells: test_architecture). 03 still dispatches on its method: open."""
-    cells = [_src(c) for c in _cells(notebooks_dir() / "02_train_sft.ipynb") if c["cell_type"] == "code"]
-    code = "\n".join(cells)
+def test_the_training_lessons_build_the_ecosystems_objects_in_their_own_cells():
+    """02 and 03 show what they teach: the 4-bit config, the LoRA config (03: PEFT's model on the SFT adapter), the
+    trainer config and the trainer are built in code cells a learner can print, change and copy, never behind a
+    builder; 03 names every method's TRL classes; no notebook cell dispatches on a method (no `algo.`, no
+    `method ==`: the registry decides); at least three check-yourself cells each (short cells: test_architecture)."""
+    code = {
+        nb.stem: [_src(c) for c in _cells(nb) if c["cell_type"] == "code"]
+        for nb in sorted(notebooks_dir().glob("0*.ipynb"))
+    }
+    for stem, cells in code.items():
+        for i, c in enumerate(cells):
+            assert "algo." not in c and "method ==" not in c and "train.build(" not in c, (stem, i, c)
+    sft, dpo = "\n".join(code["02_train_sft"]), "\n".join(code["03_train_dpo"])
     for name in ("BitsAndBytesConfig(", "LoraConfig(", "SFTConfig(", "SFTTrainer("):
-        assert name in code, f"02_train_sft builds no {name[:-1]} in a code cell"
-    assert "train.build(" not in code and "algo." not in code and "method ==" not in code
-    checks = [c for c in cells if "teach.check(" in c]
-    dpo = "\n".join(_src(c) for c in _cells(notebooks_dir() / "03_train_dpo.ipynb") if c["cell_type"] == "code")
-    assert "DPOConfig" in dpo and "DPOTrainer" in dpo and "Config(**train.config_kwargs(" in dpo  # 03: built in sight
-    assert "Trainer(\n" in dpo and "train.build(" not in dpo
-    assert len(checks) >= 3, f"02_train_sft has {len(checks)} check-yourself cells; a lesson has at least three"
+        assert name in sft, f"02_train_sft builds no {name[:-1]} in a code cell"
+    assert "PeftModel.from_pretrained(" in dpo and "Config(**train.config_kwargs(" in dpo and "Trainer(\n" in dpo
+    for m in stages.methods():  # DPOConfig/DPOTrainer, KTOConfig/KTOTrainer, ... named where 03 builds them
+        if m.stage == "03_train_dpo":
+            for cls in (m.config, m.trainer):
+                assert cls.split(":")[1] in dpo, f"03_train_dpo's code cells never name {cls}"
+    for stem in ("02_train_sft", "03_train_dpo"):
+        checks = [c for c in code[stem] if "teach.check(" in c]
+        assert len(checks) >= 3, f"{stem} has {len(checks)} check-yourself cells; a lesson has at least three"

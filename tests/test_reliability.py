@@ -142,14 +142,8 @@ def test_missing_data_file_is_a_clear_error(tmp_path, resilience):
 # ---- private and safe by default -----------------------------------------------------------------------------------
 
 
-def test_run_folders_are_private_to_their_owner(outputs):
-    pipeline.run(
-        "00",
-        "00",
-        overrides={"run_name": "priv", "base_model": "tiny-random", "chat_check": False, "bnb_smoke_test": False},
-        log=lambda *a: None,
-    )
-    assert stat.S_IMODE((outputs / "priv").stat().st_mode) == 0o700
+def test_run_folders_are_private_to_their_owner(tiny_series):
+    assert stat.S_IMODE(tiny_series.stat().st_mode) == 0o700  # the shared series' folder, made by its stage 00
 
 
 def test_pickle_weights_and_remote_code_are_refused_unless_opted_in(tmp_path, monkeypatch):
@@ -200,10 +194,10 @@ def test_training_reports_to_no_tracker_by_default(tmp_path):
     assert train.method_args(stages.method("sft"), tmp_path, p, "cpu").report_to == []
 
 
-def test_series_runs_with_the_network_blocked(tiny_sft_run, resilience):
+def test_series_runs_with_the_network_blocked(tiny_series, resilience):
     """The shared tiny series (conftest) ran with a socket guard on PYTHONPATH (a sitecustomize, inherited by every
-    notebook kernel) that refuses every non-loopback connection and name lookup: stages 01, 02 and 05 (lm-eval
-    included) still ran on the tiny model. Nothing needs the network."""
+    notebook kernel) that refuses every non-loopback connection and name lookup: stages 00 -> 06 (llama.cpp's
+    converter and lm-eval included) still ran on the tiny model. Nothing needs the network."""
     probe = subprocess.run(
         [sys.executable, "-c", "import urllib.request; urllib.request.urlopen('https://huggingface.co', timeout=5)"],
         capture_output=True,
@@ -211,16 +205,12 @@ def test_series_runs_with_the_network_blocked(tiny_sft_run, resilience):
         env={**os.environ, "PYTHONPATH": str(OFFLINE_GUARD)},
     )
     assert probe.returncode != 0 and "blocked by the test guard" in probe.stderr  # the guard is real
-    kernels = (tiny_sft_run.parent / "guard.log").read_text().split()
-    assert len(set(kernels)) >= 3  # the guard was loaded in each stage's kernel (01, 02, 05)
-    m = json.loads((tiny_sft_run / "manifest.json").read_text())
-    assert {k for k, s in m["stages"].items() if s["status"] == "complete"} >= {
-        "01_prepare_data",
-        "02_train_sft",
-        "05_evaluate",
-    }
-    lm = json.loads((tiny_sft_run / "05_evaluate" / "metrics.json").read_text())["extras"]["lm_eval"]
-    assert set(lm["models"]) == {"base", "sft"}  # the harness ran offline on both models
+    kernels = (tiny_series.parent / "guard.log").read_text().split()
+    assert len(set(kernels)) >= len(TINY)  # the guard was loaded in each stage's kernel (00 -> 06)
+    m = json.loads((tiny_series / "manifest.json").read_text())
+    assert [k for k, s in m["stages"].items() if s["status"] == "complete"] == list(TINY)
+    lm = json.loads((tiny_series / "05_evaluate" / "metrics.json").read_text())["extras"]["lm_eval"]
+    assert set(lm["models"]) == {"base", "sft", "dpo", "merged"}  # the harness ran offline on every model
     resilience("fault")
 
 
@@ -228,7 +218,7 @@ def test_series_runs_with_the_network_blocked(tiny_sft_run, resilience):
 
 
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resume_finishes(
-    tmp_path, tiny_sft_run, monkeypatch, resilience
+    tmp_path, tiny_series, monkeypatch, resilience
 ):
     import errno
 
@@ -236,7 +226,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resume_finishe
     from trl import SFTTrainer
 
     tok = models.load_tokenizer("tiny-random")
-    rows = data.read_jsonl(tiny_sft_run / "01_prepare_data" / "train.jsonl")[:48]
+    rows = data.read_jsonl(tiny_series / "01_prepare_data" / "train.jsonl")[:48]
     p = {
         "report_to": "none",
         "seed": 0,
@@ -297,11 +287,11 @@ def _losses(st):
 
 
 def test_same_seed_same_losses_and_a_kill_during_a_checkpoint_write_resumes_to_the_same_adapter(
-    tiny_sft_run, tiny_run, crash_at, resilience
+    tiny_series, tiny_run, crash_at, resilience
 ):
     from safetensors.torch import load_file
 
-    a = tiny_sft_run / "02_train_sft"  # the shared series: same data, seed, steps, LR, checkpoints every 2 steps
+    a = tiny_series / "02_train_sft"  # the shared series: same data, seed, steps, LR, checkpoints every 2 steps
     crash_at(4, in_save=True)  # killed after writing checkpoint-4, before marking it
     with pytest.raises(pipeline.StageFailed):
         _run02(tiny_run, "det-crash")
@@ -313,7 +303,7 @@ def test_same_seed_same_losses_and_a_kill_during_a_checkpoint_write_resumes_to_t
     assert max((got[k] - ref[k]).abs().max().item() for k in ref) < 1e-5
     # bit-identical losses on CPU with the same seed: steps 1-2 trained afresh here, 3-6 after the resume
     assert _losses(c) == _losses(a) and len(_losses(a)) == 6
-    m = json.loads((tiny_sft_run / "manifest.json").read_text())
+    m = json.loads((tiny_series / "manifest.json").read_text())
     assert {"git", "versions", "device"} <= set(m) and m["stages"]["02_train_sft"]["params"]["seed"] == 42
     assert set(m["stages"]["01_prepare_data"]["inputs"]) >= {"data"}  # data hashes recorded
     resilience("fault")

@@ -67,8 +67,9 @@ def memory_plan(
     liger: bool = False,
 ) -> tuple[Any, str]:
     """The planner's estimate for this stage's configuration, printed as a table, and the advice an OOM would print;
-    stops at once when the estimate does not fit the device. `batch_rows` defaults to batch_size (DPO passes two
-    sequences per pair); `lora` (a peft LoraConfig) defaults to the stage's lora_r and lora_targets. A method module
+    stops at once when the estimate does not fit the device. `batch_rows` defaults to the method's sequences per
+    batch (`batch_rows(params)` of its module: DPO runs two per pair, GRPO num_generations per prompt; else
+    batch_size); `lora` (a peft LoraConfig) defaults to the stage's lora_r and lora_targets. A method module
     may define `planned_length(params, device, seq_len)` (packed rows fill max_length). Activation offloading
     'auto' is decided here: on only when the plan does not fit without it and fits with it (`Plan.offload`); so is
     gradient checkpointing 'auto': how many layers keep their activations (`Plan.keep_layers`, `ftlab.train.activations`)."""
@@ -80,7 +81,7 @@ def memory_plan(
     shape = memory.Shape.from_config(models.model_config(p["base_model"]))
     cfg = dict(
         quantization=quant,
-        batch_size=batch_rows or p["batch_size"],
+        batch_size=batch_rows or (mod.batch_rows(p) if hasattr(mod, "batch_rows") else p["batch_size"]),
         seq_len=seq_len,
         lora_r=r,
         lora_targets=targets,

@@ -83,23 +83,33 @@ JUDGE_PROMPT = (
 )
 
 
+def _good_answer(row: dict[str, Any]) -> str:
+    """The row's reference answer: GRPO's `reference`, a pair's chosen answer or a labelled row's completion."""
+    if "reference" in row:
+        return row["reference"]
+    answer = row["chosen"] if "chosen" in row else row["completion"]
+    return answer if isinstance(answer, str) else answer[-1]["content"]
+
+
 def try_on(funcs: list[Callable[..., list[float]]], rows: list[dict[str, Any]], tokenizer: Any) -> list[dict]:
     """Each reward on each row's reference answer (ended with the end-of-turn token) and on its first half cut off
-    mid-answer (as a run into max_completion_length looks), printed as a table: what the functions pay for."""
+    mid-answer (as a run into max_completion_length looks), printed as a table: what the functions pay for. Rows
+    of any stage-03 method: GRPO's prompts with their reference, pairs (the chosen answer), labelled rows."""
     from ftlab import generate
 
     stop = generate.eos_ids(tokenizer)[:1]
     table = []
     for r in rows:
-        ids = tokenizer(r["reference"], add_special_tokens=False)["input_ids"]
+        reference = _good_answer(r)
+        ids = tokenizer(reference, add_special_tokens=False)["input_ids"]
         half = tokenizer.decode(ids[: len(ids) // 2])
         cases = {
-            "reference answer": (r["reference"], ids + stop),
+            "reference answer": (reference, ids + stop),
             "its first half, cut off": (half, ids[: len(ids) // 2]),
         }
         for what, (answer, answer_ids) in cases.items():
             kw = {"prompts": [r["prompt"]], "completions": [[{"role": "assistant", "content": answer}]]}
-            kw |= {"completion_ids": [answer_ids], "reference": [r["reference"]]}
+            kw |= {"completion_ids": [answer_ids], "reference": [reference]}
             table.append({"answer": what, **{f.__name__: round(f(**kw)[0], 3) for f in funcs}})
     print("\n".join(" | ".join(f"{k}: {v}" for k, v in row.items()) for row in table))
     return table
