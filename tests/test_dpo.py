@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from conftest import TINY, branch
+from peft import PeftModel
 from safetensors.torch import load_file
 
 from ftlab import data, models, pipeline, stages, train
@@ -364,7 +365,8 @@ def test_grpo_config_and_trainer_learn_what_a_reward_pays_for(tiny_series, tmp_p
 
         args = train.method_args(stages.method("grpo"), tmp_path / name, p, "cpu")
         assert args.per_device_train_batch_size == 8 and args.num_generations == 4  # 2 prompts x 4 answers
-        policy = dpo.load_policy("tiny-random", "none", tiny_series / "02_train_sft" / "adapter")
+        base = models.load_model("tiny-random", quantization="none")  # the policy, as notebook 03 builds it
+        policy = PeftModel.from_pretrained(base, str(tiny_series / "02_train_sft" / "adapter"), is_trainable=True)
         trainer = GRPOTrainer(
             model=policy,
             args=args,

@@ -64,17 +64,6 @@ def read_inputs(stage: runs.Stage) -> dict[str, Any]:
     return {"adapter": adapter, **{k: data.read_jsonl(p) for k, p in paths.items()}}
 
 
-def load_policy(base_model: str, quantization: str, adapter: Path) -> Any:
-    """One base model with the SFT adapter on it, trainable: the policy DPO starts from."""
-    from peft import PeftModel
-
-    from ftlab import models
-
-    return PeftModel.from_pretrained(
-        models.load_model(base_model, quantization=quantization), str(adapter), is_trainable=True
-    )
-
-
 # ---- pairs -------------------------------------------------------------------------------------------------------
 
 

@@ -20,7 +20,6 @@ from ftlab.train.dpo import (  # noqa: F401 - stage 03's shared steps, called th
     check_reference,
     guard_after,
     guard_before,
-    load_policy,
     read_inputs,
 )
 

@@ -22,7 +22,6 @@ from ftlab.train.dpo import (  # noqa: F401 - stage 03's shared steps, called th
     dataset,
     guard_after,
     guard_before,
-    load_policy,
     make_pairs,
     read_inputs,
     summary,
