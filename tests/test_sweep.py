@@ -12,6 +12,8 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY as SERIES
+from conftest import branch
 
 from ftlab import params as P
 from ftlab import pipeline
@@ -58,7 +60,7 @@ def _sweep(outputs, *args):
     )
 
 
-def test_cohort_sweep_broken_file_fails_alone_then_compare_runs(outputs, tmp_path):
+def test_cohort_sweep_broken_file_fails_alone_then_compare_runs(outputs, tmp_path, tiny_series):
     assert len(COHORT) >= 4  # the shipped cohort; two of its students are swept here (each file runs the same way,
     # and every cohort file's values are validated in test_notebooks_static): stages 01-02 a student (stage 00 runs
     # in the embedded series and test_pipeline)
@@ -80,6 +82,7 @@ def test_cohort_sweep_broken_file_fails_alone_then_compare_runs(outputs, tmp_pat
     again = _sweep(outputs, *map(str, files), "--from", "01", "--to", "02", *TINY)
     assert again.returncode == 0 and "sweep: 0 ran, 2 skipped (complete), 0 failed" in again.stdout
 
+    branch(tiny_series, outputs / "cohort-series", tuple(SERIES))  # a student who ran all seven stages
     os.environ["FTLAB_OUTPUTS"] = str(outputs)
     try:
         pipeline.run("06", "06", overrides={"run_name": "cohort-report", "run_glob": "cohort-*"}, log=lambda *a: None)
@@ -87,8 +90,10 @@ def test_cohort_sweep_broken_file_fails_alone_then_compare_runs(outputs, tmp_pat
         del os.environ["FTLAB_OUTPUTS"]
     st = outputs / "cohort-report" / "06_compare_runs"
     rows = list(csv.DictReader((st / "comparison.csv").open()))
-    assert sorted(r["run"] for r in rows) == sorted(f"cohort-{f.stem}" for f in cohort)
+    assert sorted(r["run"] for r in rows) == sorted([*(f"cohort-{f.stem}" for f in cohort), "cohort-series"])
     nll = [float(r["heldout_nll"]) for r in rows]
-    assert nll == sorted(nll) and all(r["score_source"] == "02 eval loss" for r in rows)
+    assert nll == sorted(nll)  # ranked by held-out NLL: stage 05's where it ran, else stage 02's eval loss
+    sources = {r["run"]: r["score_source"] for r in rows}
+    assert sources.pop("cohort-series") == "05 (dpo)" and set(sources.values()) == {"02 eval loss"}
     page = (st / "comparison.html").read_text()
     assert "Parameters that differ" in page and "02.lora_r" in page and "data:image/png;base64," in page
