@@ -47,7 +47,7 @@ pytestmark = [
 # The browser opens a copy of the shared tiny series (conftest) without its stage 02: 02 trains there, live, for the
 # dashboard (24 steps, long enough to watch it move); 00, 01, 03, 04 and 06 run with the series' parameters, so the
 # stages already finished skip their work and show their cells, as they do for a user; 05 scores every model again
-# (it always does), with the probe and lm-eval kept short.
+# (it always does), with the probe off and lm-eval on 4 questions.
 TINY = {
     **SERIES,
     "02_train_sft": {

@@ -17,6 +17,7 @@ import sys
 import nbformat
 from conftest import TINY
 
+from ftlab import launch
 from ftlab.paths import notebooks_dir
 
 # appended to the script: what the trainer it built trained with
@@ -36,7 +37,7 @@ def _run_as_script(stem, tmp_path, values, edits):
     nb = nbformat.read(notebooks_dir() / f"{stem}.ipynb", as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     params = next(c for c in code if "parameters" in c.metadata.get("tags", []))
-    params.source += "\n# the learner's values\n" + "".join(f"{k} = {v!r}\n" for k, v in values.items())
+    params.source += "\n" + launch.injected_source(values)  # the learner's values, as papermill writes them
     for needle, line in edits:
         cell = next(c for c in code if needle in c.source)
         cell.source += f"\n{line}  # the learner's edit"
