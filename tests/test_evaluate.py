@@ -10,6 +10,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from ftlab import evaluation, scoring
+from ftlab.paths import repo_root
+
+PROBE_N = len((repo_root() / "data/probes/general_knowledge.jsonl").read_text().splitlines())
 
 
 def test_stage_05_on_the_tiny_model_scores_every_model_and_names_what_it_skipped(tiny_series, tiny_run):
@@ -31,10 +34,11 @@ def test_stage_05_on_the_tiny_model_scores_every_model_and_names_what_it_skipped
     assert set(summary["generated_tokens_per_s"]) == set(m["models"])
     assert m["comparisons"]["sft_vs_base"]["nll_diff"] < 0 and m["verdict"][0].startswith("SFT improved on BASE")
     assert set(m["probe"]) == {"base", "dpo"} and "pairwise judge: off" in " ".join(m["notes"])  # base vs final
-    lm = m["extras"]["lm_eval"]  # the harness on every model, both local tasks, 10 questions each (lm_eval_limit)
+    lm = m["extras"]["lm_eval"]  # the harness on every model, both local tasks (lm_eval_limit 10)
     assert set(lm["models"]) == set(m["models"]) and lm["tasks"] == ["ftlab_general_knowledge", "ftlab_heldout"]
     for tasks in lm["models"].values():
-        assert {t: r["n"] for t, r in tasks.items()} == {"ftlab_general_knowledge": 10, "ftlab_heldout": 10}
+        # the gate's general-knowledge task is asked whole (its interval needs every question); the other, 10
+        assert {t: r["n"] for t, r in tasks.items()} == {"ftlab_general_knowledge": PROBE_N, "ftlab_heldout": 10}
         assert all(0 <= r["acc"] <= 1 and r["acc_stderr"] >= 0 for r in tasks.values())
     assert ",peft=" in lm["commands"]["sft"] and ",peft=" not in lm["commands"]["base"]
     assert all((run / "05_evaluate" / "lm_eval" / f"{name}.json").exists() for name in m["models"])
@@ -100,22 +104,38 @@ def test_pairwise_judge_counts_only_position_consistent_wins(mode):
         assert (r["wins_b"], r["wins_a"], r["ties"]) == (0, 0, 3)
 
 
+def _probe(nll: float, right: int, n: int = 200, spread: float = 0.2) -> dict:
+    """A probe score as scoring.probe_score returns it: `n` questions, `right` of them answered right, per-question
+    NLLs spread around `nll`."""
+    nlls = [nll + spread * ((i % 5) - 2) / 2 for i in range(n)]
+    correct = [i < right for i in range(n)]
+    return {"nll": sum(nlls) / n, "correct": right / n, "per_example": {"nll": nlls, "correct": correct}}
+
+
 def test_a_forgetting_regression_beyond_tolerance_is_not_promoted_and_says_why():
-    """The gate: the task improved, but the probe's correct share fell from 57% to 35% (the embedded default's
-    figures before the gate existed): not passed, and the refusal names the condition, its numbers and what to try."""
+    """The gate decides on 95% intervals over the probe's questions: the task improved, but the share of right
+    answers fell 57% -> 35% on 200 questions (surely more than 3 points): not passed, and the refusal names the
+    condition, its numbers and what to try. The same fall on 20 questions, or a loss of 4 of 200, is chance."""
     v = evaluation.Verdict("dpo", comparisons={"dpo_vs_base": {"improved": True, "regressed": False}})
     assert v.passed  # no gate checked yet: the task alone
-    base, tuned = {"nll": 2.10, "correct": 0.57}, {"nll": 2.15, "correct": 0.35}
-    v.gates["forgetting"] = evaluation.forgetting_gate(base, tuned, nll_tol=0.1, correct_tol=0.1)
-    assert not v.passed
+    base, tuned = _probe(2.10, 114), _probe(2.15, 70)
+    v.gates["forgetting"] = g = evaluation.forgetting_gate(base, tuned, nll_tol=0.1, correct_tol=0.03)
+    assert not v.passed and g["failed_on"] == ["correct"] and g["correct_drop"] == 0.22 and g["n"] == 200
+    assert 0.03 < g["correct_drop_ci"][0] < 0.22 < g["correct_drop_ci"][1] and g["nll_rise"] == 0.05
     why = v.refusal()
-    assert why.startswith("forgetting: general-knowledge probe NLL 2.100 -> 2.150 (allowed +0.1), correct 57% -> 35%")
-    assert "(allowed -10%)" in why and "fewer steps" in why
+    assert why.startswith("forgetting: general-knowledge probe (200 questions): NLL 2.100 -> 2.150 (rise +0.050")
+    assert "correct 57% -> 35% (drop +22.0%, 95% CI +" in why and "fails above 3%" in why and "fewer steps" in why
     assert v.gate_lines()[-1] == "promotion gate: not passed"
     v.gates["forgetting"] = evaluation.forgetting_gate(base, tuned, nll_tol=0.1, correct_tol=0.25)  # looser: passes
     assert v.passed and v.gate_lines()[1].startswith("promotion gate, forgetting: ok:")
-    v.gates["forgetting"] = evaluation.forgetting_gate(base, {"nll": 2.3, "correct": 0.57}, 0.1, 0.1)  # NLL rose
-    assert not v.passed and "NLL 2.100 -> 2.300" in v.refusal()
+    v.gates["forgetting"] = evaluation.forgetting_gate(base, _probe(2.10, 110), 0.1, 0.03)  # 4 of 200 lost: chance
+    assert v.passed
+    few_base, few_tuned = _probe(2.1, 11, n=20), _probe(2.1, 7, n=20)  # 20 points on 20 questions: 6 lost, 2 won
+    few_tuned["per_example"]["correct"] = [6 <= i < 13 for i in range(20)]
+    few = evaluation.forgetting_gate(few_base, few_tuned, 0.1, 0.03)
+    assert few["ok"] and few["correct_drop"] == 0.2 and few["correct_drop_ci"][0] <= 0.03 < few["correct_drop_ci"][1]
+    v.gates["forgetting"] = evaluation.forgetting_gate(base, _probe(2.3, 114), 0.1, 0.03)  # NLL rose on every question
+    assert not v.passed and v.gates["forgetting"]["failed_on"] == ["NLL"] and "NLL 2.100 -> 2.300" in v.refusal()
     v.gates["forgetting"] = {"ok": None, "why": "off"}  # not checked: does not block, but is reported
     assert v.passed and "promotion gate, forgetting: not checked: off" in v.gate_lines()
     worse = evaluation.Verdict("sft", comparisons={"sft_vs_base": {"improved": False, "regressed": False}})
@@ -126,13 +146,11 @@ def test_a_failed_gate_turns_the_reports_top_box_red_and_says_why_first():
     from ftlab import report
 
     v = evaluation.Verdict("dpo", comparisons={"dpo_vs_base": {"improved": True, "regressed": False}})
-    v.gates["forgetting"] = evaluation.forgetting_gate(
-        {"nll": 2.1, "correct": 0.57}, {"nll": 2.3, "correct": 0.57}, 0.1, 0.1
-    )
+    v.gates["forgetting"] = evaluation.forgetting_gate(_probe(2.1, 114), _probe(2.3, 114), 0.1, 0.03)
     args = ("Evaluation of run r", v.lines + v.gate_lines(), [], {}, [], {}, [], [])
     failed = report.page(*args, refused=v.refusal())
     box = failed.split("<div class='verdict failed'>")[1].split("</div>")[0]
-    assert box.startswith("<strong>Not promoted: forgetting: general-knowledge probe NLL 2.100 -&gt; 2.300")
+    assert box.startswith("<strong>Not promoted: forgetting: general-knowledge probe (200 questions): NLL 2.100 -&gt;")
     assert box.count("<strong>") == 1 and "promotion gate: not passed" in box
     ok = report.page(*args)
     assert (

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ftlab import harness, models
+from ftlab import harness, models, scoring
 from ftlab.paths import repo_root
 
 sys.path.insert(0, str(repo_root() / "data" / "lm_eval"))
@@ -31,9 +31,31 @@ def test_general_knowledge_task_is_the_probe_with_the_key_word_swapped_the_same_
         for wrong in d["choices"]:  # the same sentence with only the key word swapped for another question's
             assert wrong.startswith(head) and wrong.endswith(tail) and wrong[len(head) : len(wrong) - len(tail)] in keys
     assert {d["gold"] for d in docs} == set(range(tasks.N_CHOICES))  # the right answer is not always first
-    # numbers are swapped for numbers: "A spider has eight legs." against other number words
+    # a key word is swapped only for another of its kind: a capital for a capital, a number for a number
+    kind = {r["answer"]: r["kind"] for r in probe}
+    for d, r in zip(docs, probe, strict=True):
+        right = r["messages"][-1]["content"]
+        at = right.rindex(r["answer"])
+        swapped = {c[at : len(c) - (len(right) - at - len(r["answer"]))] for c in d["choices"]}
+        assert {kind[w] for w in swapped} == {r["kind"]}, (r, d["choices"])
     spider = next(d for d in docs if "spider" in d["question"])
-    assert all(c.split()[3] in tasks.NUMBER_WORDS for c in spider["choices"])
+    assert all(c.split()[3] in tasks.NUMBER_WORDS or c.split()[3].isdigit() for c in spider["choices"])
+
+
+def test_the_probe_has_200_questions_built_by_its_script_and_none_is_in_the_training_data():
+    sys.path.insert(0, str(repo_root() / "data"))
+    import build_probe
+
+    path = repo_root() / "data/probes/general_knowledge.jsonl"
+    assert path.read_text(encoding="utf-8") == build_probe.text()  # regenerate: python data/build_probe.py
+    probe = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(probe) >= 200 and len({r["messages"][0]["content"] for r in probe}) == len(probe)
+    assert len({r["kind"] for r in probe}) >= 10  # capitals, numbers, authors, languages, science, ...
+    trained = " ".join((repo_root() / "data/pydoc_qa" / f).read_text().lower() for f in ("sft.jsonl", "prefs.jsonl"))
+    assert not [r for r in probe if r["messages"][0]["content"].lower() in trained]  # disjoint from training
+    assert [scoring.answer_match(r["answer"], r["messages"][-1]["content"], r.get("aliases", ())) for r in probe] == [
+        True
+    ] * len(probe)  # every reference sentence says its key word
 
 
 def test_heldout_task_puts_each_reference_among_other_heldout_answers_and_bad_input_is_named(tmp_path):
@@ -74,17 +96,19 @@ def test_harness_accuracy_equals_a_hand_computed_log_likelihood_choice_under_the
     run("base", model, "pretrained=tiny")
     got = run.results["base"][harness.FORGETTING_TASK]
     hits, picks = [], []
-    for d in tasks.general_knowledge_docs()[:12]:
+    docs = tasks.general_knowledge_docs()  # the gate's task is asked whole: lm_eval_limit does not cut it
+    for d in docs:
         ctx = tok.apply_chat_template(
             [{"role": "user", "content": d["question"]}], tokenize=False, add_generation_prompt=True
         )
         ll = [_loglik(model, tok, ctx, c) for c in d["choices"]]
         picks.append(max(range(len(ll)), key=ll.__getitem__))
         hits.append(picks[-1] == d["gold"])
-    assert got["n"] == 12 and math.isclose(got["acc"], sum(hits) / 12, abs_tol=1e-4)
+    assert got["n"] == len(docs) >= 200 and math.isclose(got["acc"], sum(hits) / len(docs), abs_tol=1e-4)
     # each question's outcome is kept: the same choice as by hand, question by question
     assert [a["pick"] for a in run.answers["base"][harness.FORGETTING_TASK]] == picks
     assert (tmp_path / "out" / "base.json").exists() and "--apply_chat_template" in run.commands["base"]
+    assert " --limit" not in run.commands["base"]  # the shell command asks the whole task too
 
 
 def test_any_local_task_folder_works_and_the_gate_reads_general_knowledge(tmp_path):
@@ -103,11 +127,23 @@ def test_any_local_task_folder_works_and_the_gate_reads_general_knowledge(tmp_pa
     run("base", models.load_model(models.TINY_MODEL), "pretrained=tiny")
     assert run.results["base"]["my_task"]["n"] == 3 and "acc" in run.results["base"]["my_task"]
     assert harness.status("") == "lm-eval: off (lm_eval_tasks is empty)" and harness.status("my_task") is None
+
+    def answers(picks):  # one outcome per question of the general-knowledge task, gold always choice 0
+        return {harness.FORGETTING_TASK: [{"question": f"q{i}", "gold": 0, "pick": p} for i, p in enumerate(picks)]}
+
+    # 200 questions: base right on 120 (60%), the tuned model on 90 (45%): a drop whose 95% interval lies above 3 points
+    run.answers = {"base": answers([0] * 120 + [1] * 80), "sft": answers([0] * 90 + [1] * 110)}
+    g = harness.forgetting_gate(run, "base", "sft", tol=0.03)
+    assert g["ok"] is False and g["n"] == 200 and g["acc_drop"] == 0.15 and 0.03 < g["acc_drop_ci"][0] < 0.15
+    assert g["why"].startswith("lm-eval ftlab_general_knowledge (200 questions) acc 60% -> 45% (drop +15.0%, 95% CI +")
+    assert harness.forgetting_gate(run, "base", "sft", tol=0.2)["ok"] is True  # surely not a drop of 20 points
+    run.answers["sft"] = answers([0] * 116 + [1] * 84)  # 4 questions of 200 lost: within chance, the gate passes
+    assert harness.forgetting_gate(run, "base", "sft", tol=0.03)["ok"] is True
+    run.answers = {"base": answers([0] * 12 + [1] * 8), "sft": answers([0] * 9 + [1] * 11)}  # 15 points on 20 questions
+    small = harness.forgetting_gate(run, "base", "sft", tol=0.03)  # the same fall on 20 questions proves nothing
+    assert small["ok"] is True and small["acc_drop_ci"][0] <= 0.03 < small["acc_drop_ci"][1]
+    assert harness.forgetting_gate(run, "base", "dpo", 0.03)["ok"] is None  # not run on the final model: not checked
     lm = {"models": {"base": {harness.FORGETTING_TASK: {"acc": 0.6}}, "sft": {harness.FORGETTING_TASK: {"acc": 0.45}}}}
-    g = harness.forgetting_gate(lm, "base", "sft", tol=0.1)
-    assert g["ok"] is False and g["why"] == "lm-eval ftlab_general_knowledge acc 60% -> 45% (allowed -10%)"
-    assert harness.forgetting_gate(lm, "base", "sft", tol=0.2)["ok"] is True
-    assert harness.forgetting_gate({"models": {}}, "base", "sft", 0.1)["ok"] is None  # not run: not checked
     run.answers = {  # the questions the tuned model lost, by name (what the notebook prints and metrics.json keeps)
         "base": {harness.FORGETTING_TASK: [{"question": q, "gold": 0, "pick": p} for q, p in zip("abc", (0, 0, 1))]},
         "sft": {harness.FORGETTING_TASK: [{"question": q, "gold": 0, "pick": p} for q, p in zip("abc", (1, 0, 0))]},

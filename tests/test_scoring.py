@@ -76,3 +76,15 @@ def test_generate_is_greedy_batched_and_reports_stopping():
     assert one[0].text == two[0].text  # left padding does not change a greedy answer
     assert all(a.new_tokens <= 6 for a in two) and tok.padding_side == "right"  # restored
     assert all((a.stopped and a.new_tokens <= 6) or (not a.stopped and a.new_tokens == 6) for a in two)
+
+
+def test_a_short_right_answer_counts_and_a_wrong_one_does_not():
+    """The probe's answer match: whole words after case, accents and punctuation; number words read as digits."""
+    m = scoring.answer_match
+    assert m("Paris", "Paris.") and m("Paris", "The capital of France is Paris, on the Seine.")
+    assert m("seven", "7") and m("7", "There are seven.") and m("12", "twelve") and m("Bogota", "Bogotá!")
+    assert m("gray", "It is grey.", ["grey"]) and not m("gray", "It is grey.")
+    assert not m("Rome", "Romeo") and not m("Paris", "Lyon.") and not m("4", "14") and not m("", "anything")
+    assert m("carbon dioxide", "Plants take in Carbon-Dioxide.") and not m("carbon dioxide", "carbon monoxide")
+    drop, lo, hi = scoring.paired_drop([True] * 8 + [False] * 2, [True] * 5 + [False] * 5)
+    assert abs(drop - 0.3) < 1e-9 and lo <= 0.3 <= hi and lo >= 0

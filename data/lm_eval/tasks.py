@@ -1,9 +1,9 @@
 """Datasets of the local lm-evaluation-harness tasks (the YAML files beside this one), built from files in this
 repository in a fixed, seeded way, so every run of every model answers the same questions with the same choices.
 
-- `general_knowledge`: the forgetting probe (`data/probes/general_knowledge.jsonl`) as multiple choice: the reference
-  sentence against three copies with the key word swapped for another question's key word of the same kind (numbers
-  for numbers, names for names).
+- `general_knowledge`: the forgetting probe (`data/probes/general_knowledge.jsonl`, built by data/build_probe.py) as
+  multiple choice: the reference sentence against three copies with the key word swapped for another question's key
+  word of the same kind (the row's `kind`: a capital for a capital, a number for a number).
 - `heldout`: the run's own held-out rows (stage 01's `eval.jsonl`, passed as `eval_path` in the task metadata) as
   multiple choice: the reference answer against three other held-out rows' answers.
 
@@ -61,7 +61,7 @@ def _mc(question: str, right: str, others: list[str]) -> dict:
 
 def general_knowledge_docs(path: Path = PROBE) -> list[dict]:
     rows = _read(path)
-    answers = [r["answer"] for r in rows]
+    answers = [(r["answer"], r.get("kind") or _kind(r["answer"])) for r in rows]
     docs = []
     for n, r in enumerate(rows, 1):
         question, sentence, key = r["messages"][0]["content"], r["messages"][-1]["content"], r["answer"]
@@ -69,8 +69,9 @@ def general_knowledge_docs(path: Path = PROBE) -> list[dict]:
         if not spots:
             raise ValueError(f"{path}:{n}: the answer {key!r} is not a word of the reference {sentence!r}")
         at = spots[-1]
-        same = [a for a in answers if _kind(a) == _kind(key) and a.lower() != key.lower()]
-        other = [a for a in answers if a.lower() != key.lower()]
+        kind = r.get("kind") or _kind(key)
+        same = [a for a, k in answers if k == kind and a.lower() != key.lower()]
+        other = [a for a, _ in answers if a.lower() != key.lower()]
         swaps = same if len(set(same)) >= N_CHOICES - 1 else other
         wrong = [sentence[: at.start()] + w + sentence[at.end() :] for w in swaps]
         docs.append(_mc(question, sentence, wrong))

@@ -182,10 +182,47 @@ def compare(
 # ---- forgetting probe and pairwise judge ----------------------------------------------------------------------
 
 
+NUMBER_WORDS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
+    "eighteen nineteen twenty"
+).split()
+
+
+def _normal(text: str) -> str:
+    """Lower case, accents and punctuation removed, number words as digits: `Bogotá.` -> `bogota`, `Seven` -> `7`."""
+    import re
+    import unicodedata
+
+    plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    words = re.findall(r"[a-z0-9]+", plain)
+    return " ".join(str(NUMBER_WORDS.index(w)) if w in NUMBER_WORDS else w for w in words)
+
+
+def answer_match(key: str, answer: str, aliases: list[str] | tuple[str, ...] = ()) -> bool:
+    """Whether a generated answer says the key word (or one of its aliases) as a whole word, whatever its length:
+    "Paris." and "The capital of France is Paris, a city on the Seine." both say `Paris`; "7" says `seven`."""
+    said = f" {_normal(answer)} "
+    return any(f" {_normal(k)} " in said for k in (key, *aliases) if _normal(k))
+
+
+def paired_drop(before: list[bool], after: list[bool], level: float = 0.95) -> tuple[float, float, float]:
+    """The fall in the share of right answers from `before` to `after` on the same questions, with a paired
+    bootstrap interval: (drop, low, high); positive means fewer right."""
+    if len(before) != len(after):
+        raise ValueError(
+            f"paired_drop: {len(before)} answers before and {len(after)} after; expected the same questions"
+        )
+    return bootstrap_ci([float(a) - float(b) for a, b in zip(before, after, strict=True)], level=level)
+
+
 def probe_score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int = 32) -> dict[str, Any]:
-    """General-knowledge probe: NLL of the reference sentence and whether the greedy answer contains the key word."""
+    """General-knowledge probe: NLL of the reference sentence and whether the greedy answer says the key word (a
+    short right answer counts, see `answer_match`)."""
     s = score(model, tokenizer, rows, max_length=256, n_generate=len(rows), max_new_tokens=max_new_tokens)
-    hits = [r["answer"].lower() in a.lower() for r, a in zip(rows, s["per_example"]["answers"], strict=True)]
+    hits = [
+        answer_match(r["answer"], a, r.get("aliases", ()))
+        for r, a in zip(rows, s["per_example"]["answers"], strict=True)
+    ]
     s["per_example"]["correct"] = hits
     s["correct"] = sum(hits) / max(1, len(hits))
     return s
