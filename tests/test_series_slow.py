@@ -64,27 +64,31 @@ def test_embedded_default_series_trains_exports_and_evaluates_a_better_model(out
 
     ev = _j(run, "05_evaluate", "metrics.json")
     assert ev["final"] == "dpo" and ev["gates"]["task"]["ok"]  # the task improved
-    # the promotion gate also weighs forgetting: the default run loses general knowledge (its probe's correct share
-    # fell 57% -> 35% before the gate existed), so it is promoted only if that stayed within tolerance
+    # the default recipe keeps what the model knew (stage 02's LR 1e-4, chosen by benchmarks/forgetting_sweep.py:
+    # at 3e-4 the probe's right answers fell 59% -> 41%, 95% CI of the drop +11 to +25 points): the gate passes
     gates = ev["gates"]
-    assert ev["passed"] == all(g["ok"] is not False for g in gates.values()) and gates["forgetting"]["ok"] is not None
-    failed = [n for n, g in gates.items() if g["ok"] is False]
-    assert ev["passed"] or all(f"{n}: " in ev["not_promoted_because"] for n in failed if n != "task")
+    assert ev["passed"] is True and ev["not_promoted_because"] is None, ev["not_promoted_because"]
+    assert all(g["ok"] is not False for g in gates.values()) and gates["forgetting"]["ok"] is True
+    probe_n = len((repo_root() / "data/probes/general_knowledge.jsonl").read_text().splitlines())
+    f = gates["forgetting"]
+    assert f["n"] == probe_n >= 200 and f["correct_drop_ci"][0] <= 0.03 and f["nll_rise_ci"][0] <= 0.1
+    assert len(f["lost"]) >= round(f["correct_drop"] * probe_n)  # the questions it lost, with its answers
     served = ev["extras"]["deployed"]  # the q8_0 GGUF through llama.cpp's server, on the same 32 prompts
     assert served["qtype"] == "q8_0" and served["prompts"] == 32 and served["tokens_per_s"] > 0
     assert gates["deployed"]["ok"] is not None and served["stopped_share"] >= 0.9  # it answers and stops
-    lm = ev["extras"]["lm_eval"]  # the harness on every model, 24 questions per local task (params/default.yaml)
+    lm = ev["extras"]["lm_eval"]  # the harness on every model: the gate's task whole, the held-out task 24 questions
     assert set(lm["models"]) == {"base", "sft", "dpo", "merged"}
     for tasks in lm["models"].values():
-        assert {t: r["n"] for t, r in tasks.items()} == {"ftlab_general_knowledge": 24, "ftlab_heldout": 24}
+        assert {t: r["n"] for t, r in tasks.items()} == {"ftlab_general_knowledge": probe_n, "ftlab_heldout": 24}
     for t in lm["tasks"]:  # the merged model is the DPO adapter folded in: the harness sees the same model
         assert abs(lm["models"]["merged"][t]["acc"] - lm["models"]["dpo"][t]["acc"]) <= 1 / 24 + 1e-9
-    # measured 2026-12-02 on all 157 questions: general knowledge base 95% -> DPO 90%, held-out acc_norm 0.59 -> 0.68.
+    # measured 2026-12-07 on all 260 questions (stage 02 at LR 3e-4): general knowledge base 94% -> DPO 96%.
     # The base knows these facts: a broken template or answer delimiter would put it near chance (25%)
     assert lm["models"]["base"]["ftlab_general_knowledge"]["acc"] >= 0.75
-    assert gates["forgetting_lm_eval"]["ok"] is not None
+    g = gates["forgetting_lm_eval"]
+    assert g["ok"] is True and g["n"] == probe_n and g["acc_drop_ci"][0] <= 0.03
     gk = {m: lm["models"][m]["ftlab_general_knowledge"]["acc"] for m in ("base", "dpo")}
-    assert len(lm["lost_by_final"]) >= round((gk["base"] - gk["dpo"]) * 24)  # the questions lost, by name
+    assert len(lm["lost_by_final"]) >= round((gk["base"] - gk["dpo"]) * probe_n)  # the questions lost, by name
     m = ev["models"]
     # measured 2026-11-22: base 3.860, SFT 2.653, DPO 2.662, merged 2.662 nats/token; ROUGE-L 0.15 -> 0.30
     assert m["base"]["nll"] - m["dpo"]["nll"] > 0.5 and m["dpo"]["rouge_l"] > m["base"]["rouge_l"]
@@ -92,7 +96,7 @@ def test_embedded_default_series_trains_exports_and_evaluates_a_better_model(out
     assert m["dpo"]["stopped_share"] == 1.0
     html = (run / "05_evaluate" / "report.html").read_text()
     assert "<h2>Side by side</h2>" in html and html.count("<tr>") > 30 and "data:image/png;base64," in html
-    assert ("<div class='verdict failed'>" in html) == (not ev["passed"])  # a failed gate is red at the top
+    assert "<div class='verdict failed'>" not in html and "Not promoted" not in html  # a green top box, honestly
     assert (
         "<h2>lm-evaluation-harness" in html and "<h2>The deployed artifact</h2>" in html and "llama.cpp server" in html
     )

@@ -192,6 +192,12 @@ def forgetting(
             probe[name] = scoring.probe_score(contenders.model, tokenizer, probe_rows)
     base, tuned = probe[stages.BASE], probe[v.final]
     v.gates["forgetting"] = forgetting_gate(base, tuned, gate_nll, gate_correct)
+    right = zip(probe_rows, base["per_example"]["correct"], tuned["per_example"]["correct"], strict=True)
+    v.gates["forgetting"]["lost"] = [  # the questions the base answered right and the tuned model now misses
+        {"question": r["messages"][0]["content"], "answer": r["answer"], "now": a}
+        for (r, was, now), a in zip(right, tuned["per_example"]["answers"], strict=True)
+        if was and not now
+    ]
     forgot = scoring.compare(base, tuned, (stages.BASE, v.final.upper()), nll_tolerance)
     print({m: {"nll": round(p["nll"], 3), "correct": round(p["correct"], 3)} for m, p in probe.items()})
     if forgot["regressed"] or v.gates["forgetting"]["correct_drop_ci"][0] > 0:  # surely fewer right answers
