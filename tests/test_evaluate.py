@@ -109,7 +109,12 @@ def _probe(nll: float, right: int, n: int = 200, spread: float = 0.2) -> dict:
     NLLs spread around `nll`."""
     nlls = [nll + spread * ((i % 5) - 2) / 2 for i in range(n)]
     correct = [i < right for i in range(n)]
-    return {"nll": sum(nlls) / n, "correct": right / n, "per_example": {"nll": nlls, "correct": correct}}
+    answers = [f"answer {i}" for i in range(n)]
+    return {
+        "nll": sum(nlls) / n,
+        "correct": right / n,
+        "per_example": {"nll": nlls, "correct": correct, "answers": answers},
+    }
 
 
 def test_a_forgetting_regression_beyond_tolerance_is_not_promoted_and_says_why():
@@ -122,6 +127,9 @@ def test_a_forgetting_regression_beyond_tolerance_is_not_promoted_and_says_why()
     v.gates["forgetting"] = g = evaluation.forgetting_gate(base, tuned, nll_tol=0.1, correct_tol=0.03)
     assert not v.passed and g["failed_on"] == ["correct"] and g["correct_drop"] == 0.22 and g["n"] == 200
     assert 0.03 < g["correct_drop_ci"][0] < 0.22 < g["correct_drop_ci"][1] and g["nll_rise"] == 0.05
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}], "answer": "a"} for i in range(200)]
+    lost = evaluation.forgetting_gate(base, tuned, 0.1, 0.03, rows)["lost"]  # which questions, with today's answer
+    assert [x["question"] for x in lost] == [f"q{i}" for i in range(70, 114)] and lost[0]["now"] == "answer 70"
     why = v.refusal()
     assert why.startswith("forgetting: general-knowledge probe (200 questions): NLL 2.100 -> 2.150 (rise +0.050")
     assert "correct 57% -> 35% (drop +22.0%, 95% CI +" in why and "fails above 3%" in why and "fewer steps" in why

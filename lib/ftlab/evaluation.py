@@ -145,30 +145,7 @@ def verdicts(scores: dict[str, dict[str, Any]], nll_tolerance: float) -> Verdict
     return v
 
 
-def forgetting_gate(base: dict[str, Any], tuned: dict[str, Any], nll_tol: float, correct_tol: float) -> dict[str, Any]:
-    """The forgetting condition of the promotion gate, decided on 95% paired bootstrap intervals over the probe's
-    questions: it fails when the rise of the reference NLL is surely above `nll_tol` nats/token (its interval lies
-    wholly above it) or the fall of the share of right answers is surely above `correct_tol`. A few questions lost
-    by chance do not fail it; a real loss does."""
-    pb, pt = base["per_example"], tuned["per_example"]
-    up = scoring.bootstrap_ci([t - b for b, t in zip(pb["nll"], pt["nll"], strict=True)])
-    drop = scoring.paired_drop(pb["correct"], pt["correct"])
-    bad = [what for what, (_, lo, _hi), tol in (("NLL", up, nll_tol), ("correct", drop, correct_tol)) if lo > tol]
-    n = len(pb["correct"])
-    return {
-        "ok": not bad,
-        "why": f"general-knowledge probe ({n} questions): NLL {base['nll']:.3f} -> {tuned['nll']:.3f} (rise "
-        f"{up[0]:+.3f}, 95% CI {up[1]:+.3f} to {up[2]:+.3f}; fails above +{nll_tol}), correct {base['correct']:.0%} "
-        f"-> {tuned['correct']:.0%} (drop {drop[0]:+.1%}, 95% CI {drop[1]:+.1%} to {drop[2]:+.1%}; fails above "
-        f"{correct_tol:.0%})",
-        "try": "a lower learning rate, fewer steps or a smaller rank; or general rows mixed into the training set",
-        "failed_on": bad,
-        "nll_rise": round(up[0], 4),
-        "nll_rise_ci": [round(up[1], 4), round(up[2], 4)],
-        "correct_drop": round(drop[0], 4),
-        "correct_drop_ci": [round(drop[1], 4), round(drop[2], 4)],
-        "n": n,
-    }
+forgetting_gate = scoring.forgetting_gate  # the probe's condition of the promotion gate
 
 
 def forgetting(
@@ -191,13 +168,7 @@ def forgetting(
         with contenders.use(name):
             probe[name] = scoring.probe_score(contenders.model, tokenizer, probe_rows)
     base, tuned = probe[stages.BASE], probe[v.final]
-    v.gates["forgetting"] = forgetting_gate(base, tuned, gate_nll, gate_correct)
-    right = zip(probe_rows, base["per_example"]["correct"], tuned["per_example"]["correct"], strict=True)
-    v.gates["forgetting"]["lost"] = [  # the questions the base answered right and the tuned model now misses
-        {"question": r["messages"][0]["content"], "answer": r["answer"], "now": a}
-        for (r, was, now), a in zip(right, tuned["per_example"]["answers"], strict=True)
-        if was and not now
-    ]
+    v.gates["forgetting"] = forgetting_gate(base, tuned, gate_nll, gate_correct, probe_rows)
     forgot = scoring.compare(base, tuned, (stages.BASE, v.final.upper()), nll_tolerance)
     print({m: {"nll": round(p["nll"], 3), "correct": round(p["correct"], 3)} for m, p in probe.items()})
     if forgot["regressed"] or v.gates["forgetting"]["correct_drop_ci"][0] > 0:  # surely fewer right answers

@@ -228,6 +228,42 @@ def probe_score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_
     return s
 
 
+def forgetting_gate(
+    base: dict[str, Any], tuned: dict[str, Any], nll_tol: float, correct_tol: float, rows: list | None = None
+) -> dict[str, Any]:
+    """The forgetting condition of the promotion gate, decided on 95% paired bootstrap intervals over the probe's
+    questions: it fails when the rise of the reference NLL is surely above `nll_tol` nats/token (its interval lies
+    wholly above it) or the fall of the share of right answers is surely above `correct_tol`. A few questions lost
+    by chance do not fail it; a real loss does. With the probe `rows`, `lost` lists the questions the base answered
+    right and the tuned model now misses, with its answer."""
+    pb, pt = base["per_example"], tuned["per_example"]
+    up = bootstrap_ci([t - b for b, t in zip(pb["nll"], pt["nll"], strict=True)])
+    drop = paired_drop(pb["correct"], pt["correct"])
+    bad = [what for what, (_, lo, _hi), tol in (("NLL", up, nll_tol), ("correct", drop, correct_tol)) if lo > tol]
+    n = len(pb["correct"])
+    per = zip(rows, pb["correct"], pt["correct"], pt["answers"], strict=True) if rows else ()
+    lost = [
+        {"question": r["messages"][0]["content"], "answer": r["answer"], "now": a}
+        for r, was, now, a in per
+        if was and not now
+    ]
+    return {
+        "ok": not bad,
+        "why": f"general-knowledge probe ({n} questions): NLL {base['nll']:.3f} -> {tuned['nll']:.3f} (rise "
+        f"{up[0]:+.3f}, 95% CI {up[1]:+.3f} to {up[2]:+.3f}; fails above +{nll_tol}), correct {base['correct']:.0%} "
+        f"-> {tuned['correct']:.0%} (drop {drop[0]:+.1%}, 95% CI {drop[1]:+.1%} to {drop[2]:+.1%}; fails above "
+        f"{correct_tol:.0%})",
+        "try": "a lower learning rate, fewer steps or a smaller rank; or general rows mixed into the training set",
+        "failed_on": bad,
+        "nll_rise": round(up[0], 4),
+        "nll_rise_ci": [round(up[1], 4), round(up[2], 4)],
+        "correct_drop": round(drop[0], 4),
+        "correct_drop_ci": [round(drop[1], 4), round(drop[2], 4)],
+        "n": n,
+        **({"lost": lost} if rows else {}),
+    }
+
+
 JUDGE_PROMPT = (
     "You are comparing two answers to the same question against a reference answer.\n"
     "Question:\n{question}\n\nReference answer:\n{reference}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}\n\n"
