@@ -12,6 +12,13 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
 .PHONY: run test test-fast setup lock lab clean-venv canary browser
 
+# Training on a CPU frees and re-allocates large tensors every step; glibc hands big blocks back to the OS and each
+# step then faults fresh pages in again (2-core VM: 20 stage-02 steps of the embedded model trained in 128 s that
+# way and in 76 s with these two glibc settings, which keep freed memory inside the process;
+# benchmarks/results/cpu_malloc.json). For the runs and tests here only: `make lab`'s kernels return memory as usual.
+run test test-fast: export MALLOC_MMAP_MAX_ := 0
+run test test-fast: export MALLOC_TRIM_THRESHOLD_ := 68719476736
+
 # The environment: created from requirements.lock when missing or when the lock changed; a no-op otherwise.
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }

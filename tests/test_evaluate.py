@@ -36,10 +36,13 @@ def test_stage_05_on_the_tiny_model_scores_every_model_and_names_what_it_skipped
     assert set(m["probe"]) == {"base", "dpo"} and "pairwise judge: off" in " ".join(m["notes"])  # base vs final
     lm = m["extras"]["lm_eval"]  # the harness on every model, both local tasks (lm_eval_limit 10)
     assert set(lm["models"]) == set(m["models"]) and lm["tasks"] == ["ftlab_general_knowledge", "ftlab_heldout"]
-    for tasks in lm["models"].values():
-        # the gate's general-knowledge task is asked whole (its interval needs every question); the other, 10
-        assert {t: r["n"] for t, r in tasks.items()} == {"ftlab_general_knowledge": PROBE_N, "ftlab_heldout": 10}
+    for name, tasks in lm["models"].items():
+        # the gate's general-knowledge task is asked whole (its interval needs every question), and only of the two
+        # models the gate compares (base and the final DPO); the held-out task of every model, 10 questions
+        gate = {"ftlab_general_knowledge": PROBE_N} if name in ("base", "dpo") else {}
+        assert {t: r["n"] for t, r in tasks.items()} == {**gate, "ftlab_heldout": 10}, name
         assert all(0 <= r["acc"] <= 1 and r["acc_stderr"] >= 0 for r in tasks.values())
+    assert " --limit" not in lm["commands"]["sft"] and "--tasks ftlab_general_knowledge " in lm["commands"]["dpo"]
     assert ",peft=" in lm["commands"]["sft"] and ",peft=" not in lm["commands"]["base"]
     assert all((run / "05_evaluate" / "lm_eval" / f"{name}.json").exists() for name in m["models"])
     assert m["gates"]["forgetting_lm_eval"]["ok"] is not None  # decided from the harness's general-knowledge acc

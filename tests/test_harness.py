@@ -109,6 +109,19 @@ def test_harness_accuracy_equals_a_hand_computed_log_likelihood_choice_under_the
     assert [a["pick"] for a in run.answers["base"][harness.FORGETTING_TASK]] == picks
     assert (tmp_path / "out" / "base.json").exists() and "--apply_chat_template" in run.commands["base"]
     assert " --limit" not in run.commands["base"]  # the shell command asks the whole task too
+    # in stage 05 the gate's task goes to the models the gate compares; the others get the other tasks, limited
+    found = {"sft": tmp_path, "dpo": tmp_path, "merged": tmp_path}
+    stage = type(
+        "S",
+        (),
+        {"params": p | {"batch_size": 4, "max_length": 256}, "input": lambda *a: tmp_path, "path": lambda *a: tmp_path},
+    )()
+    r = harness.runner(stage, tok, [], found)
+    r.tasks = [harness.FORGETTING_TASK, harness.HELDOUT_TASK]
+    assert r.gate_models == ("base", "dpo") and r.groups("base") == r.groups("dpo")
+    assert r.groups("dpo") == [([harness.FORGETTING_TASK], None), ([harness.HELDOUT_TASK], 12)]
+    assert r.groups("sft") == r.groups("merged") == [([harness.HELDOUT_TASK], 12)]
+    assert harness.FORGETTING_TASK not in r.command("pretrained=x", "merged") and " --limit 12" in r.command("x", "sft")
 
 
 def test_any_local_task_folder_works_and_the_gate_reads_general_knowledge(tmp_path):

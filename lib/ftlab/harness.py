@@ -60,15 +60,25 @@ def _numbers(results: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 class Runner:
     """Called once per model while it is loaded (`evaluation.score_all`), it runs the harness on that model and
-    keeps the numbers. `metadata` reaches the tasks' dataset functions (the held-out file for `ftlab_heldout`)."""
+    keeps the numbers. `metadata` reaches the tasks' dataset functions (the held-out file for `ftlab_heldout`).
+    `gate_models` (the base and the final model) are the only ones asked the forgetting gate's task, whole; the
+    others get the other tasks (None: every model gets every task)."""
 
-    def __init__(self, p: dict[str, Any], tokenizer: Any, eval_path: Path, out_dir: Path):
+    def __init__(
+        self,
+        p: dict[str, Any],
+        tokenizer: Any,
+        eval_path: Path,
+        out_dir: Path,
+        gate_models: tuple[str, ...] | None = None,
+    ):
         self.tasks = task_list(p["lm_eval_tasks"])
         self.include = str(repo_root() / (p["lm_eval_include_path"] or LOCAL_TASKS))
         self.metadata = {"eval_path": str(eval_path)}
         self.tokenizer, self.batch_size, self.max_length = tokenizer, p["batch_size"], p["max_length"]
         self.limit = p["lm_eval_limit"] or None
         self.out_dir = out_dir
+        self.gate_models = gate_models
         self.results: dict[str, dict[str, dict[str, float]]] = {}
         self.seconds: dict[str, float] = {}
         self.commands: dict[str, str] = {}
@@ -82,25 +92,25 @@ class Runner:
             lm = HFLM(
                 pretrained=model, tokenizer=self.tokenizer, batch_size=self.batch_size, max_length=self.max_length
             )
-            r = self._evaluate(lm)
+            r = self._evaluate(lm, name)
         self.results[name] = _numbers(r["results"])
         self.answers[name] = {task: [_outcome(x) for x in xs] for task, xs in r.get("samples", {}).items()}
         self.seconds[name] = round(time.time() - t, 1)
-        self.commands[name] = self.command(model_args)
+        self.commands[name] = self.command(model_args, name)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         keep = {k: r[k] for k in ("results", "versions", "n-shot", "config", "lm_eval_version") if k in r}
         keep["questions"] = self.answers[name]
         (self.out_dir / f"{name}.json").write_text(json.dumps(keep, indent=1, default=str), encoding="utf-8")
         print(f"{name:>7}: lm-eval {self.seconds[name]} s", self.line(name))
 
-    def _evaluate(self, lm: Any) -> dict[str, Any]:
-        """Every task, `limit` questions each, except the forgetting gate's task, always asked whole: the gate's
-        interval needs every question (two harness calls when a limit is set)."""
+    def _evaluate(self, lm: Any, name: str) -> dict[str, Any]:
+        """Every task of `groups(name)`: `limit` questions each, except the forgetting gate's task, always asked
+        whole: the gate's interval needs every question (two harness calls when a limit is set)."""
         import lm_eval
         from lm_eval.tasks import TaskManager
 
         out: dict[str, Any] = {}
-        for tasks, limit in self.groups():
+        for tasks, limit in self.groups(name):
             r = lm_eval.simple_evaluate(
                 model=lm,
                 tasks=tasks,
@@ -114,19 +124,21 @@ class Runner:
                 out[key] = {**out[key], **value} if isinstance(value, dict) and key in out else value
         return out
 
-    def groups(self) -> list[tuple[list[str], int | None]]:
-        """The harness calls per model: (tasks, limit); the forgetting gate's task is always asked whole."""
-        whole = [t for t in self.tasks if t == FORGETTING_TASK and self.limit]
-        return [(t, n) for t, n in ((whole, None), ([t for t in self.tasks if t not in whole], self.limit)) if t]
+    def groups(self, name: str | None = None) -> list[tuple[list[str], int | None]]:
+        """The harness calls for model `name`: (tasks, limit). The forgetting gate's task is asked whole, and only
+        of the models the gate compares (`gate_models`): it is the longest task, and nothing else reads it."""
+        tasks = [t for t in self.tasks if t != FORGETTING_TASK or self.gate_models is None or name in self.gate_models]
+        whole = [t for t in tasks if t == FORGETTING_TASK and self.limit]
+        return [(t, n) for t, n in ((whole, None), ([t for t in tasks if t not in whole], self.limit)) if t]
 
-    def command(self, model_args: str) -> str:
+    def command(self, model_args: str, name: str | None = None) -> str:
         """The same evaluation from a shell (the run's tokenizer and chat template come from the folders)."""
         meta = json.dumps(self.metadata)
         return " && ".join(
             f"lm_eval --model hf --model_args {model_args} --tasks {','.join(tasks)} --include_path {self.include} "
             f"--metadata '{meta}' --apply_chat_template --batch_size {self.batch_size}"
             + (f" --limit {limit}" if limit else "")
-            for tasks, limit in self.groups()
+            for tasks, limit in self.groups(name)
         )
 
     def line(self, name: str) -> str:
@@ -215,11 +227,14 @@ def table(lm: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def runner(stage: Any, tokenizer: Any, notes: list[str]) -> Runner | None:
-    """The harness for stage 05's models, or None with a note saying why it is off."""
+def runner(stage: Any, tokenizer: Any, notes: list[str], found: dict[str, Any] | None = None) -> Runner | None:
+    """The harness for stage 05's models (`found`: the run's models, as `evaluation.find` returns them; the gate's
+    task goes to the base and the last method among them), or None with a note saying why it is off."""
     why = status(stage.params["lm_eval_tasks"])
     if why:
         notes.append(why)
         print(why)
         return None
-    return Runner(stage.params, tokenizer, stage.input(stages.DATA, "eval.jsonl"), stage.path("lm_eval"))
+    final = next((m for m in reversed(stages.method_names()) if m in (found or {})), None)
+    gate = None if found is None else (stages.BASE, *([final] if final else []))
+    return Runner(stage.params, tokenizer, stage.input(stages.DATA, "eval.jsonl"), stage.path("lm_eval"), gate)
