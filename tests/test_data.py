@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ftlab import data
+from ftlab import data, formats
 
 Q = [f"What does `mod.f{i}` do?" for i in range(6)]
 A = [f"Return the answer number {i} for the caller." for i in range(6)]
@@ -57,6 +57,26 @@ def test_csv_alpaca_and_prompt_completion(tmp_path):
         rows, rejected, used = data.load(_write(tmp_path / f"{fmt}.csv", FORMATS[fmt]()))
         assert not rejected and len(rows) == 6 and rows[0].line == 2  # line 1 is the header
         assert rows[0].data["messages"][1]["content"] == A[0]
+
+
+def test_a_csv_row_with_more_or_fewer_cells_than_its_header_is_rejected_with_its_line(tmp_path):
+    """An unquoted comma inside a field splits it: the spare cell would be thrown away and the answer cut, so the
+    row is rejected with its line number and both cells kept in the record; a short row is rejected the same way."""
+    p = tmp_path / "a.csv"
+    p.write_text(
+        "instruction,output\n"
+        "Name a fruit,apple\n"
+        "Add 2 and 3, then double it,10\n"  # an unquoted comma: three cells
+        '"Quoted, fine",yes\n'
+        "Only one cell\n"
+    )
+    rows, rejected, _ = data.load(p)
+    assert [r.line for r in rows] == [2, 4] and rows[1].data["messages"][0]["content"] == "Quoted, fine"
+    assert [(r.line, r.reason) for r in rejected] == [(3, "csv_cell_count"), (5, "csv_cell_count")]
+    assert rejected[0].detail.startswith("3 cells where the header has 2") and "quote" in rejected[0].detail
+    assert rejected[0].raw == {"instruction": "Add 2 and 3", "output": " then double it", "": ["10"]}
+    assert rejected[1].detail == "1 cell where the header has 2: missing cells for ['output']"
+    assert rejected[0].source == str(p) and "csv_cell_count" in formats.REASONS
 
 
 def test_datasets_folder(tmp_path):

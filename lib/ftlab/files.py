@@ -192,12 +192,26 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[tuple[int, Any]], list[R
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path}: invalid UTF-8 at line {line} (byte {e.start}); re-save the file as UTF-8.") from None
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    records = []
+    records, rejected = [], []
     start = 2  # line 1 is the header
     for rec in reader:
-        records.append((start, {k: v for k, v in rec.items() if k is not None}))
+        n_header = len(reader.fieldnames or ())
+        spare, missing = rec.get(None), [k for k, v in rec.items() if k is not None and v is None]
+        if spare or missing:  # csv fills a short row with None and keeps a long row's spare cells under None
+            cells = n_header + len(spare or ()) - len(missing)
+            why = (
+                "a comma (or quote) inside a field that is not quoted splits it; quote fields that contain the "
+                f"delimiter {delimiter!r}"
+                if spare
+                else f"missing cells for {missing}"
+            )
+            raw = {k: v for k, v in rec.items() if k is not None and v is not None} | ({"": spare} if spare else {})
+            detail = f"{cells} cell{'' if cells == 1 else 's'} where the header has {n_header}: {why}"
+            rejected.append(Rejected(start, "csv_cell_count", detail, raw))
+        else:
+            records.append((start, dict(rec)))
         start = reader.line_num + 1
-    return records, []
+    return records, rejected
 
 
 def _read_datasets_folder(path: Path) -> list[tuple[int, Any]]:

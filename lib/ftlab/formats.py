@@ -26,6 +26,7 @@ REASONS = {
     "media_part": "a non-text content part (image, audio, file): a text model cannot use it",
     "kto_row": "a labelled KTO row (an answer judged true/false): stage 03's data (method kto), never an SFT target",
     "too_deep": "JSON nested too deeply to read safely",
+    "csv_cell_count": "a CSV row with more or fewer cells than the header (an unquoted delimiter inside a field)",
     "turn_order": "turns out of order (system first, then user/assistant alternating)",
     "no_final_assistant": "the conversation does not end with an assistant turn: nothing to learn",
     "chosen_equals_rejected": "a preference pair whose chosen and rejected answers are the same",
