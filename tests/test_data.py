@@ -79,6 +79,20 @@ def test_a_csv_row_with_more_or_fewer_cells_than_its_header_is_rejected_with_its
     assert rejected[0].source == str(p) and "csv_cell_count" in formats.REASONS
 
 
+def test_keys_inside_a_turn_are_reported_and_a_training_flag_fails_the_row(tmp_path):
+    """A turn's key the reader does not use is never dropped silently: it is kept beside the row and reported per
+    key; a key that says whether the turn is trained (OpenAI's weight, axolotl's train) fails the row, since every
+    assistant turn would be trained anyway."""
+    turns = [{"role": "user", "content": "Hi", "name": "ann"}, {"role": "assistant", "content": "Hello"}]
+    masked = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Wrong", "weight": 0}]
+    p = _write(tmp_path / "t.jsonl", [{"messages": turns}, {"messages": masked}])
+    rows, rejected, _ = data.load(p)
+    assert len(rows) == 1 and rows[0].extra == {"messages[].name": ["ann"]}
+    assert [(r.line, r.reason) for r in rejected] == [(2, "training_key")] and "'weight' = 0" in rejected[0].detail
+    note = data.brief_warnings(data.content_warnings(rows))
+    assert note == "note: field 'messages[].name' in 1 rows is kept beside the row, not trained"
+
+
 def test_datasets_folder(tmp_path):
     from datasets import Dataset
 
