@@ -79,6 +79,14 @@ def test_a_csv_row_with_more_or_fewer_cells_than_its_header_is_rejected_with_its
     assert rejected[0].source == str(p) and "csv_cell_count" in formats.REASONS
 
 
+def test_a_semicolon_separated_csv_is_read_with_its_delimiter_and_says_so(tmp_path, capsys):
+    p = tmp_path / "s.csv"
+    p.write_text("instruction;output\nName a fruit, any fruit;apple, or a pear\n")
+    rows, rejected, _ = data.load(p)
+    assert not rejected and rows[0].data["messages"][1]["content"] == "apple, or a pear"
+    assert "read with ';' as delimiter" in capsys.readouterr().out
+
+
 def test_keys_inside_a_turn_are_reported_and_a_training_flag_fails_the_row(tmp_path):
     """A turn's key the reader does not use is never dropped silently: it is kept beside the row and reported per
     key; a key that says whether the turn is trained (OpenAI's weight, axolotl's train) fails the row, since every

@@ -53,6 +53,7 @@ def load(path: str | Path, fmt: str = "auto", kind: str = "chat") -> tuple[list[
         try:
             f = fmt if fmt != "auto" else formats.detect_format(rec) if isinstance(rec, dict) else "auto"
             data, extra = formats.normalize(rec, f)
+            extra |= turn_extras(rec, formats.get(f).fields)
         except RowError as e:
             rejected.append(Rejected(line, e.reason, e.detail, _writable(rec), str(path), counts))
             continue
@@ -67,6 +68,32 @@ def load(path: str | Path, fmt: str = "auto", kind: str = "chat") -> tuple[list[
         used[f] += 1
         rows.append(Row(line, data, extra, str(path), counts))
     return rows, rejected, ", ".join(f"{k} ({v})" for k, v in used.most_common()) or "none"
+
+
+TURN_KEYS = ("role", "content", "from", "value")  # what the readers take from a turn
+# per-turn keys that other tools read as "train this turn or not" (OpenAI's weight, axolotl's train/training...)
+TRAINING_KEYS = ("weight", "train", "training", "trainable", "mask", "masked", "loss", "label")
+
+
+def turn_extras(rec: dict[str, Any], fields: set[str]) -> dict[str, list[Any]]:
+    """Keys inside a row's turns that the reader does not use, as `field[].key` extras (reported, kept beside the
+    row); a key that says whether a turn is trained fails the row: every assistant turn is trained here, so a turn
+    its author marked as not-for-training would be trained silently."""
+    extras: dict[str, list[Any]] = {}
+    for name in fields:
+        turns = rec.get(name)
+        for i, t in enumerate(turns if isinstance(turns, list) else ()):
+            for k, v in t.items() if isinstance(t, dict) else ():
+                if k in TURN_KEYS:
+                    continue
+                if k.lower() in TRAINING_KEYS:
+                    raise RowError(
+                        "training_key",
+                        f"{name}[{i}] has {k!r} = {v!r}: a per-turn key that says whether the turn is trained. Here "
+                        "every assistant turn is trained: remove the turns it marks as not trained, then the key",
+                    )
+                extras.setdefault(f"{name}[].{k}", []).append(v)
+    return extras
 
 
 def _misplaced(fmt: str, kind: str) -> tuple[str, str]:

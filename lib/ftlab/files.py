@@ -191,6 +191,14 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[tuple[int, Any]], list[R
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path}: invalid UTF-8 at line {line} (byte {e.start}); re-save the file as UTF-8.") from None
+    header = text.split("\n", 1)[0]
+    if delimiter not in header:  # a semicolon-separated "CSV" (as spreadsheets save it in many locales)
+        found = next((d for d in (";", "\t", "|", ",") if d in header), None)
+        if found:
+            print(
+                f"note: {path.name}'s header has no {delimiter!r} but has {found!r}: read with {found!r} as delimiter"
+            )
+            delimiter = found
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     records, rejected = [], []
     start = 2  # line 1 is the header

@@ -342,30 +342,4 @@ def normalize(rec: Any, fmt: str = "auto") -> tuple[dict[str, Any], dict[str, An
     out = f.convert(rec)
     if f.ordered:
         check_order(out["messages"])
-    return out, {k: v for k, v in rec.items() if k not in f.fields} | _turn_extras(rec, f.fields)
-
-
-TURN_KEYS = ("role", "content", "from", "value")  # what the readers take from a turn
-# per-turn keys that other tools read as "train this turn or not" (OpenAI's weight, axolotl's train/training...)
-TRAINING_KEYS = ("weight", "train", "training", "trainable", "mask", "masked", "loss", "label")
-
-
-def _turn_extras(rec: dict[str, Any], fields: set[str]) -> dict[str, list[Any]]:
-    """Keys inside a row's turns that the reader does not use, as `field[].key` extras (reported, kept beside the
-    row); a key that says whether a turn is trained fails the row: every assistant turn is trained here, so a turn
-    its author marked as not-for-training would be trained silently."""
-    extras: dict[str, list[Any]] = {}
-    for field in fields:
-        turns = rec.get(field)
-        for i, t in enumerate(turns if isinstance(turns, list) else ()):
-            for k, v in t.items() if isinstance(t, dict) else ():
-                if k in TURN_KEYS:
-                    continue
-                if k.lower() in TRAINING_KEYS:
-                    raise RowError(
-                        "training_key",
-                        f"{field}[{i}] has {k!r} = {v!r}: a per-turn key that says whether the turn is trained. Here "
-                        "every assistant turn is trained: remove the turns it marks as not trained, then the key",
-                    )
-                extras.setdefault(f"{field}[].{k}", []).append(v)
-    return extras
+    return out, {k: v for k, v in rec.items() if k not in f.fields}
