@@ -42,7 +42,10 @@ def test_stage_05_on_the_tiny_model_scores_every_model_and_names_what_it_skipped
         gate = {"ftlab_general_knowledge": PROBE_N} if name in ("base", "dpo") else {}
         assert {t: r["n"] for t, r in tasks.items()} == {**gate, "ftlab_heldout": 10}, name
         assert all(0 <= r["acc"] <= 1 and r["acc_stderr"] >= 0 for r in tasks.values())
-    assert "ftlab_general_knowledge" not in lm["commands"]["sft"] and "--tasks ftlab_general_knowledge " in lm["commands"]["dpo"]
+    assert (
+        "ftlab_general_knowledge" not in lm["commands"]["sft"]
+        and "--tasks ftlab_general_knowledge " in lm["commands"]["dpo"]
+    )
     assert ",peft=" in lm["commands"]["sft"] and ",peft=" not in lm["commands"]["base"]
     assert all((run / "05_evaluate" / "lm_eval" / f"{name}.json").exists() for name in m["models"])
     assert m["gates"]["forgetting_lm_eval"]["ok"] is not None  # decided from the harness's general-knowledge acc
