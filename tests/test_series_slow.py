@@ -60,7 +60,7 @@ def test_embedded_default_series_trains_exports_and_evaluates_a_better_model(out
     hf_stopped = _j(run, "04_merge_export", "checks.json")["hf_stopped_share"]
     assert by_type["f16"]["agreement"] >= 0.9 and by_type["q8_0"]["agreement"] >= 0.4
     assert by_type["q8_0"]["token_agreement"] > by_type["q4_k_m"]["token_agreement"]  # more bits, closer to HF
-    assert hf_stopped >= 0.9 and by_type["f16"]["stopped_share"] >= hf_stopped <= by_type["q8_0"]["stopped_share"]
+    assert hf_stopped >= 0.9 and min(by_type[q]["stopped_share"] for q in ("f16", "q8_0")) >= hf_stopped
     assert by_type["q4_k_m"]["stopped_share"] >= 0.8  # stops, not a runaway; small models lose most to 4 bits
     mf = export.parse_modelfile((run / "04_merge_export" / "Modelfile").read_text())
     assert export.check_ollama_template(mf["template"], models.load_tokenizer("smollm2-135m")) == 4
@@ -79,8 +79,9 @@ def test_embedded_default_series_trains_exports_and_evaluates_a_better_model(out
     served = ev["extras"]["deployed"]  # the q8_0 GGUF through llama.cpp's server, on the same 32 prompts
     assert served["qtype"] == "q8_0" and served["prompts"] == 32 and served["tokens_per_s"] > 0
     assert gates["deployed"]["ok"] is not None and served["stopped_share"] >= 0.9  # it answers and stops
-    lm = ev["extras"]["lm_eval"]  # the harness on every model: the held-out task's 24 questions, the gate's task whole
-    assert set(lm["models"]) == {"base", "sft", "dpo", "merged"}  # on the two models the gate compares
+    # the harness on every model: the held-out task's 24 questions; the gate's task whole, on the two models it compares
+    lm = ev["extras"]["lm_eval"]
+    assert set(lm["models"]) == {"base", "sft", "dpo", "merged"}
     for name, tasks in lm["models"].items():
         gate = {"ftlab_general_knowledge": probe_n} if name in ("base", "dpo") else {}
         assert {t: r["n"] for t, r in tasks.items()} == {**gate, "ftlab_heldout": 24}, name

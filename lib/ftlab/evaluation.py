@@ -120,7 +120,7 @@ def pairs_to_compare(scores: dict[str, Any], final: str | None) -> list[tuple[st
 
 def verdicts(scores: dict[str, dict[str, Any]], nll_tolerance: float) -> Verdict:
     """Paired comparisons with bootstrap intervals, the 0.5-nats rule of thumb, and warnings a reader must see."""
-    final = next((m for m in reversed(stages.method_names()) if m in scores), None)
+    final = next(reversed(stages.method_names(scores)), None)
     v = Verdict(final)
     for a, b in pairs_to_compare(scores, final):
         c = scoring.compare(scores[a], scores[b], (a.upper(), b.upper()), nll_tolerance)

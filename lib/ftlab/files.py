@@ -201,9 +201,9 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[tuple[int, Any]], list[R
             delimiter = found
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     records, rejected = [], []
-    start = 2  # line 1 is the header
+    n_header = len(reader.fieldnames or ())  # reads line 1, the header
+    start = 2
     for rec in reader:
-        n_header = len(reader.fieldnames or ())
         spare, missing = rec.get(None), [k for k, v in rec.items() if k is not None and v is None]
         if spare or missing:  # csv fills a short row with None and keeps a long row's spare cells under None
             cells = n_header + len(spare or ()) - len(missing)

@@ -235,6 +235,6 @@ def runner(stage: Any, tokenizer: Any, notes: list[str], found: dict[str, Any] |
         notes.append(why)
         print(why)
         return None
-    final = next((m for m in reversed(stages.method_names()) if m in (found or {})), None)
+    final = next(reversed(stages.method_names(found or {})), None)
     gate = None if found is None else (stages.BASE, *([final] if final else []))
     return Runner(stage.params, tokenizer, stage.input(stages.DATA, "eval.jsonl"), stage.path("lm_eval"), gate)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,8 +211,9 @@ def methods() -> tuple[Method, ...]:
     return tuple(sorted(_METHODS, key=lambda m: order.index(m.stage)))
 
 
-def method_names() -> tuple[str, ...]:
-    return tuple(m.name for m in methods())
+def method_names(among: Collection[str] | None = None) -> tuple[str, ...]:
+    """In series order; with `among` (models scored or found), those in it only: the last is the run's final model."""
+    return tuple(m.name for m in methods() if among is None or m.name in among)
 
 
 def method(name: str) -> Method:
