@@ -94,6 +94,8 @@ def test_harness_accuracy_equals_a_hand_computed_log_likelihood_choice_under_the
     p = {"lm_eval_tasks": harness.FORGETTING_TASK, "lm_eval_include_path": "", "lm_eval_limit": 12}
     run = harness.Runner(p | {"batch_size": 4, "max_length": 256}, tok, tmp_path / "unused.jsonl", tmp_path / "out")
     run("base", model, "pretrained=tiny")
+    # lm-eval's task index is built once per runner, of the local tasks only (the ~13,000 bundled ones not read)
+    assert run.task_manager() is run.task_manager() and "hellaswag" not in run.task_manager().all_tasks
     got = run.results["base"][harness.FORGETTING_TASK]
     hits, picks = [], []
     docs = tasks.general_knowledge_docs()  # the gate's task is asked whole: lm_eval_limit does not cut it
@@ -122,6 +124,25 @@ def test_harness_accuracy_equals_a_hand_computed_log_likelihood_choice_under_the
     assert r.groups("dpo") == [([harness.FORGETTING_TASK], None), ([harness.HELDOUT_TASK], 12)]
     assert r.groups("sft") == r.groups("merged") == [([harness.HELDOUT_TASK], 12)]
     assert harness.FORGETTING_TASK not in r.command("pretrained=x", "merged") and " --limit 12" in r.command("x", "sft")
+
+
+def test_a_task_the_local_folder_lacks_is_looked_up_among_the_harness_bundled_tasks(tmp_path, monkeypatch):
+    """`lm_eval_tasks = "hellaswag"` needs the bundled index; local tasks alone do not (indexing it costs ~20 s)."""
+    import lm_eval.tasks
+
+    built = []
+
+    class Index:  # stands in for lm-eval's TaskManager: which index the runner asks for, and what it knows
+        def __init__(self, include_path=None, include_defaults=True, metadata=None):
+            built.append(include_defaults)
+            self.all_tasks = [harness.FORGETTING_TASK, harness.HELDOUT_TASK] + ["hellaswag"] * include_defaults
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", Index)
+    p = {"lm_eval_include_path": "", "lm_eval_limit": 0, "batch_size": 2, "max_length": 64}
+    local = harness.Runner(p | {"lm_eval_tasks": harness.HELDOUT_TASK}, None, tmp_path, tmp_path)
+    assert local.task_manager() is local.task_manager() and built == [False]
+    bundled = harness.Runner(p | {"lm_eval_tasks": f"hellaswag,{harness.HELDOUT_TASK}"}, None, tmp_path, tmp_path)
+    assert "hellaswag" in bundled.task_manager().all_tasks and built == [False, False, True]
 
 
 def test_any_local_task_folder_works_and_the_gate_reads_general_knowledge(tmp_path):

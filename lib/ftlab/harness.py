@@ -83,6 +83,7 @@ class Runner:
         self.seconds: dict[str, float] = {}
         self.commands: dict[str, str] = {}
         self.answers: dict[str, dict[str, list[dict[str, Any]]]] = {}  # model -> task -> one outcome per question
+        self._tasks: Any = None  # lm-eval's TaskManager, built once (`task_manager`)
 
     def __call__(self, name: str, model: Any, model_args: str) -> None:
         from lm_eval.models.huggingface import HFLM
@@ -107,14 +108,13 @@ class Runner:
         """Every task of `groups(name)`: `limit` questions each, except the forgetting gate's task, always asked
         whole: the gate's interval needs every question (two harness calls when a limit is set)."""
         import lm_eval
-        from lm_eval.tasks import TaskManager
 
         out: dict[str, Any] = {}
         for tasks, limit in self.groups(name):
             r = lm_eval.simple_evaluate(
                 model=lm,
                 tasks=tasks,
-                task_manager=TaskManager(include_path=self.include, metadata=self.metadata),
+                task_manager=self.task_manager(),
                 apply_chat_template=True,  # the chat template the models were trained with, as in every other score
                 limit=limit,
                 log_samples=True,  # each question's outcome: which ones a tuned model lost (`flips`)
@@ -123,6 +123,22 @@ class Runner:
             for key, value in r.items():
                 out[key] = {**out[key], **value} if isinstance(value, dict) and key in out else value
         return out
+
+    def task_manager(self) -> Any:
+        """lm-eval's index of tasks, built once for every model and call. Indexing the harness's ~13,000 bundled
+        task files takes ~20 s on 2 CPU cores, so they are indexed only when a task asked for is not one of the
+        local folder's (`lm_eval_tasks = "hellaswag"` still works)."""
+        if self._tasks is None:
+            from lm_eval.tasks import TaskManager
+
+            local = TaskManager(include_path=self.include, include_defaults=False, metadata=self.metadata)
+            known = set(local.all_tasks)
+            self._tasks = (
+                local
+                if known.issuperset(self.tasks)
+                else TaskManager(include_path=self.include, metadata=self.metadata)
+            )
+        return self._tasks
 
     def groups(self, name: str | None = None) -> list[tuple[list[str], int | None]]:
         """The harness calls for model `name`: (tasks, limit). The forgetting gate's task is asked whole, and only
