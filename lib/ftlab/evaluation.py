@@ -45,7 +45,7 @@ def score_all(
     """The merged model (stage 04) first, on its own, and freed; then one base in memory with every adapter attached
     by name, each scored in turn. Never both at once: at 8B the 16-bit merged model and the 4-bit base with its
     adapters would not fit a 24 GB card together. `kw` are `scoring.score`'s (max_length, n_generate,
-    max_new_tokens, batch_size, generate_batch_size). `each(name, model, model_args)` runs on every model while it is loaded (the lm-eval
+    max_new_tokens, batch_size). `each(name, model, model_args)` runs on every model while it is loaded (the lm-eval
     harness: `harness.Runner`)."""
     base_dir = models.resolve_model(base_model)
     scores = {}
@@ -156,11 +156,9 @@ def forgetting(
     nll_tolerance: float,
     gate_nll: float = 0.1,
     gate_correct: float = 0.03,
-    **batches: int,
 ) -> dict[str, dict[str, Any]]:
     """The general-knowledge probe with the base and the final tuned model: a warning on `v` when knowledge was lost,
-    and the forgetting condition of the promotion gate (`gate_nll`, `gate_correct`, see `forgetting_gate`).
-    `batches`: `scoring.score`'s batch_size and generate_batch_size."""
+    and the forgetting condition of the promotion gate (`gate_nll`, `gate_correct`, see `forgetting_gate`)."""
     if not v.final:
         print("forgetting probe: no tuned model to compare")
         return {}
@@ -168,7 +166,7 @@ def forgetting(
     probe = {}
     for name in (stages.BASE, v.final):
         with contenders.use(name):
-            probe[name] = scoring.probe_score(contenders.model, tokenizer, probe_rows, **batches)
+            probe[name] = scoring.probe_score(contenders.model, tokenizer, probe_rows)
     base, tuned = probe[stages.BASE], probe[v.final]
     v.gates["forgetting"] = forgetting_gate(base, tuned, gate_nll, gate_correct, probe_rows)
     forgot = scoring.compare(base, tuned, (stages.BASE, v.final.upper()), nll_tolerance)

@@ -224,7 +224,6 @@ SPECS: dict[str, dict[str, Param]] = {
         "generate_rows": Param(int, lo=0),
         "max_new_tokens": Param(int, lo=1, hi=4096),
         "batch_size": Param(int, lo=1),
-        "generate_batch_size": Param(int, lo=1),
         "forgetting_probe": Param(bool),
         "probe_path": Param(str),
         "nll_tolerance": Param(float, lo=0),

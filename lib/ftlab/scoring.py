@@ -87,23 +87,21 @@ def score(
     n_generate: int,
     max_new_tokens: int = 64,
     batch_size: int = 8,
-    generate_batch_size: int = 32,
+    generate_batch_size: int | None = None,
     extra_metrics: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any]:
     """Held-out NLL on every row, `batch_size` rows per forward pass; greedy answers on the first `n_generate` rows,
-    `generate_batch_size` prompts at a time, with ROUGE-L, exact match, length and the share that stopped by
-    themselves, and each of `extra_metrics` (evaluate modules by name or path) on the same answers. Per-example values
-    are kept for paired comparisons. Generation keeps only the last position's logits, so its batch can be larger
-    than NLL's, which holds every position's (at a 128k vocabulary, 8 x 512 tokens of float logits are 2 GiB): on 2
-    CPU cores the probe's 260 answers took 83 s at 8 prompts a batch and 53 s at 32, the same answers
-    (benchmarks/results/generation_cpu_probe.json); on the 8B shape batch 32 gave 3.2x batch 8's tokens/s."""
+    `generate_batch_size` prompts at a time (default: `batch_size`), with ROUGE-L, exact match, length and the share
+    that stopped by themselves, and each of `extra_metrics` (evaluate modules by name or path) on the same answers.
+    Per-example values are kept for paired comparisons."""
     from ftlab.audit import encode
 
     enc = [encode(tokenizer, r["messages"], max_length) for r in rows]
     nll = answer_nll(model, enc, tokenizer.pad_token_id, batch_size)
     prompts, refs = zip(*(split_eval_row(r) for r in rows[:n_generate]), strict=True) if n_generate else ((), ())
     t = time.perf_counter()
-    answers = generate.greedy(model, tokenizer, list(prompts), max_new_tokens, generate_batch_size) if prompts else []
+    gen_batch = generate_batch_size or batch_size
+    answers = generate.greedy(model, tokenizer, list(prompts), max_new_tokens, gen_batch) if prompts else []
     gen_s = time.perf_counter() - t  # greedy() returns host lists: the GPU has finished when it returns
     texts = [a.text for a in answers]
     rl = rouge_l(texts, list(refs))
@@ -220,12 +218,25 @@ def paired_drop(before: list[bool], after: list[bool], level: float = 0.95) -> t
     return bootstrap_ci([float(a) - float(b) for a, b in zip(before, after, strict=True)], level=level)
 
 
-def probe_score(
-    model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int = 32, **batches: int
-) -> dict[str, Any]:
+PROBE_BATCH = 32  # probe questions answered at once
+
+
+def probe_score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int = 32) -> dict[str, Any]:
     """General-knowledge probe: NLL of the reference sentence and whether the greedy answer says the key word (a
-    short right answer counts, see `answer_match`). `batches`: `score`'s batch_size and generate_batch_size."""
-    s = score(model, tokenizer, rows, max_length=256, n_generate=len(rows), max_new_tokens=max_new_tokens, **batches)
+    short right answer counts, see `answer_match`). The questions are one short line each and the answers at most
+    `max_new_tokens`, so they are generated `PROBE_BATCH` at a time: on 2 CPU cores the 260 answers took 83 s at 8
+    a batch and 53 s at 32, the same answers (benchmarks/results/generation_cpu_probe.json). Held-out prompts are
+    not: their lengths vary and one answer that never stops holds its whole batch to `max_new_tokens` (stage 05's
+    32 held-out answers ran at 53 tokens/s at 8 a batch and 36 at 32 on the embedded model)."""
+    s = score(
+        model,
+        tokenizer,
+        rows,
+        max_length=256,
+        n_generate=len(rows),
+        max_new_tokens=max_new_tokens,
+        generate_batch_size=PROBE_BATCH,
+    )
     hits = [
         answer_match(r["answer"], a, r.get("aliases", ()))
         for r, a in zip(rows, s["per_example"]["answers"], strict=True)
