@@ -164,6 +164,38 @@ def test_each_bad_row_is_rejected_with_its_line_and_nothing_else_is_lost(tmp_pat
     assert rejected[0].raw  # the raw row is kept for the report
 
 
+def test_a_file_in_a_legacy_encoding_is_named_with_the_command_that_converts_it(tmp_path):
+    """Windows-1252 (Western) and GB18030 (Chinese) text: each bad line says what it looks like and how to convert
+    it; the rows that are valid UTF-8 are kept. A CSV and a .json file are read whole and say the same."""
+    row = {"instruction": "Qu'est-ce qu'un café crème ? Déjà vu, naïveté, résumé.", "output": "Un café au lait."}
+    for enc, name in (("cp1252", "WINDOWS-1252"), ("gb18030", "GB18030")):
+        text = row if enc == "cp1252" else {"instruction": "这是一个测试问题，请回答。", "output": "这是答案。"}
+        bad = json.dumps(text, ensure_ascii=False).encode(enc)
+        path = tmp_path / f"{enc}.jsonl"
+        path.write_bytes(b"\n".join([(GOOD % (0, 0)).encode(), bad, bad, (GOOD % (1, 1)).encode()]) + b"\n")
+        rows, rejected, _ = data.load(path)
+        assert [r.line for r in rows] == [1, 4] and [(r.line, r.reason) for r in rejected] == [
+            (2, "invalid_utf8"),
+            (3, "invalid_utf8"),
+        ]
+        assert f"it looks like {name}" in rejected[0].detail and f"iconv -f {name} -t UTF-8" in rejected[0].detail
+    (tmp_path / "w.csv").write_bytes("instruction,output\nCafé crème déjà vu ?,Oui, très.\n".encode("cp1252"))
+    with pytest.raises(data.DataError, match="invalid UTF-8 at line 2 .*it looks like WINDOWS-1252"):
+        data.load(tmp_path / "w.csv")
+    (tmp_path / "w.json").write_bytes(json.dumps([row], ensure_ascii=False).encode("cp1252"))
+    with pytest.raises(data.DataError, match="not valid UTF-8 JSON .*it looks like WINDOWS-1252.*iconv"):
+        data.load(tmp_path / "w.json")
+
+
+def test_rows_of_no_known_layout_list_every_layout_once_in_the_summary(tmp_path):
+    path = _write(tmp_path / "q.jsonl", [{"question": "q", "answer": "a"}] * 4)
+    _, rejected, _ = data.load(path)
+    assert [r.reason for r in rejected] == ["unknown_schema"] * 4 and "['answer', 'question']" in rejected[0].detail
+    summary = data.rejection_summary(rejected)
+    assert all(f"{f.name} {list(f.required)}" in summary for f in formats.FORMATS)  # whole, not cut
+    assert summary.count(formats.layouts()) == 1  # once per reason, not once per row
+
+
 def test_bom_crlf_and_blank_lines_are_fine(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + (GOOD % (0, 0)).encode() + b"\r\n\r\n" + (GOOD % (1, 1)).encode() + b"\r\n")

@@ -291,6 +291,7 @@ def tokenize_rows(rows: list[Row], tokenizer: Any, max_length: int) -> tuple[lis
 
 FIXES = {  # the parameter that changes the outcome for a reason, where one does
     "too_long": "raise max_length (stage 01 and 02) if the model's context allows it",
+    "unknown_schema": f"rename the fields to one of the known layouts: {formats.layouts()}",
 }
 
 

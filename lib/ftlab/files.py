@@ -126,8 +126,23 @@ def _utf8(path: Path, raw: bytes) -> bytes:
     return text.lstrip("\ufeff").encode("utf-8", "surrogatepass")
 
 
+def encoding_hint(raw: bytes) -> str:
+    """What bytes that are not UTF-8 most likely are (chardet's guess) and how to convert the file to UTF-8."""
+    import chardet
+
+    guess = chardet.detect(raw[:200_000])
+    enc = guess.get("encoding") or ""
+    if not enc or enc.lower() in ("ascii", "utf-8", "utf-8-sig"):
+        return "re-save the file as UTF-8"
+    lang = f" ({guess['language']})" if guess.get("language") else ""
+    return (
+        f"it looks like {enc}{lang} text, {guess['confidence']:.0%} sure: re-save it as UTF-8, e.g. "
+        f"iconv -f {enc} -t UTF-8 IN > OUT"
+    )
+
+
 def _read_jsonl(path: Path, raw: bytes) -> tuple[list[tuple[int, Any]], list[Rejected], str]:
-    records, rejected = [], []
+    records, rejected, hint = [], [], ""
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 byte-order mark is harmless; drop it
     if raw.lstrip()[:1] == b"[":  # a JSON array saved as .jsonl: read it as one, numbered by record
@@ -145,7 +160,9 @@ def _read_jsonl(path: Path, raw: bytes) -> tuple[list[tuple[int, Any]], list[Rej
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
-            rejected.append(Rejected(n, "invalid_utf8", f"byte {e.start}: {e.reason}", line.decode("utf-8", "replace")))
+            hint = hint or encoding_hint(line)  # one guess per file: its lines share an encoding
+            why = f"byte {e.start}: {e.reason}; {hint}"
+            rejected.append(Rejected(n, "invalid_utf8", why, line.decode("utf-8", "replace")))
             continue
         try:
             records.append((n, json.loads(text)))
@@ -168,8 +185,9 @@ def _read_json(path: Path, raw: bytes) -> tuple[list[tuple[int, Any]], list[Reje
         ) from None
     except (UnicodeDecodeError, ValueError) as e:
         raise DataError(
-            f"{path}: not valid UTF-8 JSON ({e}); expected a list of records. For one record per "
-            "line use .jsonl, which reports bad lines one by one."
+            f"{path}: not valid UTF-8 JSON ({e}); expected a list of records"
+            + (f"; {encoding_hint(raw)}" if isinstance(e, UnicodeDecodeError) else "")
+            + ". For one record per line use .jsonl, which reports bad lines one by one."
         ) from None
     if isinstance(doc, dict):
         lists = [k for k in ("data", "rows", "train", "examples") if isinstance(doc.get(k), list)]
@@ -190,7 +208,7 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[tuple[int, Any]], list[R
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}: invalid UTF-8 at line {line} (byte {e.start}); re-save the file as UTF-8.") from None
+        raise DataError(f"{path}: invalid UTF-8 at line {line} (byte {e.start}); {encoding_hint(raw)}.") from None
     header = text.split("\n", 1)[0]
     if delimiter not in header:  # a semicolon-separated "CSV" (as spreadsheets save it in many locales)
         found = next((d for d in (";", "\t", "|", ",") if d in header), None)

@@ -323,10 +323,11 @@ def detect_format(rec: dict[str, Any]) -> str:
     for f in FORMATS:
         if set(f.required) <= keys:
             return f.name
-    raise RowError("unknown_schema", f"fields {sorted(keys)[:12]}; known layouts: {_layouts()}")
+    raise RowError("unknown_schema", f"fields {sorted(keys)[:12]}, which match no known layout")
 
 
-def _layouts() -> str:
+def layouts() -> str:
+    """Every layout the reader knows with the fields it needs, whole (the rejection summary prints it once)."""
     return "; ".join(f"{f.name} {list(f.required)}" for f in FORMATS)
 
 
