@@ -54,9 +54,9 @@ def _write(tmp_path, kind):
     return p
 
 
-def _run(path, outputs, **extra):
+def _run(path, outputs, log=lambda *a: None, **extra):
     params = {"run_name": "s01", "base_model": "tiny-random", "data_path": str(path), "prefs_path": "", **extra}
-    return pipeline.run("01", "01", overrides=params, log=lambda *a: None)
+    return pipeline.run("01", "01", overrides=params, log=log)
 
 
 @pytest.mark.parametrize(
@@ -87,9 +87,16 @@ def test_stage01_bad_rows_fail_the_gate_with_line_numbers(tmp_path, outputs):
     ]
     assert [(r["line"], r["reason"]) for r in rejected] == [(5, "nul_byte"), (10, "no_final_assistant")]
     # with a looser gate the same file passes and nothing else is lost: 28 accepted rows
-    run = _run(path, outputs, max_rejected_share=0.1)
+    said = []
+    run = _run(path, outputs, log=said.append, max_rejected_share=0.1)
     stats = json.loads((run / "01_prepare_data" / "stats.json").read_text())
     assert stats["train"] + stats["eval"] == 28 and stats["rejected"] == 2
+    # the headless log says why, not only how many: each reason with its count and where the rows are
+    done = said.index(next(x for x in said if "01_prepare_data ok" in x))
+    assert said[done + 1].strip() == (
+        f"rejected 2 rows: nul_byte x1, no_final_assistant x1 (each with its line: {run / '01_prepare_data'}"
+        "/rejected.jsonl)"
+    )
 
 
 def test_stage01_separate_eval_file_rejects_rows_leaking_from_train(tmp_path, outputs):
@@ -126,8 +133,12 @@ def test_stage01_reads_llama_factory_preference_rows_and_records_content_warning
         "rejected": {"from": "gpt", "value": "bad"},
     }
     prefs.write_text("".join(json.dumps({**pair, "conversations": [{"from": "human", "value": q}]}) + "\n" for q in Q))
-    run = _run(path, outputs, prefs_path=str(prefs), eval_fraction=0.1)
+    said = []
+    run = _run(path, outputs, log=said.append, prefs_path=str(prefs), eval_fraction=0.1)
     stats = json.loads((run / "01_prepare_data" / "stats.json").read_text())
+    # the warning reaches the headless log too, not only stats.json and the executed notebook
+    assert "    data: WARNING template_placeholder: 1 rows would train it verbatim (line 3: {{name}})" in said
+    assert "    data: note: field 'id' in 1 rows is kept beside the row, not trained" in said
     assert stats["prefs"] > 0 and stats["warnings"]["data"] == {
         "template_placeholder": {"rows": 1, "examples": ["line 3: {{name}}"]},
         "ignored_field:id": {"rows": 1, "examples": ["line 7: id"]},

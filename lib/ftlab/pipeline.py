@@ -159,9 +159,32 @@ def _execute(
             live.end()
             to_html(out_dir / nb.name)
         log(f"[{i}/{len(steps)}] {nb.stem} ok ({time.time() - t:.1f} s)")
+        for line in stage_notices(run_dir(run_name) / nb.stem):
+            log(f"    {line}")
     keyed = [(nb.stem, stages.stage(nb.stem).key if nb.stem in stages.stage_names() else ()) for nb, _ in steps]
     log(progress.stage_table(run_dir(run_name), keyed))
     log(f"done in {time.time() - t_run:.1f} s; run folder: {run_dir(run_name)}")
+
+
+def stage_notices(folder: Path) -> list[str]:
+    """What a stage that passed still wants read, for the headless log: stage 01's rejected rows by reason (each one
+    with its line in rejected.jsonl) and its content warnings: placeholders and media tags that would train verbatim,
+    fields kept beside the row but not trained."""
+    import json
+
+    from ftlab import data
+
+    path = folder / "stats.json"
+    if not path.exists():
+        return []
+    stats = json.loads(path.read_text(encoding="utf-8"))
+    out = []
+    if reasons := stats.get("rejected_reasons"):
+        by = ", ".join(f"{r} x{n}" for r, n in reasons.items())
+        out.append(f"rejected {sum(reasons.values())} rows: {by} (each with its line: {folder / 'rejected.jsonl'})")
+    for name, found in (stats.get("warnings") or {}).items():
+        out += [f"{name}: {line}" for line in data.brief_warnings(found).splitlines()] if found else []
+    return out
 
 
 def to_html(executed: Path) -> Path | None:
