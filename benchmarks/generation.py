@@ -7,11 +7,12 @@ same model and prompts: generated tokens/s of each and their ratio. Run on the G
 
 By default the model is loaded as stage 05 loads it on a GPU (4-bit NF4); `--quantization none` loads the 16-bit
 weights as stage 04's merge check does (and as a CPU loads it). On a CPU, the forgetting probe's questions with the
-embedded model, the batch stage 05's `batch_size` used before (8) against its `generate_batch_size` (32):
+embedded model, the held-out answers' batch (`batch_size`, 8) against the probe's (`scoring.PROBE_BATCH`, 32):
 
     .venv/bin/python benchmarks/generation.py smollm2-135m benchmarks/results/generation_cpu_probe.json \
         --quantization none --rows data/probes/general_knowledge.jsonl --prompts 260 --max-new-tokens 32 --batches 8,32
- Random weights never emit end-of-turn, so every answer runs to
+
+Random weights never emit end-of-turn, so every answer runs to
 max_new_tokens in every mode (the same token count: a like-for-like comparison).
 """
 
