@@ -17,29 +17,26 @@ sys.path.insert(0, str(repo_root() / "data" / "lm_eval"))
 import tasks  # noqa: E402  (data/lm_eval/tasks.py: the local tasks' dataset functions)
 
 
-def test_general_knowledge_task_is_the_probe_with_the_key_word_swapped_the_same_way_every_time():
+def test_general_knowledge_task_is_the_probe_as_a_cloze_on_its_key_word_the_same_way_every_time():
     probe = [json.loads(x) for x in (repo_root() / "data/probes/general_knowledge.jsonl").read_text().splitlines()]
     docs = tasks.general_knowledge_docs()
     assert docs == tasks.general_knowledge_docs() and len(docs) == len(probe)  # seeded by the question: stable
-    for d, r in zip(docs, probe, strict=True):
-        right = r["messages"][-1]["content"]
-        assert d["question"] == r["messages"][0]["content"] and d["choices"][d["gold"]] == right
-        assert len(set(d["choices"])) == tasks.N_CHOICES
-        at = right.rindex(r["answer"])
-        head, tail = right[:at], right[at + len(r["answer"]) :]
-        keys = {x["answer"] for x in probe}
-        for wrong in d["choices"]:  # the same sentence with only the key word swapped for another question's
-            assert wrong.startswith(head) and wrong.endswith(tail) and wrong[len(head) : len(wrong) - len(tail)] in keys
-    assert {d["gold"] for d in docs} == set(range(tasks.N_CHOICES))  # the right answer is not always first
-    # a key word is swapped only for another of its kind: a capital for a capital, a number for a number
+    keys = {x["answer"] for x in probe}
     kind = {r["answer"]: r["kind"] for r in probe}
     for d, r in zip(docs, probe, strict=True):
         right = r["messages"][-1]["content"]
-        at = right.rindex(r["answer"])
-        swapped = {c[at : len(c) - (len(right) - at - len(r["answer"]))] for c in d["choices"]}
-        assert {kind[w] for w in swapped} == {r["kind"]}, (r, d["choices"])
+        head = right[: right.rindex(r["answer"])]  # the sentence up to its key word starts the answer
+        assert d["question"] == r["messages"][0]["content"] and d["prefix"] == head.rstrip()
+        assert (d["prefix"] + d["choices"][d["gold"]]) == head + r["answer"]  # the right choice is the key word
+        assert len(set(d["choices"])) == tasks.N_CHOICES
+        for c in d["choices"]:  # each choice is a key word, with the space before it where the sentence has one
+            assert c == (" " if head.endswith(" ") else "") + c.strip() and c.strip() in keys
+        # a key word is swapped only for another of its kind: a capital for a capital, a number for a number
+        assert {kind[c.strip()] for c in d["choices"]} == {r["kind"]}, (r, d["choices"])
+    assert {d["gold"] for d in docs} == set(range(tasks.N_CHOICES))  # the right answer is not always first
     spider = next(d for d in docs if "spider" in d["question"])
-    assert all(c.split()[3] in tasks.NUMBER_WORDS or c.split()[3].isdigit() for c in spider["choices"])
+    assert spider["prefix"] == "A spider has"
+    assert all(c.strip() in tasks.NUMBER_WORDS or c.strip().isdigit() for c in spider["choices"])
 
 
 def test_the_probe_has_200_questions_built_by_its_script_and_none_is_in_the_training_data():
@@ -88,7 +85,8 @@ def _loglik(model, tok, context: str, continuation: str) -> float:
 
 def test_harness_accuracy_equals_a_hand_computed_log_likelihood_choice_under_the_chat_template(tmp_path):
     """What lm-eval reports for the tiny model is what the model prefers: each question rendered with the training
-    chat template, each choice's summed log-likelihood, the highest one against the gold answer."""
+    chat template and the answer's start, each choice's summed log-likelihood, the highest one against the gold
+    answer (lm-eval scores one-token choices of one context from one forward pass: the same numbers)."""
     tok = models.load_tokenizer(models.TINY_MODEL)
     model = models.load_model(models.TINY_MODEL).eval()
     p = {"lm_eval_tasks": harness.FORGETTING_TASK, "lm_eval_include_path": "", "lm_eval_limit": 12}
@@ -99,9 +97,12 @@ def test_harness_accuracy_equals_a_hand_computed_log_likelihood_choice_under_the
     got = run.results["base"][harness.FORGETTING_TASK]
     hits, picks = [], []
     docs = tasks.general_knowledge_docs()  # the gate's task is asked whole: lm_eval_limit does not cut it
-    for d in docs:
+    for d in docs:  # the answer starts with the sentence up to the key word; only the key word is scored
+        chat = [{"role": "user", "content": d["question"]}]
+        if d["prefix"]:
+            chat.append({"role": "assistant", "content": d["prefix"]})
         ctx = tok.apply_chat_template(
-            [{"role": "user", "content": d["question"]}], tokenize=False, add_generation_prompt=True
+            chat, tokenize=False, add_generation_prompt=not d["prefix"], continue_final_message=bool(d["prefix"])
         )
         ll = [_loglik(model, tok, ctx, c) for c in d["choices"]]
         picks.append(max(range(len(ll)), key=ll.__getitem__))

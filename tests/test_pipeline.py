@@ -35,6 +35,17 @@ def test_unknown_parameter_fails_fast_with_valid_names(outputs):
     assert list(outputs.iterdir()) == []  # nothing ran, nothing written
 
 
+def test_a_parameter_where_a_stage_number_goes_says_how_to_set_it(outputs, capsys):
+    from ftlab import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", "-f", str(CI), "run_name=x"])
+    assert e.value.code == 2 and list(outputs.iterdir()) == []
+    err = capsys.readouterr().err
+    assert "expected a stage number such as 2 or 02, found 'run_name=x' (to set a parameter: -p NAME VALUE)" in err
+    assert cli._stage_number("2") == "02" == cli._stage_number("02")
+
+
 def test_bad_value_fails_before_running(outputs):
     with pytest.raises(ParamError, match="min_ram_gb='lots'"):
         pipeline.plan(pipeline.list_notebooks(), {"min_ram_gb": "lots"})

@@ -101,13 +101,23 @@ def cmd_setup(a: argparse.Namespace) -> int:
     return 0
 
 
+def _stage_number(text: str) -> str:
+    """argparse type of a stage argument: "2" or "02" -> "02"; anything else says what was expected."""
+    if not text.isdigit():
+        hint = " (to set a parameter: -p NAME VALUE)" if "=" in text else ""
+        raise argparse.ArgumentTypeError(f"expected a stage number such as 2 or 02, found {text!r}{hint}")
+    return f"{int(text):02d}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ftlab", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run notebooks headless with papermill into outputs/<run_name>/")
-    r.add_argument("start", nargs="?", default=None, help="a single stage number to run (e.g. 1 or 01)")
-    r.add_argument("--from", dest="from_", default="00", help="first stage number (default 00)")
-    r.add_argument("--to", default="99", help="last stage number (default: the last notebook)")
+    r.add_argument(
+        "start", nargs="?", default=None, type=_stage_number, help="a single stage number to run (e.g. 1 or 01)"
+    )
+    r.add_argument("--from", dest="from_", default="00", type=_stage_number, help="first stage number (default 00)")
+    r.add_argument("--to", default="99", type=_stage_number, help="last stage number (default: the last notebook)")
     r.add_argument("-f", help="parameters YAML file (params/*.yaml)")
     r.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"), help="override one parameter")
     r.add_argument("-v", "--verbose", action="store_true", help="stream cell output while running")
@@ -118,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument(
         "-p", nargs=2, action="append", metavar=("NAME", "VALUE"), help="override one parameter in every run"
     )
-    sw.add_argument("--from", dest="from_", default="00", help="first stage number (default 00)")
-    sw.add_argument("--to", default="99", help="last stage number (default: the last notebook)")
+    sw.add_argument("--from", dest="from_", default="00", type=_stage_number, help="first stage number (default 00)")
+    sw.add_argument("--to", default="99", type=_stage_number, help="last stage number (default: the last notebook)")
     sw.add_argument("--prefix", default="sweep", help="run-name prefix for a grid without files")
     sw.set_defaults(func=cmd_sweep)
     pp = sub.add_parser("params", help="list a notebook's parameters with their comments")
@@ -137,11 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(func=cmd_setup)
     a = ap.parse_args(argv)
     if a.cmd == "sweep":
-        a.start, a.end = f"{int(a.from_):02d}", f"{int(a.to):02d}"
+        a.start, a.end = a.from_, a.to
     if a.cmd == "run":
-        a.start, a.end = (
-            (f"{int(a.start):02d}",) * 2 if a.start is not None else (f"{int(a.from_):02d}", f"{int(a.to):02d}")
-        )
+        a.start, a.end = (a.start, a.start) if a.start is not None else (a.from_, a.to)
     return a.func(a)
 
 
