@@ -101,6 +101,60 @@ def test_keys_inside_a_turn_are_reported_and_a_training_flag_fails_the_row(tmp_p
     assert note == "note: field 'messages[].name' in 1 rows is kept beside the row, not trained"
 
 
+def test_honoured_turn_flags_keep_an_unwanted_answer_as_context_with_no_loss(tmp_path):
+    """turn_flags="honour": OpenAI's weight 0/1 and axolotl's train true/false decide which answers are trained. A turn
+    marked not trained stays in the conversation and gets no loss (the mask has no token of it); every other answer is
+    trained as before. What cannot be honoured fails its row with its line: a last answer not trained, a user turn
+    marked trained, a key whose meaning differs between tools, a value that is neither 0/1 nor true/false."""
+    from ftlab import audit, models
+
+    tok = models.load_tokenizer(models.TINY_MODEL)
+    good = [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "Five, I think.", "weight": 0},
+        {"role": "user", "content": "Check again."},
+        {"role": "assistant", "content": "Four.", "weight": 1},
+    ]
+    share = {
+        "system": "Be brief.",
+        "conversations": [
+            {"from": "human", "value": "Hi"},
+            {"from": "gpt", "value": "Go away.", "train": False},
+            {"from": "human", "value": "Please?"},
+            {"from": "gpt", "value": "Hello!"},
+        ],
+    }
+    last_off = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A", "train": False}]
+    user_on = [{"role": "user", "content": "Q", "train": True}, {"role": "assistant", "content": "A"}]
+    mask_key = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A", "mask": 1}]
+    odd = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A", "weight": 0.5}]
+    recs = [{"messages": good}, share, {"messages": last_off}, {"messages": user_on}]
+    p = _write(tmp_path / "t.jsonl", recs + [{"messages": mask_key}, {"messages": odd}])
+    rows, rejected, _ = data.load(p, turn_flags="honour")
+    assert [r.line for r in rows] == [1, 2] and not rows[0].extra and not rows[1].extra  # the flags were read, not kept
+    assert [m.get("train", True) for m in rows[0].data["messages"]] == [True, False, True, True]
+    assert [m.get("train", True) for m in rows[1].data["messages"]] == [True, True, False, True, True]  # system first
+    assert [(r.line, r.reason) for r in rejected] == [(n, "training_key") for n in (3, 4, 5, 6)]
+    assert "the last answer is marked not trained" in rejected[0].detail
+    assert "is a user turn marked trained" in rejected[1].detail
+    assert "'mask' = 1" in rejected[2].detail and "rename it to 'train'" in rejected[2].detail
+    assert "'weight' = 0.5: expected 0 or 1" in rejected[3].detail
+    # the loss mask: the flagged answer's tokens are context, the last answer is trained as without flags
+    honoured = audit.encode(tok, rows[0].data["messages"])
+    plain = audit.encode(tok, [{k: v for k, v in m.items() if k != "train"} for m in rows[0].data["messages"]])
+    assert honoured.input_ids == plain.input_ids and 0 < sum(honoured.assistant_masks) < sum(plain.assistant_masks)
+    trained = tok.decode([t for t, m in zip(honoured.input_ids, honoured.assistant_masks, strict=True) if m])
+    assert "Four." in trained and "Five" not in trained
+    from ftlab.train import sft  # stage 02 trains from stage 01's rows with the same mask
+
+    assert sft.dataset(tok, [rows[0].to_json()], 256)[0]["assistant_masks"] == honoured.assistant_masks
+    # by default the same file trains nothing it should not: the flagged rows fail, saying how to honour them
+    _, rejected, _ = data.load(p)
+    assert len(rejected) == 6 and "turn_flags='honour'" in rejected[0].detail
+    with pytest.raises(data.DataError, match=r"turn_flags must be one of \['reject', 'honour'\], got 'yes'"):
+        data.load(p, turn_flags="yes")
+
+
 def test_datasets_folder(tmp_path):
     from datasets import Dataset
 

@@ -37,14 +37,15 @@ def _render(tokenizer: Any, msgs: list[dict[str, str]], gen: bool) -> str:
 
 
 def assistant_spans(tokenizer: Any, msgs: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """Render `msgs`; return the text and the character spans of every assistant turn (content + end of turn)."""
+    """Render `msgs`; return the text and the character spans of every trained assistant turn (content + end of
+    turn): all of them but those stage 01 marked `"train": False` (`turns.honour_turn_flags`)."""
     if not tokenizer.chat_template:
         raise TemplateError("the tokenizer has no chat template; pick an instruct model or set tokenizer.chat_template")
     full = _render(tokenizer, msgs, False)
     eos = tokenizer.eos_token or ""
     spans = []
     for i, m in enumerate(msgs):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" or m.get("train") is False:
             continue
         before = _render(tokenizer, msgs[:i], True) if i else ""
         upto = _render(tokenizer, msgs[: i + 1], False)

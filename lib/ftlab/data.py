@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftlab import formats
+from ftlab import formats, turns
 from ftlab.files import DataError, Rejected, read_records  # noqa: F401 - used as data.*
 from ftlab.formats import REASONS, RowError, check_order, detect_format, normalize  # noqa: F401 - used as data.*
 
@@ -39,11 +39,16 @@ class Row:
         return Rejected(self.line, reason, detail, self.to_json(), self.source, self.unit)
 
 
-def load(path: str | Path, fmt: str = "auto", kind: str = "chat") -> tuple[list[Row], list[Rejected], str]:
+def load(
+    path: str | Path, fmt: str = "auto", kind: str = "chat", turn_flags: str = "reject"
+) -> tuple[list[Row], list[Rejected], str]:
     """Read and normalize a file of `kind` "chat" (conversations) or "prefs" (pairs, labelled rows). Returns accepted
-    rows, rejected rows and the format used."""
+    rows, rejected rows and the format used. `turn_flags`: a turn's key that says whether it is trained (OpenAI's
+    `weight` 0/1, axolotl's `train`) fails its row ("reject"), or is honoured ("honour": `turns.honour_turn_flags`)."""
     if fmt != "auto" and fmt not in formats.names():
         raise DataError(f"data_format must be one of {['auto', *formats.names()]}, got {fmt!r}")
+    if turn_flags not in formats.TURN_FLAGS:
+        raise DataError(f"turn_flags must be one of {list(formats.TURN_FLAGS)}, got {turn_flags!r}")
     records, rejected, counts = read_records(path)
     for r in rejected:
         r.source, r.unit = str(path), counts
@@ -53,7 +58,9 @@ def load(path: str | Path, fmt: str = "auto", kind: str = "chat") -> tuple[list[
         try:
             f = fmt if fmt != "auto" else formats.detect_format(rec) if isinstance(rec, dict) else "auto"
             data, extra = formats.normalize(rec, f)
-            extra |= turn_extras(rec, formats.get(f).fields)
+            extra |= turns.turn_extras(rec, formats.get(f).fields, honour=turn_flags == "honour")
+            if turn_flags == "honour":
+                turns.honour_turn_flags(rec, data, formats.get(f))
         except RowError as e:
             rejected.append(Rejected(line, e.reason, e.detail, _writable(rec), str(path), counts))
             continue
@@ -68,32 +75,6 @@ def load(path: str | Path, fmt: str = "auto", kind: str = "chat") -> tuple[list[
         used[f] += 1
         rows.append(Row(line, data, extra, str(path), counts))
     return rows, rejected, ", ".join(f"{k} ({v})" for k, v in used.most_common()) or "none"
-
-
-TURN_KEYS = ("role", "content", "from", "value")  # what the readers take from a turn
-# per-turn keys that other tools read as "train this turn or not" (OpenAI's weight, axolotl's train/training...)
-TRAINING_KEYS = ("weight", "train", "training", "trainable", "mask", "masked", "loss", "label")
-
-
-def turn_extras(rec: dict[str, Any], fields: set[str]) -> dict[str, list[Any]]:
-    """Keys inside a row's turns that the reader does not use, as `field[].key` extras (reported, kept beside the
-    row); a key that says whether a turn is trained fails the row: every assistant turn is trained here, so a turn
-    its author marked as not-for-training would be trained silently."""
-    extras: dict[str, list[Any]] = {}
-    for name in fields:
-        turns = rec.get(name)
-        for i, t in enumerate(turns if isinstance(turns, list) else ()):
-            for k, v in t.items() if isinstance(t, dict) else ():
-                if k in TURN_KEYS:
-                    continue
-                if k.lower() in TRAINING_KEYS:
-                    raise RowError(
-                        "training_key",
-                        f"{name}[{i}] has {k!r} = {v!r}: a per-turn key that says whether the turn is trained. Here "
-                        "every assistant turn is trained: remove the turns it marks as not trained, then the key",
-                    )
-                extras.setdefault(f"{name}[].{k}", []).append(v)
-    return extras
 
 
 def _misplaced(fmt: str, kind: str) -> tuple[str, str]:

@@ -26,7 +26,8 @@ REASONS = {
     "media_part": "a non-text content part (image, audio, file): a text model cannot use it",
     "kto_row": "a labelled KTO row (an answer judged true/false): stage 03's data (method kto), never an SFT target",
     "too_deep": "JSON nested too deeply to read safely",
-    "training_key": "a turn carries a key that says whether it is trained (weight, train, mask...): not honoured here",
+    "training_key": "a turn carries a key that says whether it is trained (weight, train, mask...) and is not "
+    "honoured (turn_flags), or one that cannot be",
     "csv_cell_count": "a CSV row with more or fewer cells than the header (an unquoted delimiter inside a field)",
     "turn_order": "turns out of order (system first, then user/assistant alternating)",
     "no_final_assistant": "the conversation does not end with an assistant turn: nothing to learn",
@@ -253,6 +254,9 @@ def _pair(pmsgs: Messages, rec: dict[str, Any], keys: tuple[str, str] = ("role",
     if chosen[0]["content"].strip() == rejected[0]["content"].strip():
         raise RowError("chosen_equals_rejected", "identical answers teach nothing")
     return {"prompt": pmsgs, "chosen": chosen, "rejected": rejected}
+
+
+TURN_FLAGS = ("reject", "honour")  # stage 01's turn_flags: what a per-turn training key does (data.load)
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,7 @@ SPECS: dict[str, dict[str, Param]] = {
         "prefs_path": Param(str),
         "eval_path": Param(str),
         "data_format": Param(str, choices=("auto", *formats.names(preference=False))),
+        "turn_flags": Param(str, choices=formats.TURN_FLAGS),
         "max_length": Param(int, lo=16, hi=131072),
         "eval_fraction": Param(float, lo=0, hi=0.5),
         "max_rows": Param(int, lo=0),
