@@ -27,7 +27,7 @@ LAYERS = [
     {"params"},  # parameter specs and the vocabularies
     {"devices", "attention", "runs", "telemetry", "progress", "served", "metrics"},
     {"generate", "audit", "memory", "models", "env"},
-    {"data", "scoring", "teach", "prepare", "harness", "layout"},
+    {"data", "scoring", "teach", "prepare", "harness", "layout", "reuse"},
     {"plots"},
     {"widgets"},
     {"train", "export"},  # packages: every module inside counts as the package

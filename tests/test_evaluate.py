@@ -93,6 +93,44 @@ class _Judge(BaseHTTPRequestHandler):
         pass
 
 
+def test_stage_05_reads_stage_03s_guard_scores_of_the_same_adapters_and_they_equal_scoring_again(tiny_series):
+    """Stage 03's guard scored SFT's and DPO's adapters on the same held-out rows with stage 05's settings (conftest
+    TINY: 4 answers of 8 tokens); stage 05 reuses those scores, says so, and they are what scoring again gives. A
+    different adapter, row or setting is scored afresh."""
+    from ftlab import data, devices, models, reuse, stages
+
+    run = tiny_series
+    kept = json.loads((run / "03_train_dpo" / "scores.json").read_text())
+    m = json.loads((run / "05_evaluate" / "metrics.json").read_text())
+    assert set(kept) == {"sft", "dpo"}
+    for name in kept:
+        assert m["models"][name]["nll"] == pytest.approx(kept[name]["score"]["nll"], abs=1e-4)
+    cells = json.loads((run / "notebooks" / "05_evaluate.ipynb").read_text())["cells"]
+    printed = "".join("".join(o.get("text", "")) for c in cells for o in c.get("outputs", []))
+    assert printed.count("its score, not measured again") == 2
+    rows = data.read_jsonl(run / "01_prepare_data" / "eval.jsonl")
+    tok = models.load_tokenizer(models.TINY_MODEL)
+    kw = {"max_length": 512, "n_generate": 4, "max_new_tokens": 8, "batch_size": 8, "extra_metrics": []}
+    adapters = {n: str(run / stages.method(n).stage / stages.method(n).adapter) for n in ("sft", "dpo")}
+    contenders = scoring.Contenders(models.load_model(models.TINY_MODEL, quantization="none"), adapters)
+    for name, adapter in adapters.items():
+        with contenders.use(name):
+            again = scoring.score(contenders.model, tok, rows, **kw)
+        reused = kept[name]["score"]
+        assert again["per_example"]["answers"] == reused["per_example"]["answers"]
+        assert max(abs(a - b) for a, b in zip(again["per_example"]["nll"], reused["per_example"]["nll"])) < 1e-5
+        settings = evaluation.reusable_settings(models.resolve_model(models.TINY_MODEL), "none", kw)
+        assert devices.kind() == "cpu" and reuse.find(
+            [run / "03_train_dpo"], name, reuse.key(adapter, rows, tok, **settings)
+        )
+        for changed in ({**kw, "max_new_tokens": 9}, {**kw, "extra_metrics": ["bleu"]}):
+            k = reuse.key(adapter, rows, tok, **evaluation.reusable_settings(settings["base_model"], "none", changed))
+            assert reuse.find([run / "03_train_dpo"], name, k) is None
+        assert reuse.find([run / "03_train_dpo"], name, reuse.key(adapter, rows[1:], tok, **settings)) is None
+    other = reuse.key(adapters["sft"], rows, tok, **settings)  # the SFT adapter's key does not fetch DPO's score
+    assert reuse.find([run / "03_train_dpo"], "dpo", other) is None
+
+
 @pytest.mark.parametrize("mode", ["fair", "biased"])
 def test_pairwise_judge_counts_only_position_consistent_wins(mode):
     _Judge.mode = mode

@@ -57,17 +57,33 @@ def score_all(
             each(stages.MERGED, merged, f"pretrained={found[stages.MERGED]}")
         del merged
         devices.release_memory()
+    from ftlab import reuse
+
     adapters = {m: str(found[m]) for m in stages.method_names() if m in found}
     contenders = scoring.Contenders(models.load_model(base_model, quantization=quantization), adapters)
+    kept = {Path(a).parent for a in adapters.values()}  # stage 03 keeps the guard's scores of SFT and its own adapter
     for name in contenders.names:
         with contenders.use(name):
-            scores[name] = scoring.score(contenders.model, tokenizer, rows, **kw)
+            hit = None
+            if name in adapters:
+                k = reuse.key(adapters[name], rows, tokenizer, **reusable_settings(base_dir, quantization, kw))
+                hit = reuse.find(kept, name, k)
+            scores[name] = hit[0] if hit else scoring.score(contenders.model, tokenizer, rows, **kw)
             print(f"{name:>7}:", scoring.summary(scores[name]))
+            if hit:
+                print(f"         the same adapter, rows and settings as {hit[1]}: its score, not measured again")
             if each:
                 peft = f",peft={adapters[name]}" if name in adapters else ""
                 each(name, contenders.model, f"pretrained={base_dir}{peft}")
     order = [*contenders.names, stages.MERGED]  # the series order, as every table shows it
     return contenders, {m: scores[m] for m in order if m in scores}
+
+
+def reusable_settings(base_dir: Path, quantization: str, kw: dict[str, Any]) -> dict[str, Any]:
+    """`reuse.key`'s settings for stage 05's scoring (`kw`: `scoring.score`'s)."""
+    defaults = {"max_new_tokens": 64, "batch_size": 8, "extra_metrics": ()}  # scoring.score's
+    settings = {k: kw.get(k, defaults.get(k)) for k in ("max_length", "n_generate", *defaults)}
+    return {"base_model": base_dir, "device": devices.kind(), "quantization": quantization, **settings}
 
 
 @dataclass

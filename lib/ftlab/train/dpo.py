@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftlab import data, generate, runs, scoring, stages
+from ftlab import data, generate, reuse, runs, scoring, stages
 from ftlab.audit import encode
 from ftlab.train.config import TrainParams, from_params
 
@@ -218,6 +218,9 @@ def check_reference(trainer: Any) -> dict[str, Any]:
     return ref
 
 
+GUARD_BATCH = 8  # rows per forward pass of the guard's scoring (stage 05's batch_size default: its scores are reusable)
+
+
 def guard_score(stage: runs.Stage, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Held-out NLL (every eval row) and greedy answers on `guard_rows` of them: the regression guard's score."""
     o = _opts(stage)
@@ -228,7 +231,29 @@ def guard_score(stage: runs.Stage, model: Any, tokenizer: Any, rows: list[dict[s
         max_length=stage.params["max_length"],
         n_generate=o.guard_rows,
         max_new_tokens=o.max_new_tokens,
+        batch_size=GUARD_BATCH,
     )
+
+
+def keep_for_reuse(stage: runs.Stage, name: str, adapter: Path, tokenizer: Any, rows: list[dict[str, Any]], score: Any):
+    """The guard's score of `adapter`, kept with its key in scores.json: stage 05 reads it instead of scoring the
+    same adapter on the same rows again (`reuse`)."""
+    from ftlab import devices, models
+
+    o, device = _opts(stage), devices.kind()
+    k = reuse.key(
+        adapter,
+        rows,
+        tokenizer,
+        base_model=models.resolve_model(stage.params["base_model"]),
+        device=device,
+        quantization=devices.resolve_quantization(stage.params["quantization"], device),
+        max_length=stage.params["max_length"],
+        n_generate=o.guard_rows,
+        max_new_tokens=o.max_new_tokens,
+        batch_size=GUARD_BATCH,
+    )
+    reuse.keep(stage.path(), name, k, score)
 
 
 def guard_before(stage: runs.Stage, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -238,6 +263,8 @@ def guard_before(stage: runs.Stage, model: Any, tokenizer: Any, rows: list[dict[
         return runs.read_json(path)["score"]
     before = guard_score(stage, model, tokenizer, rows)
     stage.write_json("guard_before.json", {"params": stage.params, "score": before})
+    sft = stages.method(stages.method_of_stage(stage.name, stage.params).builds_on)
+    keep_for_reuse(stage, sft.name, stage.input(sft.stage, sft.adapter), tokenizer, rows, before)
     return before
 
 
@@ -248,6 +275,7 @@ def guard_after(
     if job.done:
         return runs.read_json(stage.path("guard.json"))
     after = guard_score(stage, job.trainer.model, job.tokenizer, rows)
+    keep_for_reuse(stage, job.method.name, stage.path(job.method.adapter), job.tokenizer, rows, after)
     names = tuple(m.title for m in stages.lineage(job.method.name)[-2:])
     guard = {
         "before": scoring.summary(before),
