@@ -21,7 +21,13 @@ MODULES = sorted(p for p in LIB.rglob("*.py"))
 
 # Each module may import only modules of its own layer or of a layer above it (listed earlier); never in a cycle.
 LAYERS = [
-    {"stages", "formats", "files", "cells"},  # the registry, input layouts, reading files and notebook cells: no ftlab
+    {
+        "stages",
+        "reasons",
+        "formats",
+        "files",
+        "cells",
+    },  # the registry, input layouts, reading files and notebook cells: no ftlab
     {"turns"},  # keys inside a record's turns (formats below it)
     {"paths"},
     {"params"},  # parameter specs and the vocabularies

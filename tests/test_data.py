@@ -155,6 +155,29 @@ def test_honoured_turn_flags_keep_an_unwanted_answer_as_context_with_no_loss(tmp
         data.load(p, turn_flags="yes")
 
 
+def test_a_pair_given_as_two_whole_conversations_is_the_same_pair_as_its_explicit_prompt_layout(tmp_path):
+    """TRL's implicit-prompt layout (Anthropic HH's shape, two whole conversations): the turns both share are the
+    prompt, the last answers are chosen and rejected; it reads to exactly the explicit layout's pair. Conversations
+    that differ before their answers, and a prompt/chosen row whose answer list repeats another conversation
+    (UltraFeedback's shape, where it would lose turns), are rejected with their lines."""
+    convo = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    convo += [{"role": "user", "content": "2+2?"}]
+    good, bad = {"role": "assistant", "content": "4."}, {"role": "assistant", "content": "5."}
+    hh = {"chosen": [*convo, good], "rejected": [*convo, bad]}
+    explicit = {"prompt": convo, "chosen": "4.", "rejected": "5."}
+    ultra = {"prompt": "2+2?", "chosen": [convo[2], good], "rejected": [convo[2], bad]}  # UltraFeedback binarized
+    ultra_off = {"prompt": "2+2?", "chosen": [convo[0], good], "rejected": [convo[2], bad]}
+    forked = {"chosen": [*convo, good], "rejected": [convo[0], {"role": "assistant", "content": "Hey."}, convo[2], bad]}
+    p = _write(tmp_path / "p.jsonl", [hh, explicit, ultra, ultra_off, forked])
+    rows, rejected, used = data.load(p, kind="prefs")
+    assert [r.line for r in rows] == [1, 2, 3] and "transcript_preference (1)" in used
+    assert rows[0].data == rows[1].data and rows[0].data["prompt"] == convo
+    assert rows[2].data == {"prompt": [convo[2]], "chosen": [good], "rejected": [bad]}
+    assert [(r.line, r.reason) for r in rejected] == [(4, "transcripts_differ"), (5, "transcripts_differ")]
+    assert "chosen repeats the conversation before its answer: turn 0 differs" in rejected[0].detail
+    assert "differ at turn 1, before their last answers" in rejected[1].detail
+
+
 def test_datasets_folder(tmp_path):
     from datasets import Dataset
 

@@ -47,8 +47,8 @@ def load(
     `weight` 0/1, axolotl's `train`) fails its row ("reject"), or is honoured ("honour": `turns.honour_turn_flags`)."""
     if fmt != "auto" and fmt not in formats.names():
         raise DataError(f"data_format must be one of {['auto', *formats.names()]}, got {fmt!r}")
-    if turn_flags not in formats.TURN_FLAGS:
-        raise DataError(f"turn_flags must be one of {list(formats.TURN_FLAGS)}, got {turn_flags!r}")
+    if turn_flags not in turns.TURN_FLAGS:
+        raise DataError(f"turn_flags must be one of {list(turns.TURN_FLAGS)}, got {turn_flags!r}")
     records, rejected, counts = read_records(path)
     for r in rejected:
         r.source, r.unit = str(path), counts

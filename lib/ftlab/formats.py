@@ -3,7 +3,7 @@
 A new layout is one `Format` entry in `FORMATS`: `detect_format` tries the entries in order, `normalize` converts
 with the entry's function, `params` offers the names as `data_format` choices. Rows that cannot be used raise
 `RowError` with a reason from `REASONS` (stage 01 writes them, with their line numbers, to rejected.jsonl).
-This module imports nothing of ftlab, so `params` can take its vocabulary from here.
+This module imports only `reasons` of ftlab, so `params` can take its vocabulary from here.
 """
 
 from __future__ import annotations
@@ -13,34 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-REASONS = {
-    "invalid_utf8": "bytes that are not valid UTF-8 (or lone surrogates)",
-    "invalid_json": "the line is not valid JSON",
-    "wrong_type": "a field has the wrong type (e.g. a number where text is expected)",
-    "unknown_schema": "no known set of fields (see ftlab.formats.FORMATS for the layouts and their fields)",
-    "empty_field": "a text field is empty or whitespace only",
-    "nul_byte": "a NUL byte (\\x00) in the text: trains into gibberish",
-    "control_chars": "control characters other than tab/newline in the text",
-    "unknown_role": "a role other than system/user/assistant",
-    "tool_turn": "a tool call or tool result turn (tool_calls, tool/function/observation roles): not trained here",
-    "media_part": "a non-text content part (image, audio, file): a text model cannot use it",
-    "kto_row": "a labelled KTO row (an answer judged true/false): stage 03's data (method kto), never an SFT target",
-    "too_deep": "JSON nested too deeply to read safely",
-    "training_key": "a turn carries a key that says whether it is trained (weight, train, mask...) and is not "
-    "honoured (turn_flags), or one that cannot be",
-    "csv_cell_count": "a CSV row with more or fewer cells than the header (an unquoted delimiter inside a field)",
-    "turn_order": "turns out of order (system first, then user/assistant alternating)",
-    "no_final_assistant": "the conversation does not end with an assistant turn: nothing to learn",
-    "chosen_equals_rejected": "a preference pair whose chosen and rejected answers are the same",
-    "too_long": "longer than max_length tokens after the chat template",
-    "duplicate": "an exact duplicate of an earlier row",
-    "near_duplicate": "the same as an earlier row up to case, whitespace and punctuation",
-    "eval_in_train": "an eval row whose prompt also appears in train (leakage)",
-    "prompt_in_eval": "a training row (e.g. a preference pair) whose prompt is held out for eval; kept out of training",
-    "low_perplexity": "base-model perplexity below the threshold (near-memorized boilerplate)",
-    "prompt_too_long": "the prompt alone is longer than max_prompt_length tokens (DPO)",
-    "self_answer_matches": "the model's own answer already equals the reference: no preference to learn (self pairs)",
-}
+from ftlab.reasons import REASONS
+
 ROLE_MAP = {
     "system": "system",
     "user": "user",
@@ -248,15 +222,39 @@ def _preference(rec: dict[str, Any]) -> dict[str, Any]:
     return _pair(prompt(rec["prompt"]), rec)
 
 
+def _differs_at(a: Messages, b: Messages) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _after(pmsgs: Messages, value: Any, what: str, keys: tuple[str, str]) -> Messages:
+    """The answer of a pair; where it repeats the conversation before it (UltraFeedback's [user, assistant]), that
+    conversation must be the prompt, or turns would be lost silently."""
+    before = messages(value, what, *keys)[:-1] if isinstance(value, list) and len(value) > 1 else pmsgs
+    if before != pmsgs:
+        why = f"{what} repeats the conversation before its answer: turn {_differs_at(before, pmsgs)} differs"
+        raise RowError("transcripts_differ", why)
+    return answer(value, what, *keys)
+
+
 def _pair(pmsgs: Messages, rec: dict[str, Any], keys: tuple[str, str] = ("role", "content")) -> dict[str, Any]:
     check_order(pmsgs + [{"role": "assistant", "content": "x"}])
-    chosen, rejected = answer(rec["chosen"], "chosen", *keys), answer(rec["rejected"], "rejected", *keys)
+    chosen, rejected = _after(pmsgs, rec["chosen"], "chosen", keys), _after(pmsgs, rec["rejected"], "rejected", keys)
     if chosen[0]["content"].strip() == rejected[0]["content"].strip():
         raise RowError("chosen_equals_rejected", "identical answers teach nothing")
     return {"prompt": pmsgs, "chosen": chosen, "rejected": rejected}
 
 
-TURN_FLAGS = ("reject", "honour")  # stage 01's turn_flags: what a per-turn training key does (data.load)
+def _transcripts(rec: dict[str, Any]) -> dict[str, Any]:
+    """TRL's implicit-prompt pairs (Anthropic HH's shape): `chosen` and `rejected` are two whole conversations, the
+    same up to their last answers; that shared start is the prompt."""
+    keys = _sharegpt_keys(rec["chosen"])
+    chosen, rejected = messages(rec["chosen"], "chosen", *keys), messages(rec["rejected"], "rejected", *keys)
+    if chosen[:-1] != rejected[:-1] or len(chosen) != len(rejected):
+        at = _differs_at(chosen, rejected)
+        raise RowError("transcripts_differ", f"chosen and rejected differ at turn {at}, before their last answers")
+    if len(chosen) < 2:
+        raise RowError("no_final_assistant", "chosen and rejected hold no conversation before their answers")
+    return _pair(chosen[:-1], {"chosen": chosen[-1:], "rejected": rejected[-1:]})
 
 
 @dataclass(frozen=True)
@@ -300,6 +298,7 @@ FORMATS: tuple[Format, ...] = (
         preference=True,
         ordered=False,
     ),
+    Format("transcript_preference", ("chosen", "rejected"), (), _transcripts, preference=True, ordered=False),
     Format("kto_messages", ("messages", "label"), (), _kto, preference=True, ordered=False),
     Format("kto_prompt_completion", ("prompt", "completion", "label"), (), _kto, preference=True, ordered=False),
     Format("messages", ("messages",), (), _messages),

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftlab import formats, stages
+from ftlab import formats, stages, turns
 from ftlab.cells import DeclaredParam, ParamError, code_cells, notebook_parameters, parse_parameters_source  # noqa: F401
 from ftlab.paths import check_run_name
 
@@ -151,7 +151,7 @@ SPECS: dict[str, dict[str, Param]] = {
         "prefs_path": Param(str),
         "eval_path": Param(str),
         "data_format": Param(str, choices=("auto", *formats.names(preference=False))),
-        "turn_flags": Param(str, choices=formats.TURN_FLAGS),
+        "turn_flags": Param(str, choices=turns.TURN_FLAGS),
         "max_length": Param(int, lo=16, hi=131072),
         "eval_fraction": Param(float, lo=0, hi=0.5),
         "max_rows": Param(int, lo=0),

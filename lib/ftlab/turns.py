@@ -13,6 +13,7 @@ TURN_KEYS = ("role", "content", "from", "value")  # what the readers take from a
 # per-turn keys that other tools read as "train this turn or not" (OpenAI's weight, axolotl's train/training...)
 TRAINING_KEYS = ("weight", "train", "training", "trainable", "mask", "masked", "loss", "label")
 HONOURED_KEYS = ("weight", "train", "training", "trainable")  # one meaning everywhere: 1/true is trained
+TURN_FLAGS = ("reject", "honour")  # stage 01's turn_flags: what a per-turn training key does (data.load)
 
 
 def turn_extras(rec: dict[str, Any], fields: set[str], honour: bool = False) -> dict[str, list[Any]]:
