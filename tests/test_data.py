@@ -178,6 +178,48 @@ def test_a_pair_given_as_two_whole_conversations_is_the_same_pair_as_its_explici
     assert "differ at turn 1, before their last answers" in rejected[1].detail
 
 
+def test_a_file_with_renamed_keys_and_roles_trains_the_same_tokens_as_the_native_layout(tmp_path):
+    """data_fields / data_roles (stage 01): a support-chat export with `conversation` lists of {speaker, text} and its
+    own role names reads as the `messages` layout; the rows encode to exactly the tokens and loss mask of the same
+    rows written natively. A name no row has fails the file (a typo maps nothing); a rename onto a key the row already
+    has fails that row, and rejected.jsonl keeps the row as it was in the file."""
+    from ftlab import audit, models, params
+
+    chats = [
+        [
+            ("customer", "My order is late."),
+            ("agent", "Sorry! It ships today."),
+            ("customer", "Thanks"),
+            ("agent", "Welcome."),
+        ],
+        [("system", "Be brief."), ("customer", "Refund?"), ("agent", "Within 30 days.")],
+    ]
+    roles = {"customer": "user", "agent": "assistant"}
+    mapped = [{"conversation": [{"speaker": s, "text": t} for s, t in c], "ticket": i} for i, c in enumerate(chats)]
+    native = [
+        {"messages": [{"role": roles.get(s, s), "content": t} for s, t in c], "ticket": i} for i, c in enumerate(chats)
+    ]
+    clash = {"conversation": mapped[0]["conversation"], "messages": []}
+    fields = {"conversation": "messages", "speaker": "role", "text": "content"}
+    a = _write(tmp_path / "mapped.jsonl", [*mapped, clash])
+    rows, rejected, used = data.load(a, renames=data.Renames(fields, roles))
+    want, _, _ = data.load(_write(tmp_path / "native.jsonl", native))
+    assert used == "messages (2)" and [r.data for r in rows] == [r.data for r in want]
+    assert [r.extra for r in rows] == [{"ticket": 0}, {"ticket": 1}]  # the other keys are still reported, not lost
+    tok = models.load_tokenizer(models.TINY_MODEL)
+    for got, ref in zip(rows, want, strict=True):
+        e, n = audit.encode(tok, got.data["messages"]), audit.encode(tok, ref.data["messages"])
+        assert (e.input_ids, e.assistant_masks) == (n.input_ids, n.assistant_masks) and sum(e.assistant_masks) > 0
+    assert [(r.line, r.reason) for r in rejected] == [(3, "unknown_schema")]
+    assert "renames 'conversation' to 'messages', and the row has 'messages' too" in rejected[0].detail
+    assert rejected[0].raw == clash  # as it is in the file
+    with pytest.raises(data.DataError, match=r"name field 'speeker', which no row has .*'conversation\[\]\.speaker'"):
+        data.load(a, renames=data.Renames({**fields, "speeker": "role"}, roles))
+    data.load(a, renames=data.Renames({**fields, "speeker": "role"}, roles, require_all=False))  # a second file
+    with pytest.raises(ValueError, match="roles map onto system, user or assistant, found {'agent': 'bot'}"):
+        params.SPECS["01_prepare_data"]["data_roles"].check({"agent": "bot"})
+
+
 def test_datasets_folder(tmp_path):
     from datasets import Dataset
 

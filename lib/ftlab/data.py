@@ -19,6 +19,7 @@ from typing import Any
 from ftlab import formats, turns
 from ftlab.files import DataError, Rejected, read_records  # noqa: F401 - used as data.*
 from ftlab.formats import REASONS, RowError, check_order, detect_format, normalize  # noqa: F401 - used as data.*
+from ftlab.turns import Renames  # noqa: F401 - used as data.Renames
 
 # rejections that follow from choices made here (the split, a filter), not from bad data: not counted by the gate
 CHOSEN_REASONS = {"prompt_in_eval", "low_perplexity", "self_answer_matches"}
@@ -40,11 +41,17 @@ class Row:
 
 
 def load(
-    path: str | Path, fmt: str = "auto", kind: str = "chat", turn_flags: str = "reject"
+    path: str | Path,
+    fmt: str = "auto",
+    kind: str = "chat",
+    turn_flags: str = "reject",
+    renames: turns.Renames | None = None,
 ) -> tuple[list[Row], list[Rejected], str]:
     """Read and normalize a file of `kind` "chat" (conversations) or "prefs" (pairs, labelled rows). Returns accepted
     rows, rejected rows and the format used. `turn_flags`: a turn's key that says whether it is trained (OpenAI's
-    `weight` 0/1, axolotl's `train`) fails its row ("reject"), or is honoured ("honour": `turns.honour_turn_flags`)."""
+    `weight` 0/1, axolotl's `train`) fails its row ("reject"), or is honoured ("honour": `turns.honour_turn_flags`).
+    `renames`: renamed keys and roles read as the layout they rename (`turns.Renames`)."""
+    renames = renames or turns.Renames()
     if fmt != "auto" and fmt not in formats.names():
         raise DataError(f"data_format must be one of {['auto', *formats.names()]}, got {fmt!r}")
     if turn_flags not in turns.TURN_FLAGS:
@@ -54,27 +61,43 @@ def load(
         r.source, r.unit = str(path), counts
     rows: list[Row] = []
     used: Counter[str] = Counter()
-    for line, rec in records:
+    for line, original in records:
+        rec = original
         try:
+            rec = renames.apply(original)
             f = fmt if fmt != "auto" else formats.detect_format(rec) if isinstance(rec, dict) else "auto"
             data, extra = formats.normalize(rec, f)
             extra |= turns.turn_extras(rec, formats.get(f).fields, honour=turn_flags == "honour")
             if turn_flags == "honour":
                 turns.honour_turn_flags(rec, data, formats.get(f))
         except RowError as e:
-            rejected.append(Rejected(line, e.reason, e.detail, _writable(rec), str(path), counts))
+            rejected.append(Rejected(line, e.reason, e.detail, _writable(original), str(path), counts))
             continue
         except RecursionError:
             detail = "a value nested too deeply to check"
-            rejected.append(Rejected(line, "too_deep", detail, _writable(rec), str(path), counts))
+            rejected.append(Rejected(line, "too_deep", detail, _writable(original), str(path), counts))
             continue
         is_pref = "prompt" in data  # a pair (prompt/chosen/rejected) or a labelled answer (prompt/completion/label)
         if is_pref != (kind == "prefs"):
-            rejected.append(Rejected(line, *_misplaced(f, kind), rec, str(path), counts))
+            rejected.append(Rejected(line, *_misplaced(f, kind), original, str(path), counts))
             continue
         used[f] += 1
         rows.append(Row(line, data, extra, str(path), counts))
+    if records and renames.require_all and renames.unused():
+        found = sorted({name for _, r in records for name in _field_names(r)})[:16]
+        raise DataError(
+            f"{path}: data_fields / data_roles name {', '.join(renames.unused())}, which no row has (its rows' fields: "
+            f"{found}); fix the name or remove it"
+        )
     return rows, rejected, ", ".join(f"{k} ({v})" for k, v in used.most_common()) or "none"
+
+
+def _field_names(rec: Any) -> set[str]:
+    """A record's keys, and its turns' keys as `field[].key`."""
+    names = set(rec) if isinstance(rec, dict) else set()
+    for k, v in rec.items() if isinstance(rec, dict) else ():
+        names |= {f"{k}[].{tk}" for t in (v if isinstance(v, list) else ()) if isinstance(t, dict) for tk in t}
+    return names
 
 
 def _misplaced(fmt: str, kind: str) -> tuple[str, str]:

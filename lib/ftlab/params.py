@@ -41,6 +41,20 @@ def _nonempty(v: str) -> str:
     return v
 
 
+def _renames(v: dict) -> dict:
+    bad = [f"{k!r}: {x!r}" for k, x in v.items() if not (isinstance(k, str) and isinstance(x, str) and k and x)]
+    if bad:
+        raise ValueError(f"expected names mapped to names, e.g. {{'conversation': 'messages'}}, found {bad[:3]}")
+    return v
+
+
+def _roles(v: dict) -> dict:
+    bad = {k: x for k, x in _renames(v).items() if x not in ("system", "user", "assistant")}
+    if bad:
+        raise ValueError(f"roles map onto system, user or assistant, found {bad}")
+    return v
+
+
 def _bool_or_auto(v: bool | str) -> bool | str:
     if isinstance(v, str) and v != "auto":
         raise ValueError(f"expected true, false or 'auto' (the memory plan decides), got {v!r}")
@@ -152,6 +166,8 @@ SPECS: dict[str, dict[str, Param]] = {
         "eval_path": Param(str),
         "data_format": Param(str, choices=("auto", *formats.names(preference=False))),
         "turn_flags": Param(str, choices=turns.TURN_FLAGS),
+        "data_fields": Param(dict, check=_renames),
+        "data_roles": Param(dict, check=_roles),
         "max_length": Param(int, lo=16, hi=131072),
         "eval_fraction": Param(float, lo=0, hi=0.5),
         "max_rows": Param(int, lo=0),

@@ -1,9 +1,11 @@
 """Keys inside a record's turns beyond role and content: reported as extras (kept beside the row, never dropped
 silently), or, for a key that says whether a turn is trained, failing the row or honoured on the row's messages
-(stage 01's `turn_flags`). Used by `data.load`; imports only `formats`."""
+(stage 01's `turn_flags`); and renamed keys and roles read as the layout they rename (`data_fields`, `data_roles`).
+Used by `data.load`; imports only `formats`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from ftlab import formats
@@ -81,3 +83,49 @@ def honour_turn_flags(rec: dict[str, Any], data: dict[str, Any], fmt: formats.Fo
             "the last answer is marked not trained, and it is the answer the row is trained toward and scored on: "
             "end the conversation at the last trained answer",
         )
+
+
+@dataclass
+class Renames:
+    """Stage 01's `data_fields` and `data_roles`: a file whose keys or role names are renamed, read as the known
+    layout they rename (LLaMA-Factory's columns/tags, axolotl's field mappings). `fields` renames keys at the top of
+    a record and inside its turns ({"conversation": "messages", "speaker": "role", "text": "content"}); `roles`
+    renames the values of a turn's role ({"customer": "user", "agent": "assistant"}). A name mapped onto one the
+    record already has fails the row; a name no record has fails the file (a typo would otherwise map nothing)."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)
+    require_all: bool = True  # every name must occur in the file (off for a second file, e.g. eval_path)
+    seen: set[str] = field(default_factory=set)
+
+    def apply(self, rec: Any) -> Any:
+        if not (self.fields or self.roles) or not isinstance(rec, dict):
+            return rec
+        return self._keys(rec, "the row")
+
+    def _keys(self, obj: dict[str, Any], where: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            new = self.fields.get(k, k)
+            if new in out or (new != k and new in obj):
+                raise RowError("unknown_schema", f"data_fields renames {k!r} to {new!r}, and {where} has {new!r} too")
+            self.seen |= {f"field {k!r}"} if new != k else set()
+            if isinstance(v, list):
+                v = [self._turn(t, f"{new}[{i}]") if isinstance(t, dict) else t for i, t in enumerate(v)]
+            elif isinstance(v, dict):
+                v = self._turn(v, new)
+            out[new] = v
+        return out
+
+    def _turn(self, t: dict[str, Any], where: str) -> dict[str, Any]:
+        t = self._keys(t, where)
+        for key in ("role", "from"):
+            if isinstance(t.get(key), str) and t[key] in self.roles:
+                self.seen.add(f"role {t[key]!r}")
+                t[key] = self.roles[t[key]]
+        return t
+
+    def unused(self) -> list[str]:
+        """The mapped names no record had."""
+        named = [f"field {k!r}" for k in self.fields] + [f"role {r!r}" for r in self.roles]
+        return [n for n in named if n not in self.seen]
