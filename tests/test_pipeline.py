@@ -46,6 +46,16 @@ def test_a_parameter_where_a_stage_number_goes_says_how_to_set_it(outputs, capsy
     assert cli._stage_number("2") == "02" == cli._stage_number("02")
 
 
+def test_several_parameter_files_merge_in_order_the_last_one_winning(outputs, tmp_path):
+    extra = tmp_path / "mine.yaml"
+    extra.write_text("run_name: mine\nmin_ram_gb: 0.2\n")
+    r = _ftlab("run", "-f", str(CI), "-f", str(extra), "0", outputs=outputs)
+    assert r.returncode == 0, r.stderr[-2000:]
+    params = json.loads((outputs / "mine" / "manifest.json").read_text())["stages"]["00_check_environment"]["params"]
+    assert params["base_model"] == "tiny-random" and params["min_ram_gb"] == 0.2  # ci.yaml's, then mine.yaml's
+    assert params["min_free_disk_gb"] == 1.0  # ci.yaml's value, which mine.yaml does not set
+
+
 def test_bad_value_fails_before_running(outputs):
     with pytest.raises(ParamError, match="min_ram_gb='lots'"):
         pipeline.plan(pipeline.list_notebooks(), {"min_ram_gb": "lots"})

@@ -32,7 +32,10 @@ def list_notebooks(start: str = "00", end: str = "99") -> list[Path]:
     return [p for p in nbs if start <= p.name[:2] <= end]
 
 
-def load_params_file(path: str | Path | None) -> dict[str, Any]:
+def load_params_file(path: str | Path | list[str | Path] | None) -> dict[str, Any]:
+    """A parameters YAML file as a dict; several files merged in order, a later file's value winning."""
+    if isinstance(path, list | tuple):
+        return {k: v for f in path for k, v in load_params_file(f).items()}
     if not path:
         return {}
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -86,7 +89,7 @@ HOME_DIRS = {"IPYTHONDIR": "ipython", "MPLCONFIGDIR": "matplotlib", "JUPYTER_RUN
 def run(
     start: str = "00",
     end: str = "99",
-    params_file: str | None = None,
+    params_file: str | list[str] | None = None,
     overrides: dict[str, Any] | None = None,
     verbose: bool = False,
     log=print,
