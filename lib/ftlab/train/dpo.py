@@ -221,18 +221,20 @@ def check_reference(trainer: Any) -> dict[str, Any]:
 GUARD_BATCH = 8  # rows per forward pass of the guard's scoring (stage 05's batch_size default: its scores are reusable)
 
 
+def _guard_kw(stage: runs.Stage) -> dict[str, Any]:
+    """`scoring.score`'s settings for the guard (and the key its reusable scores are kept under)."""
+    o = _opts(stage)
+    return {
+        "max_length": stage.params["max_length"],
+        "n_generate": o.guard_rows,
+        "max_new_tokens": o.max_new_tokens,
+        "batch_size": GUARD_BATCH,
+    }
+
+
 def guard_score(stage: runs.Stage, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Held-out NLL (every eval row) and greedy answers on `guard_rows` of them: the regression guard's score."""
-    o = _opts(stage)
-    return scoring.score(
-        model,
-        tokenizer,
-        rows,
-        max_length=stage.params["max_length"],
-        n_generate=o.guard_rows,
-        max_new_tokens=o.max_new_tokens,
-        batch_size=GUARD_BATCH,
-    )
+    return scoring.score(model, tokenizer, rows, **_guard_kw(stage))
 
 
 def keep_for_reuse(stage: runs.Stage, name: str, adapter: Path, tokenizer: Any, rows: list[dict[str, Any]], score: Any):
@@ -240,18 +242,11 @@ def keep_for_reuse(stage: runs.Stage, name: str, adapter: Path, tokenizer: Any, 
     same adapter on the same rows again (`reuse`)."""
     from ftlab import devices, models
 
-    o, device = _opts(stage), devices.kind()
+    device = devices.kind()
+    quantization = devices.resolve_quantization(stage.params["quantization"], device)
+    base = models.resolve_model(stage.params["base_model"])
     k = reuse.key(
-        adapter,
-        rows,
-        tokenizer,
-        base_model=models.resolve_model(stage.params["base_model"]),
-        device=device,
-        quantization=devices.resolve_quantization(stage.params["quantization"], device),
-        max_length=stage.params["max_length"],
-        n_generate=o.guard_rows,
-        max_new_tokens=o.max_new_tokens,
-        batch_size=GUARD_BATCH,
+        adapter, rows, tokenizer, base_model=base, device=device, quantization=quantization, **_guard_kw(stage)
     )
     reuse.keep(stage.path(), name, k, score)
 
