@@ -80,3 +80,23 @@ def test_template_that_does_not_render_incrementally_is_refused(tok):
 def test_length_stats_suggest_a_multiple_of_64():
     s = audit.length_stats(list(range(1, 101)), max_length=64)
     assert s["over_max_length"] == 36 and s["suggested_max_length"] == 128 and s["p50"] == 50
+
+
+def test_stage01s_compact_encodings_read_like_the_lists_in_a_tenth_of_the_memory(tok):
+    """Stage 01 keeps every row's encoding (data.tokenize_rows): compact arrays, the same figures everywhere."""
+    import sys
+
+    from ftlab import data
+
+    rows = [data.Row(i + 1, {"messages": CONV}) for i in range(3)]
+    kept, encoded, _ = data.tokenize_rows(rows, tok, 512)
+    lists = [audit.encode(tok, CONV) for _ in rows]
+    assert audit.audit(tok, encoded, len(tok)) == audit.audit(tok, lists, len(tok))
+    assert audit.marked(tok, encoded[0]) == audit.marked(tok, lists[0])
+    assert list(encoded[0].input_ids) == lists[0].input_ids and list(encoded[0].assistant_masks) == lists[0].assistant_masks
+
+    def size(e):  # the containers and the int objects a list points to
+        held = sys.getsizeof(e.input_ids) + sys.getsizeof(e.assistant_masks)
+        return held + (sum(sys.getsizeof(t) for t in e.input_ids) if isinstance(e.input_ids, list) else 0)
+
+    assert size(encoded[0]) * 5 < size(lists[0])
