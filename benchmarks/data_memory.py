@@ -15,7 +15,6 @@ import os
 import platform
 import random
 import re
-import resource
 import subprocess
 import sys
 import time

@@ -93,7 +93,10 @@ def test_stage01s_compact_encodings_read_like_the_lists_in_a_tenth_of_the_memory
     lists = [audit.encode(tok, CONV) for _ in rows]
     assert audit.audit(tok, encoded, len(tok)) == audit.audit(tok, lists, len(tok))
     assert audit.marked(tok, encoded[0]) == audit.marked(tok, lists[0])
-    assert list(encoded[0].input_ids) == lists[0].input_ids and list(encoded[0].assistant_masks) == lists[0].assistant_masks
+    assert (
+        list(encoded[0].input_ids) == lists[0].input_ids
+        and list(encoded[0].assistant_masks) == lists[0].assistant_masks
+    )
 
     def size(e):  # the containers and the int objects a list points to
         held = sys.getsizeof(e.input_ids) + sys.getsizeof(e.assistant_masks)
