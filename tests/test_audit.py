@@ -82,14 +82,14 @@ def test_length_stats_suggest_a_multiple_of_64():
     assert s["over_max_length"] == 36 and s["suggested_max_length"] == 128 and s["p50"] == 50
 
 
-def test_stage01s_compact_encodings_read_like_the_lists_in_a_tenth_of_the_memory(tok):
+def test_stage01s_compact_encodings_read_like_the_lists_in_a_fifth_of_the_memory(tok):
     """Stage 01 keeps every row's encoding (data.tokenize_rows): compact arrays, the same figures everywhere."""
     import sys
 
     from ftlab import data
 
     rows = [data.Row(i + 1, {"messages": CONV}) for i in range(3)]
-    kept, encoded, _ = data.tokenize_rows(rows, tok, 512)
+    _, encoded, _ = data.tokenize_rows(rows, tok, 512)
     lists = [audit.encode(tok, CONV) for _ in rows]
     assert audit.audit(tok, encoded, len(tok)) == audit.audit(tok, lists, len(tok))
     assert audit.marked(tok, encoded[0]) == audit.marked(tok, lists[0])

@@ -31,7 +31,8 @@ class Encoded:
 
     def compact(self) -> Encoded:
         """The same encoding in ~5 bytes a token (32-bit ids, one byte a mask flag) instead of two Python lists
-        (~50): what stage 01 keeps for every row of a big file. Reads like the lists (len, sum, zip, index)."""
+        (~38 with the int objects, on a 65-token SmolLM2 row): what stage 01 keeps for every row of a big file. Reads
+        like the lists (len, sum, zip, index)."""
         return Encoded(array("i", self.input_ids), bytes(self.assistant_masks), self.length, self.truncated)
 
 

@@ -279,7 +279,7 @@ def conversations(row: Row) -> list[list[dict[str, str]]]:
 
 def tokenize_rows(rows: list[Row], tokenizer: Any, max_length: int) -> tuple[list[Row], list[Any], list[Rejected]]:
     """Encode each row through the chat template; rows longer than max_length are rejected, not cut. The encodings
-    are kept compact (`Encoded.compact`: 5 bytes a token instead of ~50 as Python lists), so a big file fits."""
+    are kept compact (`Encoded.compact`), so a big file fits."""
     from ftlab.audit import encode
 
     keep, encoded, rejected = [], [], []
