@@ -98,7 +98,7 @@ def build(shape: str, folder: Path, tokenizer, vocab: int | None = None) -> Path
 
     cfg = LlamaConfig(
         vocab_size=vocab or len(tokenizer),
-        max_position_embeddings=4096,
+        max_position_embeddings=131_072,  # Llama 3.1's: the longest-context search goes past 4k
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
