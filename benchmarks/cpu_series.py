@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ftlab import pipeline, runs
-from ftlab.paths import repo_root
+from ftlab.core import runs
+from ftlab.core.paths import repo_root
+from ftlab.runner import pipeline
 
 BUDGET_S = 15 * 60
 

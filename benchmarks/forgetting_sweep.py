@@ -30,7 +30,7 @@ VARIANTS = {  # name -> stage 02 overrides on top of params/default.yaml
 
 
 def probe(model, tokenizer, rows) -> dict:
-    from ftlab import scoring
+    from ftlab.evaluation import scoring
 
     t = time.time()
     s = scoring.probe_score(model, tokenizer, rows)
@@ -46,8 +46,9 @@ def main() -> None:
     a = ap.parse_args()
     from peft import PeftModel
 
-    from ftlab import data, evaluation, models, pipeline
-    from ftlab.paths import repo_root, run_dir
+    from ftlab import data, evaluation, models
+    from ftlab.core.paths import repo_root, run_dir
+    from ftlab.runner import pipeline
 
     variants = {**VARIANTS, **json.loads(a.extra)}
     names = a.only or list(variants)

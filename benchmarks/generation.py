@@ -31,7 +31,8 @@ def main() -> None:
 
     import torch
 
-    from ftlab import generate, models
+    from ftlab import models
+    from ftlab.models import generate
 
     ap = argparse.ArgumentParser()
     ap.add_argument("folder")

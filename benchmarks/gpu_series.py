@@ -46,8 +46,8 @@ def _du(path: Path) -> float:
 
 
 def report(run: str, out: Path, note: str) -> dict:
-    from ftlab import stages
-    from ftlab.paths import run_dir
+    from ftlab.core import stages
+    from ftlab.core.paths import run_dir
 
     folder = run_dir(run)
     res: dict = {

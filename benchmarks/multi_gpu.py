@@ -1,12 +1,12 @@
-"""Stage 02 on several GPUs of one machine: one process vs DDP vs FSDP-QLoRA, through `python -m ftlab.launch`.
+"""Stage 02 on several GPUs of one machine: one process vs DDP vs FSDP-QLoRA, through `python -m ftlab.runner.launch`.
 
     PYTHONPATH=lib python benchmarks/multi_gpu.py --shape llama-1b-shape --out benchmarks/results/multi_gpu.json
 
 Builds a random-weight Llama of the chosen shape (the SmolLM2 tokenizer of the cached `tiny-random` model; no
 download), writes multi-turn conversations of the bundled pydoc_qa data packed to about `--seq` tokens, runs stage 01
 once on them, then stage 02 (QLoRA NF4, LoRA all-linear) three times with the same parameters:
-  1. one process:          python -m ftlab.launch 02_train_sft ...
-  2. DDP on N GPUs:        accelerate launch --config_file lib/ftlab/accelerate/ddp.yaml --num_processes N -m ftlab.launch ...
+  1. one process:          python -m ftlab.runner.launch 02_train_sft ...
+  2. DDP on N GPUs:        accelerate launch --config_file lib/ftlab/accelerate/ddp.yaml --num_processes N -m ftlab.runner.launch ...
   3. FSDP-QLoRA on N GPUs: accelerate launch --config_file lib/ftlab/accelerate/fsdp_qlora.yaml ...
 The per-device batch is the same, so N processes train N times the rows per step. Reports each run's tokens/s
 (non-padding tokens over the whole training loop, and the median of the logged intervals after the first), the
@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 from sft_memory import VOCAB, build
 
-from ftlab import data, models, runs
-from ftlab.paths import repo_root, stage_dir
+from ftlab import data, models
+from ftlab.core import runs
+from ftlab.core.paths import repo_root, stage_dir
 
 
 def sh(cmd: list[str], log: Path, env: dict[str, str]) -> tuple[int, float]:
@@ -217,7 +218,7 @@ def main() -> None:
     ]
     cfg = repo_root() / "lib" / "ftlab" / "accelerate"
     launchers = {
-        "single": [sys.executable, "-m", "ftlab.launch"],
+        "single": [sys.executable, "-m", "ftlab.runner.launch"],
         "ddp": [
             sys.executable,
             "-m",
@@ -227,7 +228,7 @@ def main() -> None:
             "--num_processes",
             str(a.gpus),
             "-m",
-            "ftlab.launch",
+            "ftlab.runner.launch",
         ],
         "fsdp": [
             sys.executable,
@@ -238,7 +239,7 @@ def main() -> None:
             "--num_processes",
             str(a.gpus),
             "-m",
-            "ftlab.launch",
+            "ftlab.runner.launch",
         ],
     }
     results: dict[str, dict] = {}

@@ -4,7 +4,7 @@
 
 For every run in `benchmarks/results/planner_grid_*_h100.json` (made by benchmarks/speed.py on an H100, commands in
 the files) it rebuilds the run's configuration (model shape, batch, the longest row of the seeded length mix, rank,
-checkpointing, compute dtype, Liger) and compares `ftlab.memory.estimate`'s allocated part (without the CUDA context
+checkpointing, compute dtype, Liger) and compares `ftlab.hardware.memory.estimate`'s allocated part (without the CUDA context
 and the 10% allocator margin) with torch's measured peak allocated. tests/test_train.py checks the same ratios.
 """
 
@@ -19,8 +19,9 @@ from sft_memory import SHAPES
 from speed import lengths_for
 from transformers import LlamaConfig
 
-from ftlab import memory, models
-from ftlab.paths import repo_root
+from ftlab import models
+from ftlab.core.paths import repo_root
+from ftlab.hardware import memory
 
 GRID = sorted((repo_root() / "benchmarks" / "results").glob("planner_grid_*_h100.json"))
 

@@ -3,7 +3,7 @@
     PYTHONPATH=lib python benchmarks/sft_memory.py --out benchmarks/results/sft_memory.json
 
 Builds random-weight Llama models of three shapes (SmolLM2-135M, a 1B and an 8B shape, all with the SmolLM2
-tokenizer of the cached `tiny-random` model), saves each and loads it back through `ftlab.models.load_model` (the
+tokenizer of the cached `tiny-random` model), saves each and loads it back through `ftlab.models.loading.load_model` (the
 real `from_pretrained` path, NF4 4-bit or bf16), then runs the exact trainer stage 02 builds (`ftlab.train.method_args`,
 TRL SFTTrainer, LoRA all-linear r16, 8-bit AdamW, gradient checkpointing) on multi-turn rows from the bundled
 pydoc_qa data packed to the target length. Reports per config: preflight peak, training peak
@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 
-from ftlab import data, memory, models, stages, train
+from ftlab import data, models, train
+from ftlab.core import stages
+from ftlab.hardware import memory
 
 SHAPES = {
     "smollm2-135m-shape": dict(

@@ -7,7 +7,7 @@ in one call.
 Recipe B is what the tutorials do: load the base in 4-bit NF4 (double quantization, bf16 compute), call
 `peft.prepare_model_for_kbit_training` (which upcasts embeddings, norms and lm_head to fp32), wrap it with
 `get_peft_model` (LoRA r16 on all linear layers), and train with TRL's SFTTrainer on padded batches.
-Ours ("ftlab") is exactly what stage 02 builds with its defaults: `ftlab.models.load_model(.., "4bit",
+Ours ("ftlab") is exactly what stage 02 builds with its defaults: `ftlab.models.loading.load_model(.., "4bit",
 attn_implementation="auto")` (torch's varlen flash kernel on CUDA, non-linear weights in bf16), TRL's SFTTrainer with
 `ftlab.train.method_args` (Liger kernels, token-budget packing, activation offloading only where the planner says the
 run would not fit), `ftlab.train.lora_config` and `ftlab.train.fused_lora` (fused 4-bit LoRA layers). Unsloth runs in its own process with its own site (it pins older
@@ -67,8 +67,11 @@ SHAPES["qwen3-14b-shape"] = dict(
     tie_word_embeddings=False,
 )
 
-from ftlab import attention, data, memory, models, stages, train  # noqa: E402
-from ftlab.paths import repo_root  # noqa: E402
+from ftlab import data, models, train  # noqa: E402
+from ftlab.core import stages  # noqa: E402
+from ftlab.core.paths import repo_root  # noqa: E402
+from ftlab.hardware import memory  # noqa: E402
+from ftlab.models import attention  # noqa: E402
 from ftlab.train import activations, fused_lora  # noqa: E402
 
 VOCAB = {"llama-1b-shape": 128_256, "llama-8b-shape": 128_256, "qwen3-14b-shape": 151_936}  # the families' own
@@ -449,7 +452,7 @@ def run_one(
 
 
 def varlen_check() -> dict:
-    """torch's varlen kernel through `ftlab.attention.varlen_attention` against per-sequence causal sdpa in fp32,
+    """torch's varlen kernel through `ftlab.models.attention.varlen_attention` against per-sequence causal sdpa in fp32,
     forward and gradients, bf16, GQA (32 query / 8 K/V heads), sequences of mixed lengths packed in one row; beside
     it the same sdpa in bf16 against fp32 (the rounding any bf16 kernel has). `within_bf16_rounding`: every varlen
     error is at most 2x sdpa's own bf16 error."""
@@ -695,7 +698,9 @@ def main() -> None:
             dtype = dt[0] if dt else a.dtype
             part = root / f"{recipe}-{workload}-{len(results['runs'])}.json"
             env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-            if recipe.startswith("ftlab"):  # what stage 02 runs with (ftlab.pipeline sets it); others keep theirs
+            if recipe.startswith(
+                "ftlab"
+            ):  # what stage 02 runs with (ftlab.runner.pipeline sets it); others keep theirs
                 env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
             if recipe.startswith("unsloth"):
                 env["PYTHONPATH"] = os.pathsep.join([a.unsloth_site, env.get("PYTHONPATH", "")])

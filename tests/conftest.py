@@ -111,7 +111,7 @@ def tiny_series(tmp_path_factory):
     06 the comparison), every kernel under the network guard (`guard.log` beside the run folder lists their pids).
     The reference adapters of the train/reliability/launch/DPO tests and the input of the export, evaluate, widgets
     and browser tests. Tests read it or branch from it with `tiny_run`; none changes it."""
-    from ftlab import pipeline
+    from ftlab.runner import pipeline
 
     out = tmp_path_factory.mktemp("tiny-series")
     with pytest.MonkeyPatch.context() as mp:  # the variables are back as they were after the series

@@ -6,8 +6,10 @@ Run: .venv/bin/python -m pytest tests/test_activations.py
 
 import pytest
 
-from ftlab import data, memory, models, params, stages, train
-from ftlab.paths import repo_root
+from ftlab import data, models, train
+from ftlab.core import params, stages
+from ftlab.core.paths import repo_root
+from ftlab.hardware import memory
 from ftlab.train import activations
 from ftlab.train.preflight import preflight
 

@@ -12,76 +12,91 @@ from pathlib import Path
 
 import pytest
 
-from ftlab import params as P
-from ftlab import stages
-from ftlab.paths import notebooks_dir, repo_root
+from ftlab.core import params as P
+from ftlab.core import stages
+from ftlab.core.paths import notebooks_dir, repo_root
 
 LIB = repo_root() / "lib" / "ftlab"
 MODULES = sorted(p for p in LIB.rglob("*.py"))
 
-# Each module may import only modules of its own layer or of a layer above it (listed earlier); never in a cycle.
+# The packages in their written order: a module may import its own package and the packages listed before it,
+# never one after it (docs/architecture.md draws the same order); no two modules import each other in a cycle.
 LAYERS = [
-    {
-        "stages",
-        "reasons",
-        "formats",
-        "files",
-        "cells",
-    },  # the registry, input layouts, reading files and notebook cells: no ftlab
-    {"turns"},  # keys inside a record's turns (formats below it)
-    {"paths"},
-    {"params"},  # parameter specs and the vocabularies
-    {"devices", "attention", "runs", "telemetry", "progress", "served", "metrics"},
-    {"generate", "audit", "memory", "models", "env"},
-    {"data", "scoring", "teach", "prepare", "harness", "layout", "reuse"},
-    {"plots"},
-    {"widgets"},
-    {"train", "export"},  # packages: every module inside counts as the package
-    {"report", "compare", "evaluation", "deployed"},
-    {"pipeline", "launch", "cli", "__main__", "__init__"},
+    "core",  # the registry, parameters, notebook cells, run folders: no other ftlab package
+    "hardware",  # devices, the memory plan, the multi-GPU planner, telemetry, stage 00's checks
+    "models",  # loading, generation, attention kernels, llama.cpp's server
+    "data",  # readers, formats, the template audit, rows, stage 01
+    "metrics",  # answer NLL, exact match, ROUGE-L, answer match, bootstrap intervals
+    "views",  # plots, widgets, check-yourself
+    "train",  # stages 02 and 03: the methods, the Trainer's config, fit
+    "export",  # stage 04
+    "evaluation",  # stage 05, stage 03's regression guard, lm-eval, the deployed GGUF, compare, report
+    "runner",  # pipeline, status line, launch, cli
+    "__main__",
 ]
+TOP_LEVEL = {"__init__", "__main__"}  # beside the packages, lib/ftlab holds only these modules
 
 
-def _name(path: Path) -> str:
+def _module(path: Path) -> str:
     rel = path.relative_to(LIB).with_suffix("")
-    return rel.parts[0]
+    parts = rel.parts[:-1] if rel.name == "__init__" and len(rel.parts) > 1 else rel.parts
+    return ".".join(parts)
+
+
+def _package(module: str) -> str:
+    return module.split(".")[0]
 
 
 def _imports(path: Path) -> set[str]:
-    """ftlab modules this file imports, at the top or inside functions."""
+    """ftlab modules (dotted, without `ftlab.`) this file imports, at the top or inside functions."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ftlab"):
-            parts = node.module.split(".")
-            if len(parts) > 1:
-                out.add(parts[1])
-            else:  # from ftlab import a, b
-                out |= {a.name for a in node.names}
+            base = node.module.split(".")[1:]
+            for a in node.names:  # `from ftlab.core import runs` imports ftlab.core.runs; `import X` names X
+                sub = LIB.joinpath(*base, a.name)
+                out.add(
+                    ".".join([*base, a.name]) if sub.is_dir() or sub.with_suffix(".py").exists() else ".".join(base)
+                )
         elif isinstance(node, ast.Import):
-            out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("ftlab.")}
-    return out
+            out |= {a.name.removeprefix("ftlab.") for a in node.names if a.name.startswith("ftlab.")}
+    return {m for m in out if m}
 
 
-def _layer(name: str) -> int:
-    for i, layer in enumerate(LAYERS):
-        if name in layer:
-            return i
-    raise AssertionError(f"module {name} is in no layer of tests/test_architecture.py; add it where it belongs")
+def _layer(package: str) -> int:
+    assert package in LAYERS or package == "__init__", (
+        f"{package} is in no layer of tests/test_architecture.py; add it where it belongs"
+    )
+    return -1 if package == "__init__" else LAYERS.index(package)
 
 
-def test_every_import_points_up_the_layers_and_there_is_no_cycle():
+def test_lib_is_packages_beside_a_few_top_level_modules():
+    top = {p.stem for p in LIB.glob("*.py")}
+    assert top <= TOP_LEVEL, f"modules outside the packages: {sorted(top - TOP_LEVEL)}"
+    packages = {p.name for p in LIB.iterdir() if (p / "__init__.py").exists()}
+    assert packages == set(LAYERS) - TOP_LEVEL, packages
+    for pkg in packages:
+        doc = ast.get_docstring(ast.parse((LIB / pkg / "__init__.py").read_text()))
+        assert doc and len(doc) > 80, f"ftlab.{pkg} needs a docstring saying what it owns and what it may import"
+
+
+def test_every_import_points_down_the_layers_and_there_is_no_cycle():
     graph: dict[str, set[str]] = {}
+    wrong = []
     for path in MODULES:
-        me = _name(path)
+        me = _module(path)
         deps = _imports(path) - {me}
         graph.setdefault(me, set()).update(deps)
         for d in deps:
-            assert _layer(d) <= _layer(me), f"{path.relative_to(LIB)} imports {d} (layer {_layer(d)} > {_layer(me)})"
+            if _layer(_package(d)) > _layer(_package(me)):
+                wrong.append(f"{path.relative_to(LIB)} imports ftlab.{d} ({_package(d)} is above {_package(me)})")
+    assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)
 
     def visit(n: str, seen: tuple[str, ...]) -> None:
         assert n not in seen, f"import cycle: {' -> '.join((*seen, n))}"
         for d in graph.get(n, ()):
-            visit(d, (*seen, n))
+            if _package(d) == _package(n) and d != _package(n):  # cycles inside a package (its face aside)
+                visit(d, (*seen, n))
 
     for n in graph:
         visit(n, ())
@@ -107,12 +122,12 @@ def test_no_stage_or_method_name_is_spelled_outside_the_registry():
     names = set(stages.method_names())
     hits = []
     for path in MODULES:
-        if path.name == "stages.py":
+        if path.relative_to(LIB).as_posix() == "core/stages.py":
             continue
         for line, s in _string_constants(ast.parse(path.read_text())):
             if s in names or any(st in s for st in stages.stage_names()):
                 hits.append(f"{path.relative_to(LIB)}:{line}: {s!r}")
-    assert not hits, "ask ftlab.stages instead of spelling these:\n" + "\n".join(hits)
+    assert not hits, "ask ftlab.core.stages instead of spelling these:\n" + "\n".join(hits)
 
 
 def test_no_module_is_over_350_lines():
@@ -155,7 +170,7 @@ def test_training_params_are_exactly_the_shared_training_spec():
 
 
 def test_every_format_is_a_data_format_choice_and_detected_by_its_own_fields():
-    from ftlab import formats
+    from ftlab.data import formats
 
     choices = P.SPECS[stages.DATA]["data_format"].choices
     assert set(choices) == {"auto", *formats.names(preference=False)}

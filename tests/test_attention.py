@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ftlab import attention, models
+from ftlab import models
+from ftlab.models import attention
 
 
 def _reference(gqa: bool):

@@ -7,7 +7,8 @@ import copy
 
 import pytest
 
-from ftlab import audit, models
+from ftlab import models
+from ftlab.data import template_audit
 
 CONV = [
     {"role": "user", "content": "What does `len` do?"},
@@ -23,19 +24,19 @@ def tok():
 
 
 def test_exactly_the_assistant_turns_and_their_eos_are_trained(tok):
-    e = audit.encode(tok, CONV)
+    e = template_audit.encode(tok, CONV)
     trained = tok.decode([t for t, m in zip(e.input_ids, e.assistant_masks) if m])
     assert trained == "Return the number of items.<|im_end|>Return the absolute value.<|im_end|>"
-    assert audit.marked(tok, e).count("«") == 2
+    assert template_audit.marked(tok, e).count("«") == 2
 
 
 def test_truncation_is_reported(tok):
-    e = audit.encode(tok, CONV, max_length=10)
+    e = template_audit.encode(tok, CONV, max_length=10)
     assert e.truncated and len(e.input_ids) == 10 and e.length > 10
 
 
 def test_good_template_passes_the_audit(tok):
-    rep = audit.audit(tok, [audit.encode(tok, CONV)], vocab_size=len(tok))
+    rep = template_audit.audit(tok, [template_audit.encode(tok, CONV)], vocab_size=len(tok))
     assert rep["ok"] and rep["eos_trained_pct"] == 100.0 and 0 < rep["trained_pct"] < 50
 
 
@@ -46,7 +47,7 @@ def test_audit_catches_a_template_that_masks_everything(tok):
         "{% for m in messages %}{% if m['role'] == 'user' %}<|im_start|>user\n{{ m['content'] }}"
         "<|im_end|>\n{% endif %}{% endfor %}"
     )
-    rep = audit.audit(bad, [audit.encode(bad, CONV)])
+    rep = template_audit.audit(bad, [template_audit.encode(bad, CONV)])
     assert not rep["ok"] and any("masks every token" in p for p in rep["problems"])
 
 
@@ -58,14 +59,14 @@ def test_audit_catches_a_template_that_never_trains_eos(tok):
         "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
-    rep = audit.audit(bad, [audit.encode(bad, CONV)])
+    rep = template_audit.audit(bad, [template_audit.encode(bad, CONV)])
     assert not rep["ok"] and any("never trained" in p for p in rep["problems"])
 
 
 def test_audit_flags_pad_equal_eos_and_small_embedding(tok):
     bad = copy.deepcopy(tok)
     bad.pad_token = bad.eos_token
-    rep = audit.audit(bad, [audit.encode(bad, CONV)], vocab_size=len(tok) - 5)
+    rep = template_audit.audit(bad, [template_audit.encode(bad, CONV)], vocab_size=len(tok) - 5)
     assert any("pad token == EOS" in w for w in rep["warnings"])
     assert any("resize the embeddings" in p for p in rep["problems"])
 
@@ -73,12 +74,12 @@ def test_audit_flags_pad_equal_eos_and_small_embedding(tok):
 def test_template_that_does_not_render_incrementally_is_refused(tok):
     bad = copy.deepcopy(tok)
     bad.chat_template = "{{ messages | length }} turns{% for m in messages %} {{ m['content'] }}{% endfor %}"
-    with pytest.raises(audit.TemplateError, match="turn by turn"):
-        audit.encode(bad, CONV)
+    with pytest.raises(template_audit.TemplateError, match="turn by turn"):
+        template_audit.encode(bad, CONV)
 
 
 def test_length_stats_suggest_a_multiple_of_64():
-    s = audit.length_stats(list(range(1, 101)), max_length=64)
+    s = template_audit.length_stats(list(range(1, 101)), max_length=64)
     assert s["over_max_length"] == 36 and s["suggested_max_length"] == 128 and s["p50"] == 50
 
 
@@ -90,9 +91,9 @@ def test_stage01s_compact_encodings_read_like_the_lists_in_a_fifth_of_the_memory
 
     rows = [data.Row(i + 1, {"messages": CONV}) for i in range(3)]
     _, encoded, _ = data.tokenize_rows(rows, tok, 512)
-    lists = [audit.encode(tok, CONV) for _ in rows]
-    assert audit.audit(tok, encoded, len(tok)) == audit.audit(tok, lists, len(tok))
-    assert audit.marked(tok, encoded[0]) == audit.marked(tok, lists[0])
+    lists = [template_audit.encode(tok, CONV) for _ in rows]
+    assert template_audit.audit(tok, encoded, len(tok)) == template_audit.audit(tok, lists, len(tok))
+    assert template_audit.marked(tok, encoded[0]) == template_audit.marked(tok, lists[0])
     assert (
         list(encoded[0].input_ids) == lists[0].input_ids
         and list(encoded[0].assistant_masks) == lists[0].assistant_masks

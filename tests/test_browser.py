@@ -30,7 +30,7 @@ import pytest
 from conftest import TINY as SERIES
 from conftest import branch
 
-from ftlab.paths import repo_root
+from ftlab.core.paths import repo_root
 
 CHROMIUM = next(
     (p for p in (os.environ.get("FTLAB_CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser")) if p),
@@ -96,7 +96,7 @@ def lab(tiny_series, tmp_path_factory):
         "HF_DATASETS_OFFLINE": "1",
     }
     env.pop("FTLAB_HEADLESS", None)
-    from ftlab.pipeline import ensure_kernel
+    from ftlab.runner.pipeline import ensure_kernel
 
     ensure_kernel()  # the `ftlab` kernel inside .venv
     log = open(root / "jupyterlab.log", "w")

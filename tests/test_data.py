@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from ftlab import data, formats
+from ftlab import data
+from ftlab.data import formats
 
 Q = [f"What does `mod.f{i}` do?" for i in range(6)]
 A = [f"Return the answer number {i} for the caller." for i in range(6)]
@@ -106,7 +107,8 @@ def test_honoured_turn_flags_keep_an_unwanted_answer_as_context_with_no_loss(tmp
     marked not trained stays in the conversation and gets no loss (the mask has no token of it); every other answer is
     trained as before. What cannot be honoured fails its row with its line: a last answer not trained, a user turn
     marked trained, a key whose meaning differs between tools, a value that is neither 0/1 nor true/false."""
-    from ftlab import audit, models
+    from ftlab import models
+    from ftlab.data import template_audit
 
     tok = models.load_tokenizer(models.TINY_MODEL)
     good = [
@@ -140,8 +142,8 @@ def test_honoured_turn_flags_keep_an_unwanted_answer_as_context_with_no_loss(tmp
     assert "'mask' = 1" in rejected[2].detail and "rename it to 'train'" in rejected[2].detail
     assert "'weight' = 0.5: expected 0 or 1" in rejected[3].detail
     # the loss mask: the flagged answer's tokens are context, the last answer is trained as without flags
-    honoured = audit.encode(tok, rows[0].data["messages"])
-    plain = audit.encode(tok, [{k: v for k, v in m.items() if k != "train"} for m in rows[0].data["messages"]])
+    honoured = template_audit.encode(tok, rows[0].data["messages"])
+    plain = template_audit.encode(tok, [{k: v for k, v in m.items() if k != "train"} for m in rows[0].data["messages"]])
     assert honoured.input_ids == plain.input_ids and 0 < sum(honoured.assistant_masks) < sum(plain.assistant_masks)
     trained = tok.decode([t for t, m in zip(honoured.input_ids, honoured.assistant_masks, strict=True) if m])
     assert "Four." in trained and "Five" not in trained
@@ -183,7 +185,9 @@ def test_a_file_with_renamed_keys_and_roles_trains_the_same_tokens_as_the_native
     own role names reads as the `messages` layout; the rows encode to exactly the tokens and loss mask of the same
     rows written natively. A name no row has fails the file (a typo maps nothing); a rename onto a key the row already
     has fails that row, and rejected.jsonl keeps the row as it was in the file."""
-    from ftlab import audit, models, params
+    from ftlab import models
+    from ftlab.core import params
+    from ftlab.data import template_audit
 
     chats = [
         [
@@ -208,7 +212,7 @@ def test_a_file_with_renamed_keys_and_roles_trains_the_same_tokens_as_the_native
     assert [r.extra for r in rows] == [{"ticket": 0}, {"ticket": 1}]  # the other keys are still reported, not lost
     tok = models.load_tokenizer(models.TINY_MODEL)
     for got, ref in zip(rows, want, strict=True):
-        e, n = audit.encode(tok, got.data["messages"]), audit.encode(tok, ref.data["messages"])
+        e, n = template_audit.encode(tok, got.data["messages"]), template_audit.encode(tok, ref.data["messages"])
         assert (e.input_ids, e.assistant_masks) == (n.input_ids, n.assistant_masks) and sum(e.assistant_masks) > 0
     assert [(r.line, r.reason) for r in rejected] == [(3, "unknown_schema")]
     assert "renames 'conversation' to 'messages', and the row has 'messages' too" in rejected[0].detail

@@ -11,7 +11,9 @@ from conftest import TINY, branch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from ftlab import data, models, pipeline, stages, train
+from ftlab import data, models, train
+from ftlab.core import stages
+from ftlab.runner import pipeline
 from ftlab.train import dpo
 
 FAST = TINY["03_train_dpo"]  # the shared series' stage 03: 6 steps, eval at 3, checkpoints every 2
@@ -239,7 +241,7 @@ def test_kto_trains_from_a_labelled_file_that_dpo_refuses(outputs, tiny_run, tmp
 
 
 def test_kto_rows_come_from_pairs_and_stage03_names_its_methods():
-    from ftlab import params as P
+    from ftlab.core import params as P
     from ftlab.train import kto
 
     pair = {"prompt": [{"role": "user", "content": "q"}], "chosen": ["good"], "rejected": ["bad"]}

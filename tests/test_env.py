@@ -2,7 +2,7 @@
 
 import pytest
 
-from ftlab import env
+from ftlab.hardware import env
 
 
 def test_bnb_4bit_smoke_test_passes_here():
@@ -48,7 +48,7 @@ def test_report_ok_only_without_failures():
 def test_python_check_tells_the_project_env_from_another(monkeypatch):
     import sys
 
-    from ftlab.paths import repo_root
+    from ftlab.core.paths import repo_root
 
     monkeypatch.setattr(sys, "prefix", str(repo_root() / ".venv"))
     assert env.check_python().status == "pass" and "project venv" in env.check_python().detail

@@ -9,8 +9,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from ftlab import evaluation, scoring
-from ftlab.paths import repo_root
+from ftlab import evaluation
+from ftlab.core.paths import repo_root
+from ftlab.evaluation import scoring
 
 PROBE_N = len((repo_root() / "data/probes/general_knowledge.jsonl").read_text().splitlines())
 
@@ -97,7 +98,10 @@ def test_stage_05_reads_stage_03s_guard_scores_of_the_same_adapters_and_they_equ
     """Stage 03's guard scored SFT's and DPO's adapters on the same held-out rows with stage 05's settings (conftest
     TINY: 4 answers of 8 tokens); stage 05 reuses those scores, says so, and they are what scoring again gives. A
     different adapter, row or setting is scored afresh."""
-    from ftlab import data, devices, models, reuse, stages
+    from ftlab import data, models
+    from ftlab.core import stages
+    from ftlab.evaluation import reuse
+    from ftlab.hardware import devices
 
     run = tiny_series
     kept = json.loads((run / "03_train_dpo" / "scores.json").read_text())
@@ -119,12 +123,12 @@ def test_stage_05_reads_stage_03s_guard_scores_of_the_same_adapters_and_they_equ
         reused = kept[name]["score"]
         assert again["per_example"]["answers"] == reused["per_example"]["answers"]
         assert max(abs(a - b) for a, b in zip(again["per_example"]["nll"], reused["per_example"]["nll"])) < 1e-5
-        settings = evaluation.reusable_settings(models.resolve_model(models.TINY_MODEL), "none", kw)
+        settings = reuse.scoring_settings(models.resolve_model(models.TINY_MODEL), "none", kw)
         assert devices.kind() == "cpu" and reuse.find(
             [run / "03_train_dpo"], name, reuse.key(adapter, rows, tok, **settings)
         )
         for changed in ({**kw, "max_new_tokens": 9}, {**kw, "extra_metrics": ["bleu"]}):
-            k = reuse.key(adapter, rows, tok, **evaluation.reusable_settings(settings["base_model"], "none", changed))
+            k = reuse.key(adapter, rows, tok, **reuse.scoring_settings(settings["base_model"], "none", changed))
             assert reuse.find([run / "03_train_dpo"], name, k) is None
         assert reuse.find([run / "03_train_dpo"], name, reuse.key(adapter, rows[1:], tok, **settings)) is None
     other = reuse.key(adapters["sft"], rows, tok, **settings)  # the SFT adapter's key does not fetch DPO's score
@@ -195,7 +199,7 @@ def test_a_forgetting_regression_beyond_tolerance_is_not_promoted_and_says_why()
 
 
 def test_a_failed_gate_turns_the_reports_top_box_red_and_says_why_first():
-    from ftlab import report
+    from ftlab.evaluation import report
 
     v = evaluation.Verdict("dpo", comparisons={"dpo_vs_base": {"improved": True, "regressed": False}})
     v.gates["forgetting"] = evaluation.forgetting_gate(_probe(2.1, 114), _probe(2.3, 114), 0.1, 0.03)

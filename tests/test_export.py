@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftlab import export, models, stages
+from ftlab import export, models
+from ftlab.core import stages
 
 # ---- the Ollama template, rendered as Go renders it -------------------------------------------------------------
 
@@ -109,41 +110,43 @@ def _served_gguf_answers_like_llama_cpp_and_stops(gguf, tmp, outputs):
     tokens it generated, and is gone (its port closed) once the context ends; stage 05 finds the file by type."""
     import socket
 
-    from ftlab import deployed, served
+    from ftlab.evaluation import gguf_scoring
+    from ftlab.models import llama_server
 
     log = tmp / "server.log"
-    with served.llama_server(gguf, log, n_ctx=512) as url:
+    with llama_server.llama_server(gguf, log, n_ctx=512) as url:
         port = int(url.rsplit(":", 1)[1])
-        a = served.chat(url, [{"role": "user", "content": "Question 1?"}], 8)
-        b = served.chat(url, [{"role": "user", "content": "Question 1?"}], 8)
+        a = llama_server.chat(url, [{"role": "user", "content": "Question 1?"}], 8)
+        b = llama_server.chat(url, [{"role": "user", "content": "Question 1?"}], 8)
     assert a.text == b.text and 0 < a.tokens <= 8 and a.seconds > 0
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0  # the server was stopped
-    path, adapter, why = deployed.find_gguf("base", "q4_k_m")
+    path, adapter, why = gguf_scoring.find_gguf("base", "q4_k_m")
     assert path == gguf and adapter == "dpo" and not why
     # the default local judge: judge_model names a GGUF and no judge_url, so llama.cpp's server is started on it
 
-    from ftlab import scoring
+    from ftlab.evaluation import scoring
 
-    with served.judge_server("", str(gguf), tmp / "judge_server.log") as (url, name):
+    with llama_server.judge_server("", str(gguf), tmp / "judge_server.log") as (url, name):
         j = scoring.pairwise_judge(url, name, ["Q1?", "Q2?"], ["A1.", "A2."], ["x", "y"], ["A1.", "A2."])
     assert j["wins_a"] + j["wins_b"] + j["ties"] == 2 and "llama" in (tmp / "judge_server.log").read_text().lower()
     with pytest.raises(FileNotFoundError, match="expected a GGUF file to serve with llama.cpp's server, found no file"):
-        with served.judge_server("", "nope.gguf", tmp / "judge_server.log"):
+        with llama_server.judge_server("", "nope.gguf", tmp / "judge_server.log"):
             pass
     assert (
-        deployed.find_gguf("base", "q6_k")[0] is None and "wrote no q6_k GGUF" in deployed.find_gguf("base", "q6_k")[2]
+        gguf_scoring.find_gguf("base", "q6_k")[0] is None
+        and "wrote no q6_k GGUF" in gguf_scoring.find_gguf("base", "q6_k")[2]
     )
 
 
 def test_the_deployed_gate_allows_a_set_gap_to_the_hf_model():
-    from ftlab import deployed
+    from ftlab.evaluation import gguf_scoring
 
     d = {"gguf": "m-q4_k_m.gguf", "rouge_l": 0.26, "hf_rouge_l": 0.30, "stopped_share": 0.9, "hf_stopped_share": 1.0}
-    assert deployed.gate(d, rouge_tol=0.05, stop_tol=0.1)["ok"]
-    g = deployed.gate({**d, "rouge_l": 0.2}, rouge_tol=0.05, stop_tol=0.1)
+    assert gguf_scoring.gate(d, rouge_tol=0.05, stop_tol=0.1)["ok"]
+    g = gguf_scoring.gate({**d, "rouge_l": 0.2}, rouge_tol=0.05, stop_tol=0.1)
     assert not g["ok"] and g["why"].startswith("m-q4_k_m.gguf: ROUGE-L 0.200 vs HF 0.300 (allowed -0.05)")
-    assert not deployed.gate({**d, "stopped_share": 0.5}, 0.05, 0.1)["ok"]  # a GGUF that runs on is not deployable
+    assert not gguf_scoring.gate({**d, "stopped_share": 0.5}, 0.05, 0.1)["ok"]  # a GGUF that runs on is not deployable
 
 
 def test_the_deployed_gguf_answers_within_its_time_budget_but_at_least_eight_prompts(tmp_path, monkeypatch):
@@ -153,22 +156,25 @@ def test_the_deployed_gguf_answers_within_its_time_budget_but_at_least_eight_pro
     import time
     from types import SimpleNamespace
 
-    from ftlab import deployed, served
+    from ftlab.evaluation import gguf_scoring
+    from ftlab.models import llama_server
 
     clock = {"t": 0.0}
     monkeypatch.setattr(time, "time", lambda: clock["t"])
-    monkeypatch.setattr(served, "llama_server", lambda *a, **k: contextlib.nullcontext("http://x"))
+    monkeypatch.setattr(llama_server, "llama_server", lambda *a, **k: contextlib.nullcontext("http://x"))
 
     def chat(url, prompt, max_tokens):
         clock["t"] += 10.0  # every answer takes 10 s
-        return served.Reply(prompt[-1]["content"], True, 4, 10.0)
+        return llama_server.Reply(prompt[-1]["content"], True, 4, 10.0)
 
-    monkeypatch.setattr(served, "chat", chat)
+    monkeypatch.setattr(llama_server, "chat", chat)
     st = SimpleNamespace(params={"max_length": 64, "max_new_tokens": 8}, path=lambda n: tmp_path / n)
     pairs = [([{"role": "user", "content": f"q{i}"}], "r") for i in range(32)]
-    assert len(deployed.answer(Path("m.gguf"), pairs, st, budget_s=45)) == 8  # at least 8
-    assert len(deployed.answer(Path("m.gguf"), pairs, st, budget_s=125)) == 13  # the 13th answer ended at 130 s > 125 s
-    assert len(deployed.answer(Path("m.gguf"), pairs, st, budget_s=0)) == 32
+    assert len(gguf_scoring.answer(Path("m.gguf"), pairs, st, budget_s=45)) == 8  # at least 8
+    assert (
+        len(gguf_scoring.answer(Path("m.gguf"), pairs, st, budget_s=125)) == 13
+    )  # the 13th answer ended at 130 s > 125 s
+    assert len(gguf_scoring.answer(Path("m.gguf"), pairs, st, budget_s=0)) == 32
 
 
 def test_the_merge_check_runs_on_a_gpu_only_where_the_16_bit_weights_fit(tmp_path, monkeypatch):

@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from ftlab import harness, models, scoring
-from ftlab.paths import repo_root
+from ftlab import models
+from ftlab.core.paths import repo_root
+from ftlab.evaluation import lm_eval_harness, scoring
 
 sys.path.insert(0, str(repo_root() / "data" / "lm_eval"))
 import tasks  # noqa: E402  (data/lm_eval/tasks.py: the local tasks' dataset functions)
@@ -89,12 +90,14 @@ def test_harness_accuracy_equals_a_hand_computed_log_likelihood_choice_under_the
     answer (lm-eval scores one-token choices of one context from one forward pass: the same numbers)."""
     tok = models.load_tokenizer(models.TINY_MODEL)
     model = models.load_model(models.TINY_MODEL).eval()
-    p = {"lm_eval_tasks": harness.FORGETTING_TASK, "lm_eval_include_path": "", "lm_eval_limit": 12}
-    run = harness.Runner(p | {"batch_size": 4, "max_length": 256}, tok, tmp_path / "unused.jsonl", tmp_path / "out")
+    p = {"lm_eval_tasks": lm_eval_harness.FORGETTING_TASK, "lm_eval_include_path": "", "lm_eval_limit": 12}
+    run = lm_eval_harness.Runner(
+        p | {"batch_size": 4, "max_length": 256}, tok, tmp_path / "unused.jsonl", tmp_path / "out"
+    )
     run("base", model, "pretrained=tiny")
     # lm-eval's task index is built once per runner, of the local tasks only (the ~13,000 bundled ones not read)
     assert run.task_manager() is run.task_manager() and "hellaswag" not in run.task_manager().all_tasks
-    got = run.results["base"][harness.FORGETTING_TASK]
+    got = run.results["base"][lm_eval_harness.FORGETTING_TASK]
     hits, picks = [], []
     docs = tasks.general_knowledge_docs()  # the gate's task is asked whole: lm_eval_limit does not cut it
     for d in docs:  # the answer starts with the sentence up to the key word; only the key word is scored
@@ -109,7 +112,7 @@ def test_harness_accuracy_equals_a_hand_computed_log_likelihood_choice_under_the
         hits.append(picks[-1] == d["gold"])
     assert got["n"] == len(docs) >= 200 and math.isclose(got["acc"], sum(hits) / len(docs), abs_tol=1e-4)
     # each question's outcome is kept: the same choice as by hand, question by question
-    assert [a["pick"] for a in run.answers["base"][harness.FORGETTING_TASK]] == picks
+    assert [a["pick"] for a in run.answers["base"][lm_eval_harness.FORGETTING_TASK]] == picks
     assert (tmp_path / "out" / "base.json").exists() and "--apply_chat_template" in run.commands["base"]
     assert " --limit" not in run.commands["base"]  # the shell command asks the whole task too
     # in stage 05 the gate's task goes to the models the gate compares; the others get the other tasks, limited
@@ -119,12 +122,14 @@ def test_harness_accuracy_equals_a_hand_computed_log_likelihood_choice_under_the
         (),
         {"params": p | {"batch_size": 4, "max_length": 256}, "input": lambda *a: tmp_path, "path": lambda *a: tmp_path},
     )()
-    r = harness.runner(stage, tok, [], found)
-    r.tasks = [harness.FORGETTING_TASK, harness.HELDOUT_TASK]
+    r = lm_eval_harness.runner(stage, tok, [], found)
+    r.tasks = [lm_eval_harness.FORGETTING_TASK, lm_eval_harness.HELDOUT_TASK]
     assert r.gate_models == ("base", "dpo") and r.groups("base") == r.groups("dpo")
-    assert r.groups("dpo") == [([harness.FORGETTING_TASK], None), ([harness.HELDOUT_TASK], 12)]
-    assert r.groups("sft") == r.groups("merged") == [([harness.HELDOUT_TASK], 12)]
-    assert harness.FORGETTING_TASK not in r.command("pretrained=x", "merged") and " --limit 12" in r.command("x", "sft")
+    assert r.groups("dpo") == [([lm_eval_harness.FORGETTING_TASK], None), ([lm_eval_harness.HELDOUT_TASK], 12)]
+    assert r.groups("sft") == r.groups("merged") == [([lm_eval_harness.HELDOUT_TASK], 12)]
+    assert lm_eval_harness.FORGETTING_TASK not in r.command("pretrained=x", "merged") and " --limit 12" in r.command(
+        "x", "sft"
+    )
 
 
 def test_a_task_the_local_folder_lacks_is_looked_up_among_the_harness_bundled_tasks(tmp_path, monkeypatch):
@@ -136,13 +141,17 @@ def test_a_task_the_local_folder_lacks_is_looked_up_among_the_harness_bundled_ta
     class Index:  # stands in for lm-eval's TaskManager: which index the runner asks for, and what it knows
         def __init__(self, include_path=None, include_defaults=True, metadata=None):
             built.append(include_defaults)
-            self.all_tasks = [harness.FORGETTING_TASK, harness.HELDOUT_TASK] + ["hellaswag"] * include_defaults
+            self.all_tasks = [lm_eval_harness.FORGETTING_TASK, lm_eval_harness.HELDOUT_TASK] + [
+                "hellaswag"
+            ] * include_defaults
 
     monkeypatch.setattr(lm_eval.tasks, "TaskManager", Index)
     p = {"lm_eval_include_path": "", "lm_eval_limit": 0, "batch_size": 2, "max_length": 64}
-    local = harness.Runner(p | {"lm_eval_tasks": harness.HELDOUT_TASK}, None, tmp_path, tmp_path)
+    local = lm_eval_harness.Runner(p | {"lm_eval_tasks": lm_eval_harness.HELDOUT_TASK}, None, tmp_path, tmp_path)
     assert local.task_manager() is local.task_manager() and built == [False]
-    bundled = harness.Runner(p | {"lm_eval_tasks": f"hellaswag,{harness.HELDOUT_TASK}"}, None, tmp_path, tmp_path)
+    bundled = lm_eval_harness.Runner(
+        p | {"lm_eval_tasks": f"hellaswag,{lm_eval_harness.HELDOUT_TASK}"}, None, tmp_path, tmp_path
+    )
     assert "hellaswag" in bundled.task_manager().all_tasks and built == [False, False, True]
 
 
@@ -158,43 +167,66 @@ def test_any_local_task_folder_works_and_the_gate_reads_general_knowledge(tmp_pa
     )
     tok = models.load_tokenizer(models.TINY_MODEL)
     p = {"lm_eval_tasks": "my_task", "lm_eval_include_path": str(tmp_path), "lm_eval_limit": 0}
-    run = harness.Runner(p | {"batch_size": 2, "max_length": 64}, tok, tmp_path / "x", tmp_path / "out")
+    run = lm_eval_harness.Runner(p | {"batch_size": 2, "max_length": 64}, tok, tmp_path / "x", tmp_path / "out")
     run("base", models.load_model(models.TINY_MODEL), "pretrained=tiny")
     assert run.results["base"]["my_task"]["n"] == 3 and "acc" in run.results["base"]["my_task"]
-    assert harness.status("") == "lm-eval: off (lm_eval_tasks is empty)" and harness.status("my_task") is None
+    assert (
+        lm_eval_harness.status("") == "lm-eval: off (lm_eval_tasks is empty)"
+        and lm_eval_harness.status("my_task") is None
+    )
 
     def answers(picks):  # one outcome per question of the general-knowledge task, gold always choice 0
-        return {harness.FORGETTING_TASK: [{"question": f"q{i}", "gold": 0, "pick": p} for i, p in enumerate(picks)]}
+        return {
+            lm_eval_harness.FORGETTING_TASK: [{"question": f"q{i}", "gold": 0, "pick": p} for i, p in enumerate(picks)]
+        }
 
     # 200 questions: base right on 120 (60%), the tuned model on 90 (45%): a drop whose 95% interval lies above 3 points
     run.answers = {"base": answers([0] * 120 + [1] * 80), "sft": answers([0] * 90 + [1] * 110)}
-    g = harness.forgetting_gate(run, "base", "sft", tol=0.03)
+    g = lm_eval_harness.forgetting_gate(run, "base", "sft", tol=0.03)
     assert g["ok"] is False and g["n"] == 200 and g["acc_drop"] == 0.15 and 0.03 < g["acc_drop_ci"][0] < 0.15
     assert g["why"].startswith("lm-eval ftlab_general_knowledge (200 questions) acc 60% -> 45% (drop +15.0%, 95% CI +")
-    assert harness.forgetting_gate(run, "base", "sft", tol=0.2)["ok"] is True  # surely not a drop of 20 points
+    assert lm_eval_harness.forgetting_gate(run, "base", "sft", tol=0.2)["ok"] is True  # surely not a drop of 20 points
     run.answers["sft"] = answers([0] * 116 + [1] * 84)  # 4 questions of 200 lost: within chance, the gate passes
-    assert harness.forgetting_gate(run, "base", "sft", tol=0.03)["ok"] is True
+    assert lm_eval_harness.forgetting_gate(run, "base", "sft", tol=0.03)["ok"] is True
     run.answers = {"base": answers([0] * 12 + [1] * 8), "sft": answers([0] * 9 + [1] * 11)}  # 15 points on 20 questions
-    small = harness.forgetting_gate(run, "base", "sft", tol=0.03)  # the same fall on 20 questions proves nothing
+    small = lm_eval_harness.forgetting_gate(
+        run, "base", "sft", tol=0.03
+    )  # the same fall on 20 questions proves nothing
     assert small["ok"] is True and small["acc_drop_ci"][0] <= 0.03 < small["acc_drop_ci"][1]
-    assert harness.forgetting_gate(run, "base", "dpo", 0.03)["ok"] is None  # not run on the final model: not checked
-    lm = {"models": {"base": {harness.FORGETTING_TASK: {"acc": 0.6}}, "sft": {harness.FORGETTING_TASK: {"acc": 0.45}}}}
-    run.answers = {  # the questions the tuned model lost, by name (what the notebook prints and metrics.json keeps)
-        "base": {harness.FORGETTING_TASK: [{"question": q, "gold": 0, "pick": p} for q, p in zip("abc", (0, 0, 1))]},
-        "sft": {harness.FORGETTING_TASK: [{"question": q, "gold": 0, "pick": p} for q, p in zip("abc", (1, 0, 0))]},
+    assert (
+        lm_eval_harness.forgetting_gate(run, "base", "dpo", 0.03)["ok"] is None
+    )  # not run on the final model: not checked
+    lm = {
+        "models": {
+            "base": {lm_eval_harness.FORGETTING_TASK: {"acc": 0.6}},
+            "sft": {lm_eval_harness.FORGETTING_TASK: {"acc": 0.45}},
+        }
     }
-    assert harness.flips(run, "base", "sft") == ["a"] and harness.flips(run, "sft", "base") == ["c"]
-    head, rows = harness.table(lm)
+    run.answers = {  # the questions the tuned model lost, by name (what the notebook prints and metrics.json keeps)
+        "base": {
+            lm_eval_harness.FORGETTING_TASK: [{"question": q, "gold": 0, "pick": p} for q, p in zip("abc", (0, 0, 1))]
+        },
+        "sft": {
+            lm_eval_harness.FORGETTING_TASK: [{"question": q, "gold": 0, "pick": p} for q, p in zip("abc", (1, 0, 0))]
+        },
+    }
+    assert lm_eval_harness.flips(run, "base", "sft") == ["a"] and lm_eval_harness.flips(run, "sft", "base") == ["c"]
+    head, rows = lm_eval_harness.table(lm)
     assert head == ["model", "ftlab_general_knowledge acc"] and rows == [["base", "0.600"], ["sft", "0.450"]]
 
 
 def test_stage_06_shows_the_final_models_lm_eval_numbers_beside_its_nll(outputs):
-    from ftlab import compare
+    from ftlab.evaluation import compare
 
     run = outputs / "r1"
     (run / "05_evaluate").mkdir(parents=True)
     (run / "manifest.json").write_text(json.dumps({"run_name": "r1", "stages": {}}))
-    lm = {"dpo": {harness.HELDOUT_TASK: {"acc": 0.5, "acc_norm": 0.68}, harness.FORGETTING_TASK: {"acc": 0.9}}}
+    lm = {
+        "dpo": {
+            lm_eval_harness.HELDOUT_TASK: {"acc": 0.5, "acc_norm": 0.68},
+            lm_eval_harness.FORGETTING_TASK: {"acc": 0.9},
+        }
+    }
     metrics = {
         "final": "dpo",
         "passed": False,

@@ -1,4 +1,4 @@
-"""`python -m ftlab.launch`, the entry point `accelerate launch` runs: the notebook's own code as a process.
+"""`python -m ftlab.runner.launch`, the entry point `accelerate launch` runs: the notebook's own code as a process.
 
 One process gives the same adapter as the papermill run of the notebook (same code path); two CPU processes under
 torchrun (gloo; `accelerate launch` starts GPU processes through the same launcher, with NCCL) train with twice the rows per step,
@@ -16,8 +16,8 @@ import pytest
 from conftest import TINY_SFT
 from safetensors.torch import load_file
 
-from ftlab import launch
-from ftlab.paths import repo_root
+from ftlab.core.paths import repo_root
+from ftlab.runner import launch
 
 
 def _only_stage01(tiny_run, name):
@@ -41,7 +41,7 @@ def _adapter(run):
 
 def test_one_process_runs_the_notebooks_code_to_the_same_adapter(tiny_run, tiny_series, outputs):
     run = _only_stage01(tiny_run, "single")
-    _launch([sys.executable, "-m", "ftlab.launch", *_args("single")], outputs)
+    _launch([sys.executable, "-m", "ftlab.runner.launch", *_args("single")], outputs)
     ref, got = _adapter(tiny_series), _adapter(run)  # the session's papermill run of notebook 02, same parameters
     assert got.keys() == ref.keys()
     assert max((got[k] - ref[k]).abs().max().item() for k in ref) < 1e-5
@@ -64,7 +64,7 @@ def test_two_processes_under_accelerate_launch(tiny_run, tiny_series, outputs):
             "--nproc_per_node",
             "2",
             "-m",
-            "ftlab.launch",
+            "ftlab.runner.launch",
             *_args("ddp"),
         ],
         outputs,

@@ -1,4 +1,4 @@
-"""The layout planner (`ftlab.layout`, `python -m ftlab plan`): one GPU, DDP, FSDP-QLoRA or "does not fit", from the
+"""The layout planner (`ftlab.hardware.parallel`, `python -m ftlab plan`): one GPU, DDP, FSDP-QLoRA or "does not fit", from the
 model's config alone, with the launch command; stage 02's fit check takes the per-GPU FSDP estimate under FSDP.
 
 Run: .venv/bin/python -m pytest tests/test_layout.py
@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from ftlab import layout, memory
-from ftlab.paths import repo_root
+from ftlab.core.paths import repo_root
+from ftlab.hardware import memory, parallel
 
 GIB = memory.GIB
 # Qwen2.5-32B's shape and Llama-3.1-8B's, with their real vocabularies
@@ -27,11 +27,15 @@ QLORA = dict(quantization="4bit", lora_r=16, liger=True, gradient_checkpointing=
 
 
 def test_a_model_one_card_holds_trains_alone_or_with_ddp():
-    one = layout.choose(S8, 22 * GIB, 1, batch_size=4, seq_len=2048, **QLORA)
-    assert one.kind == layout.ONE and "ftlab.launch 02_train_sft" in one.command and "accelerate" not in one.command
-    two = layout.choose(S8, 22 * GIB, 2, batch_size=4, seq_len=2048, params_file="params/x.yaml", **QLORA)
-    assert two.kind == layout.DDP and two.plan is two.single  # each GPU holds the whole model
-    assert "accelerate/ddp.yaml --num_processes 2 -m ftlab.launch 02_train_sft -f params/x.yaml" in two.command
+    one = parallel.choose(S8, 22 * GIB, 1, batch_size=4, seq_len=2048, **QLORA)
+    assert (
+        one.kind == parallel.ONE
+        and "ftlab.runner.launch 02_train_sft" in one.command
+        and "accelerate" not in one.command
+    )
+    two = parallel.choose(S8, 22 * GIB, 2, batch_size=4, seq_len=2048, params_file="params/x.yaml", **QLORA)
+    assert two.kind == parallel.DDP and two.plan is two.single  # each GPU holds the whole model
+    assert "accelerate/ddp.yaml --num_processes 2 -m ftlab.runner.launch 02_train_sft -f params/x.yaml" in two.command
     assert two.fsdp.total > two.single.total  # sharding a model that fits only adds the copy loaded on each GPU
 
 
@@ -39,18 +43,18 @@ def test_the_32b_shape_on_two_24gb_cards_needs_fsdp_with_ram_efficient_loading()
     cfg = dict(batch_size=1, seq_len=2048, **QLORA)
     single = memory.estimate(S32, **cfg)
     assert single.total > 22 * GIB > single.weights  # one card loads it but cannot train it
-    today = layout.choose(S32, 22 * GIB, 2, **cfg)
-    assert today.kind == layout.NONE and today.gpus_needed == 2 and today.command.startswith("python")
+    today = parallel.choose(S32, 22 * GIB, 2, **cfg)
+    assert today.kind == parallel.NONE and today.gpus_needed == 2 and today.command.startswith("python")
     assert "the whole model loaded on each first" in today.why and "not measured yet" in today.why
-    lean = layout.choose(S32, 22 * GIB, 2, ram_efficient=True, **cfg)
-    assert lean.kind == layout.FSDP and lean.plan.total < 22 * GIB * layout.FIT_SHARE
+    lean = parallel.choose(S32, 22 * GIB, 2, ram_efficient=True, **cfg)
+    assert lean.kind == parallel.FSDP and lean.plan.total < 22 * GIB * parallel.FIT_SHARE
     assert "accelerate/fsdp_qlora.yaml --num_processes 2" in lean.command
     # what is split shrinks with the GPUs; the activations of each GPU's own micro-batch do not
-    four = layout.fsdp_estimate(S32, 4, ram_efficient=True, **cfg)
+    four = parallel.fsdp_estimate(S32, 4, ram_efficient=True, **cfg)
     assert four.total < lean.plan.total < single.total and four.activations == lean.plan.activations
     assert lean.plan.weights < single.weights / 2 + (S32.other_params() * 2) + 1 * GIB  # root unit + 2 layers whole
-    assert layout.choose(S32, 8 * GIB, 2, **cfg).gpus_needed is None  # not even 8 cards of 8 GiB
-    assert "does not fit" in layout.describe(today) and "launch:" not in layout.describe(today)
+    assert parallel.choose(S32, 8 * GIB, 2, **cfg).gpus_needed is None  # not even 8 cards of 8 GiB
+    assert "does not fit" in parallel.describe(today) and "launch:" not in parallel.describe(today)
 
 
 def test_the_fsdp_estimate_goes_the_way_the_one_fsdp_measurement_went():
@@ -58,7 +62,7 @@ def test_the_fsdp_estimate_goes_the_way_the_one_fsdp_measurement_went():
     got = json.loads((repo_root() / "benchmarks" / "results" / "multi_gpu_8b_h200x2.json").read_text())
     measured = got["ratios"]["fsdp"]["per_gpu_peak_allocated_vs_one_gpu"]
     cfg = dict(batch_size=got["config"]["per_device_batch"], seq_len=got["config"]["seq"], **QLORA)
-    estimated = layout.fsdp_estimate(S8, 2, **cfg).total / memory.estimate(S8, **cfg).total
+    estimated = parallel.fsdp_estimate(S8, 2, **cfg).total / memory.estimate(S8, **cfg).total
     assert measured > 1.2 and estimated > 1.2, (measured, estimated)
 
 
@@ -67,17 +71,17 @@ def test_under_fsdp_stage_02_checks_the_per_gpu_estimate(monkeypatch):
     plan = memory.training_plan(
         S32, 22 * GIB, True, "off", **{k: v for k, v in cfg.items() if k != "gradient_checkpointing"}
     )
-    check, text = layout.for_stage(S32, plan, 22 * GIB, 1, **cfg)
+    check, text = parallel.for_stage(S32, plan, 22 * GIB, 1, **cfg)
     assert check is plan and "does not fit" in text
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
-    check, text = layout.for_stage(S32, plan, 22 * GIB, 1, **cfg)
-    assert check.total < 22 * GIB * layout.FIT_SHARE < plan.total and text.startswith("FSDP over 2 processes")
+    check, text = parallel.for_stage(S32, plan, 22 * GIB, 1, **cfg)
+    assert check.total < 22 * GIB * parallel.FIT_SHARE < plan.total and text.startswith("FSDP over 2 processes")
     monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")
-    assert layout.for_stage(S32, plan, 22 * GIB, 1, **cfg)[0].total > plan.total
+    assert parallel.for_stage(S32, plan, 22 * GIB, 1, **cfg)[0].total > plan.total
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")  # DDP: the whole model on each GPU
-    assert layout.for_stage(S32, plan, 22 * GIB, 2, **cfg)[0] is plan
+    assert parallel.for_stage(S32, plan, 22 * GIB, 2, **cfg)[0] is plan
 
 
 @pytest.mark.parametrize(("gib", "rc", "says"), [(22, 1, "FSDP with CPU-RAM-efficient loading"), (80, 0, "DDP")])
@@ -98,7 +102,7 @@ def test_a_memory_cap_rehearses_a_smaller_card(monkeypatch):
     """FTLAB_GPU_CAP_GIB=22 on an 80 GiB GPU (CUDA mocked): the allocator is capped and the planner plans for 22."""
     import torch
 
-    from ftlab import devices
+    from ftlab.hardware import devices
 
     fractions = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

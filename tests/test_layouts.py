@@ -151,8 +151,8 @@ def test_no_single_row_stops_the_file(tmp_path):
 
 
 def test_the_data_card_lists_every_layout():
-    from ftlab import formats
-    from ftlab.paths import repo_root
+    from ftlab.core.paths import repo_root
+    from ftlab.data import formats
 
     card = (repo_root() / "data" / "README.md").read_text()
     missing = [f.name for f in formats.FORMATS if f"`{f.name}`" not in card]

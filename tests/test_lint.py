@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from ftlab.paths import repo_root
+from ftlab.core.paths import repo_root
 
 
 def test_ruff_is_clean():

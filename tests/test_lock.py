@@ -4,8 +4,8 @@ import re
 
 import yaml
 
-from ftlab.env import normalize, read_lock
-from ftlab.paths import repo_root
+from ftlab.core.paths import repo_root
+from ftlab.hardware.env import normalize, read_lock
 
 ROOT = repo_root()
 

@@ -6,8 +6,9 @@ Run: .venv/bin/python -m pytest tests/test_metrics.py
 
 import pytest
 
-from ftlab import metrics, models, scoring
-from ftlab.paths import cache_dir
+from ftlab import metrics, models
+from ftlab.core.paths import cache_dir
+from ftlab.evaluation import scoring
 
 PREDS = ["Return the absolute value.", "the cat sat", "Compute x.", "", "A dog ran home quickly"]
 REFS = ["Return the absolute value of a number.", "the cat sat on the mat", "compute X!", "nothing", "A dog ran"]

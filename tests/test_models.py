@@ -5,7 +5,8 @@ import shutil
 import pytest
 import torch
 
-from ftlab import devices, models
+from ftlab import models
+from ftlab.hardware import devices
 
 
 def test_tiny_model_is_small_and_shares_the_tokenizer():

@@ -17,8 +17,8 @@ import sys
 import nbformat
 from conftest import TINY
 
-from ftlab import launch
-from ftlab.paths import notebooks_dir
+from ftlab.core.paths import notebooks_dir
+from ftlab.runner import launch
 
 # appended to the script: what the trainer it built trained with
 FACTS = """

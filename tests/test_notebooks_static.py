@@ -11,9 +11,9 @@ import nbformat
 import pytest
 import yaml
 
-from ftlab import params as P
-from ftlab import stages
-from ftlab.paths import notebooks_dir, repo_root
+from ftlab.core import params as P
+from ftlab.core import stages
+from ftlab.core.paths import notebooks_dir, repo_root
 
 NOTEBOOKS = sorted(notebooks_dir().glob("*.ipynb"))
 PARAM_FILES = sorted((repo_root() / "params").rglob("*.yaml"))
@@ -50,7 +50,7 @@ def test_one_parameters_cell_of_commented_literals_matching_the_spec(path):
     assert len(tagged) == 1
     declared = P.notebook_parameters(path)
     assert all(d.comment for d in declared), [d.name for d in declared if not d.comment]
-    assert {d.name for d in declared} == set(P.SPECS[path.stem]), "parameters cell and ftlab.params.SPECS differ"
+    assert {d.name for d in declared} == set(P.SPECS[path.stem]), "parameters cell and ftlab.core.params.SPECS differ"
     P.validate(path.stem, {d.name: d.default for d in declared})  # the defaults themselves are valid
     assert declared[0].name == "run_name"
 
@@ -109,5 +109,5 @@ def test_the_training_lessons_build_the_ecosystems_objects_in_their_own_cells():
             for cls in (m.config, m.trainer):
                 assert cls.split(":")[1] in dpo, f"03_train_dpo's code cells never name {cls}"
     for stem in ("02_train_sft", "03_train_dpo"):
-        checks = [c for c in code[stem] if "teach.check(" in c]
+        checks = [c for c in code[stem] if "check_yourself.check(" in c]
         assert len(checks) >= 3, f"{stem} has {len(checks)} check-yourself cells; a lesson has at least three"

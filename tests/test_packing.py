@@ -6,8 +6,9 @@ Run: .venv/bin/python -m pytest tests/test_packing.py
 
 import pytest
 
-from ftlab import data, models, stages, train
-from ftlab.paths import repo_root
+from ftlab import data, models, train
+from ftlab.core import stages
+from ftlab.core.paths import repo_root
 
 P = {
     "report_to": "none",

@@ -6,8 +6,9 @@ Run: .venv/bin/python -m pytest tests/test_padding_free.py
 
 import pytest
 
-from ftlab import data, models, stages, train
-from ftlab.paths import repo_root
+from ftlab import data, models, train
+from ftlab.core import stages
+from ftlab.core.paths import repo_root
 
 
 def _losses(tmp_path, padding_free: bool, rows) -> list[float]:

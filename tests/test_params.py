@@ -2,7 +2,7 @@
 
 import pytest
 
-from ftlab import params as P
+from ftlab.core import params as P
 
 GOOD = {
     "run_name": "r1",

@@ -12,9 +12,9 @@ import sys
 import papermill as pm
 import pytest
 
-from ftlab import pipeline
-from ftlab.params import ParamError
-from ftlab.paths import notebooks_dir, repo_root
+from ftlab.core.params import ParamError
+from ftlab.core.paths import notebooks_dir, repo_root
+from ftlab.runner import pipeline
 
 CI = repo_root() / "params" / "ci.yaml"
 
@@ -36,7 +36,7 @@ def test_unknown_parameter_fails_fast_with_valid_names(outputs):
 
 
 def test_a_parameter_where_a_stage_number_goes_says_how_to_set_it(outputs, capsys):
-    from ftlab import cli
+    from ftlab.runner import cli
 
     with pytest.raises(SystemExit) as e:
         cli.main(["run", "-f", str(CI), "run_name=x"])

@@ -9,7 +9,7 @@ import time
 
 import nbformat
 
-from ftlab import pipeline, progress
+from ftlab.runner import pipeline, status_line
 
 
 def _record(step, **kw):
@@ -21,7 +21,7 @@ def test_the_live_line_follows_metrics_jsonl_one_line_per_update(tmp_path):
     lines = []
     m = tmp_path / "metrics.jsonl"
     m.write_text(json.dumps(_record(40, time=time.time() - 3600)) + "\n")  # an earlier run of the stage
-    live = progress.Progress("[3/7] 02_train_sft", tmp_path, out=lines.append, tty=False, every_s=0, slow_s=0)
+    live = status_line.Progress("[3/7] 02_train_sft", tmp_path, out=lines.append, tty=False, every_s=0, slow_s=0)
     live.poll()
     assert lines == []  # the earlier run's record is not shown as this run's progress
     live.cell(9, 14, "# train; a checkpoint every save_steps\njob.train()")
@@ -47,7 +47,7 @@ def test_the_live_line_follows_metrics_jsonl_one_line_per_update(tmp_path):
 
 def test_off_a_terminal_quick_cells_and_frequent_records_make_no_noise(tmp_path):
     lines = []
-    live = progress.Progress("[1/7] 00", tmp_path, out=lines.append, tty=False, every_s=3600, slow_s=3600)
+    live = status_line.Progress("[1/7] 00", tmp_path, out=lines.append, tty=False, every_s=3600, slow_s=3600)
     for i in range(1, 6):
         live.cell(i, 5, f"x = {i}")
         live.poll()
@@ -60,10 +60,10 @@ def test_off_a_terminal_quick_cells_and_frequent_records_make_no_noise(tmp_path)
 
 
 def test_cell_labels_say_what_a_cell_does():
-    assert progress.cell_label("model = load()\n# not first") == "not first"
-    assert progress.cell_label("\n\nrows = data.load(path)\n") == "rows = data.load(path)"
-    assert progress.cell_label("") == "(empty cell)"
-    assert progress.cell_label("x = " + "1" * 100, width=20) == "x = 1111111111111..."
+    assert status_line.cell_label("model = load()\n# not first") == "not first"
+    assert status_line.cell_label("\n\nrows = data.load(path)\n") == "rows = data.load(path)"
+    assert status_line.cell_label("") == "(empty cell)"
+    assert status_line.cell_label("x = " + "1" * 100, width=20) == "x = 1111111111111..."
 
 
 def test_the_engine_reports_each_code_cell_as_it_starts(tmp_path):
@@ -83,8 +83,8 @@ def test_the_engine_reports_each_code_cell_as_it_starts(tmp_path):
         str(tmp_path / "out.ipynb"),
         kernel_name=pipeline.ensure_kernel(),
         progress_bar=False,
-        engine_name=progress.engine(),
-        on_cell=lambda i, n, s: seen.append((i, n, progress.cell_label(s))),
+        engine_name=status_line.engine(),
+        on_cell=lambda i, n, s: seen.append((i, n, status_line.cell_label(s))),
     )
     assert seen == [(1, 2, "first step"), (2, 2, "b = a + 1")]
 
@@ -101,7 +101,7 @@ def test_the_closing_table_has_time_peak_memory_and_key_figures(tmp_path):
     }
     (tmp_path / "02_train_sft" / "summary.json").write_text(json.dumps(summary))
     keys = ("eval_loss_before", "eval_loss_after", "tokens_per_s", "nll", "absent.key")
-    table = progress.stage_table(tmp_path, [("02_train_sft", keys), ("03_train_dpo", ())]).splitlines()
+    table = status_line.stage_table(tmp_path, [("02_train_sft", keys), ("03_train_dpo", ())]).splitlines()
     assert table[2] == (
         "| 02_train_sft | 12m34s | 5.1 | 13.3 / 15.0 | eval_loss_before 2.346, eval_loss_after 1.234, tokens_per_s 8884,"
         " nll base 2.346 / sft 1.5 |"

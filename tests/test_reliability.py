@@ -16,9 +16,11 @@ from ftlab_faults import CrashAt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ftlab import data, models, pipeline, stages, train
-from ftlab import params as P
-from ftlab.paths import repo_root
+from ftlab import data, models, train
+from ftlab.core import params as P
+from ftlab.core import stages
+from ftlab.core.paths import repo_root
+from ftlab.runner import pipeline
 
 # ---- bad inputs: the loaders ---------------------------------------------------------------------------------------
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from ftlab import paths, runs
-from ftlab.params import ParamError
+from ftlab.core import paths, runs
+from ftlab.core.params import ParamError
 
 NS = {
     "run_name": "r1",

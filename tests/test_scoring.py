@@ -7,7 +7,10 @@ import math
 
 import torch
 
-from ftlab import audit, data, generate, models, scoring
+from ftlab import data, models
+from ftlab.data import template_audit
+from ftlab.evaluation import scoring
+from ftlab.models import generate
 
 CONV = [
     {"role": "user", "content": "What does `len` do?"},
@@ -17,13 +20,13 @@ CONV = [
 
 def test_answer_nll_equals_the_models_own_loss_on_assistant_tokens():
     tok, model = models.load_tokenizer("tiny-random"), models.load_model("tiny-random")
-    e = audit.encode(tok, CONV)
+    e = template_audit.encode(tok, CONV)
     ids = torch.tensor([e.input_ids])
     labels = torch.tensor([[t if m else -100 for t, m in zip(e.input_ids, e.assistant_masks)]])
     with torch.no_grad():
         ref = model(input_ids=ids, labels=labels).loss.item()
     # batched with a longer row: padding must not change the number
-    other = audit.encode(tok, CONV[:1] + [{"role": "assistant", "content": "A much longer answer " * 5}])
+    other = template_audit.encode(tok, CONV[:1] + [{"role": "assistant", "content": "A much longer answer " * 5}])
     got = scoring.answer_nll(model, [e, other], tok.pad_token_id, batch_size=2)
     assert math.isclose(got[0], ref, rel_tol=1e-4)
 

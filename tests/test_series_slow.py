@@ -10,8 +10,9 @@ import json
 import pytest
 import yaml
 
-from ftlab import export, models, pipeline
-from ftlab.paths import repo_root
+from ftlab import export, models
+from ftlab.core.paths import repo_root
+from ftlab.runner import pipeline
 
 
 def _j(run, *parts):

@@ -7,7 +7,7 @@ Run: .venv/bin/python -m pytest tests/test_speed_results.py
 import json
 import sys
 
-from ftlab.paths import repo_root
+from ftlab.core.paths import repo_root
 
 RESULTS = repo_root() / "benchmarks" / "results" / "speed_h200_real_vocab.json"
 

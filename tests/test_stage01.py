@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ftlab import pipeline
+from ftlab.runner import pipeline
 
 N = 30
 Q = [f"What does `pkg.func_{i}` do?" for i in range(N)]

@@ -9,10 +9,13 @@ import json
 
 import pytest
 
-from ftlab import compare, evaluation, report, stages, telemetry
-from ftlab import params as P
+from ftlab import evaluation
+from ftlab.core import params as P
+from ftlab.core import stages
+from ftlab.core.paths import stage_dir
+from ftlab.evaluation import compare, report
 from ftlab.export import card
-from ftlab.paths import stage_dir
+from ftlab.hardware import telemetry
 from ftlab.train import LiveMetrics
 
 TOY = stages.Method(
@@ -31,7 +34,7 @@ TOY_STAGE = stages.StageInfo("07_train_toy", "toy tuning")
 
 
 def _defaults(stage: str) -> dict:
-    from ftlab.paths import notebooks_dir
+    from ftlab.core.paths import notebooks_dir
 
     return {d.name: d.default for d in P.notebook_parameters(notebooks_dir() / f"{stage}.ipynb")}
 

@@ -3,7 +3,7 @@ whole stage's peak: resetting CUDA's counters for a step must not lose what came
 
 import torch
 
-from ftlab import devices, runs
+from ftlab.core import process, runs
 from ftlab.export import errors
 
 
@@ -14,7 +14,7 @@ def test_a_step_measured_alone_keeps_the_stage_peak(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: state["alloc"])
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda *a: state["reserved"])
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: state.update(alloc=0, reserved=0))
-    monkeypatch.setattr(devices, "_EARLIER_PEAK", {"allocated": 0, "reserved": 0})
+    monkeypatch.setattr(process, "_EARLIER_PEAK", {"allocated": 0, "reserved": 0})
     monkeypatch.setattr(errors, "STEP_GPU_PEAK_GIB", {})
 
     def convert():  # a CPU step after it: its own peak is nil

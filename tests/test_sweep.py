@@ -15,9 +15,9 @@ import pytest
 from conftest import TINY as SERIES
 from conftest import branch
 
-from ftlab import params as P
-from ftlab import pipeline
-from ftlab.paths import repo_root
+from ftlab.core import params as P
+from ftlab.core.paths import repo_root
+from ftlab.runner import pipeline
 
 COHORT = sorted((repo_root() / "params" / "cohort").glob("*.yaml"))
 TINY = [

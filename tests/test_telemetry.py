@@ -5,7 +5,7 @@ Run: .venv/bin/python -m pytest tests/test_telemetry.py
 
 import pytest
 
-from ftlab import telemetry
+from ftlab.hardware import telemetry
 
 
 def test_on_a_cpu_the_sampler_says_why_once_and_records_nothing():
@@ -66,8 +66,8 @@ def test_interpreter_report_names_the_python_and_the_project_env():
 def test_report_compute_section_sums_the_training_stages(outputs):
     import json
 
-    from ftlab import report
-    from ftlab.paths import stage_dir
+    from ftlab.core.paths import stage_dir
+    from ftlab.evaluation import report
 
     gpu = telemetry.economics(120.0, 1800, 65, 0.3, 2.5)  # measured: 120 Wh over 30 min
     cpu = telemetry.economics(None, 360, 65, 0.3, 2.5)  # estimated: 65 W x 6 min = 6.5 Wh
@@ -89,7 +89,7 @@ def test_report_compute_section_sums_the_training_stages(outputs):
 
 
 def test_dashboard_line_shows_the_gpu_sample_that_joins_each_metrics_record():
-    from ftlab import widgets
+    from ftlab.views import widgets
 
     s = telemetry.Sampler()
     s.add(

@@ -13,8 +13,11 @@ from conftest import TINY
 from safetensors.torch import load_file
 from transformers import LlamaConfig, TrainerControl
 
-from ftlab import memory, pipeline, stages, train
-from ftlab.paths import notebooks_dir, repo_root
+from ftlab import train
+from ftlab.core import stages
+from ftlab.core.paths import notebooks_dir, repo_root
+from ftlab.hardware import memory
+from ftlab.runner import pipeline
 
 LLAMA8B = LlamaConfig(
     vocab_size=128256,
@@ -225,7 +228,7 @@ def test_every_gpu_preset_fits_its_card_by_the_planner(preset, card_gib):
     import yaml
     from transformers import Qwen2Config
 
-    from ftlab.paths import repo_root
+    from ftlab.core.paths import repo_root
 
     p = yaml.safe_load((repo_root() / "params" / f"{preset}.yaml").read_text())
     cfg = Qwen2Config(**QWEN14B) if "Qwen" in p["base_model"] else LLAMA8B

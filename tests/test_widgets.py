@@ -4,7 +4,9 @@ the greedy answer. (The widgets themselves are exercised in a real browser by te
 Run: .venv/bin/python -m pytest tests/test_widgets.py
 """
 
-from ftlab import models, scoring, widgets
+from ftlab import models
+from ftlab.evaluation import scoring
+from ftlab.views import widgets
 
 
 def test_playground_streams_each_contender_and_ends_with_its_greedy_answer(tiny_run):
@@ -30,7 +32,8 @@ def test_every_plot_has_a_title_and_labelled_axes():
     import matplotlib
 
     matplotlib.use("Agg")
-    from ftlab import compare, plots
+    from ftlab.evaluation import compare
+    from ftlab.views import plots
 
     metrics = [
         {

@@ -1,5 +1,5 @@
 import sys
 
-from ftlab.cli import main
+from ftlab.runner.cli import main
 
 sys.exit(main())

@@ -1,8 +1,9 @@
 """Stage 04's export: `merge` (adapter into a 16/32-bit base, and its check), `gguf` (llama.cpp's converter and
 quantizer, and checks in llama.cpp), `ollama` (a Modelfile whose template is proved equal to the chat template),
-`card` (the model card). The targets are listed in the registry (`ftlab.stages.EXPORT_TARGETS`).
+`card` (the model card). The targets are listed in the registry (`ftlab.core.stages.EXPORT_TARGETS`).
 """
 
+from ftlab.core.paths import folder_mb
 from ftlab.export.card import compute_record, evaluated_card, export_summary, model_card, write_card
 from ftlab.export.errors import ExportError, timed
 from ftlab.export.gguf import (
@@ -32,7 +33,6 @@ from ftlab.export.ollama import (
     template_pieces,
     write_modelfile,
 )
-from ftlab.paths import folder_mb
 
 __all__ = [
     "CONVERTER_TYPES",

@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ftlab import runs, stages, telemetry
+from ftlab.core import runs, stages
+from ftlab.core.paths import atomic_write_text, stage_dir
 from ftlab.export.errors import STEP_GPU_PEAK_GIB
-from ftlab.paths import atomic_write_text, stage_dir
+from ftlab.hardware import telemetry
 
 
 def compute_record(run_name: str, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -145,7 +146,7 @@ def export_summary(
     """Stage 04's summary.json (what the card is made from): the adapter, the files and their sizes, the checks
     (`parts`: merge, gguf, warnings, ollama_commands, stops, times_s, version, modelfile_gguf) and the compute."""
     from ftlab import models
-    from ftlab.paths import folder_mb
+    from ftlab.core.paths import folder_mb
 
     run = p["run_name"]
     return {

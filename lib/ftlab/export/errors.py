@@ -19,7 +19,7 @@ def timed(fn: Any, *a: Any, **kw: Any) -> tuple[Any, float]:
     CPU; its check may use the GPU)."""
     import torch
 
-    from ftlab import devices
+    from ftlab.hardware import devices
 
     cuda = torch.cuda.is_available()
     if cuda:

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ftlab.core.params import GGUF_CONVERTER_TYPES as CONVERTER_TYPES
+from ftlab.core.params import GGUF_TYPES
+from ftlab.core.paths import cache_dir
 from ftlab.export.errors import ExportError, timed
-from ftlab.params import GGUF_CONVERTER_TYPES as CONVERTER_TYPES
-from ftlab.params import GGUF_TYPES
-from ftlab.paths import cache_dir
 
 
 def llama_cpp_version() -> str:
@@ -302,7 +302,7 @@ def record_checks(
     max_new_tokens: int,
 ) -> list[str]:
     """checks.json with every check and its verdict; stops on a problem, prints and returns the warnings."""
-    from ftlab.paths import atomic_write_json
+    from ftlab.core.paths import atomic_write_json
 
     problems, warnings = judge(checks, hf_stopped, min_agreement, max_new_tokens)
     for w in warnings:

@@ -10,9 +10,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ftlab import devices, generate
 from ftlab.export.errors import ExportError
-from ftlab.models import safe_kwargs
+from ftlab.hardware import devices
+from ftlab.models import generate
+from ftlab.models.loading import safe_kwargs
 
 Prompts = list[list[dict[str, str]]]
 

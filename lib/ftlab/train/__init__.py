@@ -1,6 +1,6 @@
 """Training: the methods (one module each: `sft`, `dpo`, `kto`), typed parameters and shared Trainer arguments (`config`),
 callbacks (`callbacks`), checkpoints (`checkpoints`), the preflight and forecast (`preflight`), what surrounds the
-training loop (`watch`), and one stage as a few calls (`fit`). The registry (`ftlab.stages`) says which methods exist.
+training loop (`watch`), and one stage as a few calls (`fit`). The registry (`ftlab.core.stages`) says which methods exist.
 """
 
 from ftlab.train.callbacks import CheckpointComplete, DiskWatch, LiveMetrics, add_callback, quiet, read_metrics

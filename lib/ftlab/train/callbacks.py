@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ftlab import stages
+from ftlab.core import stages
 from ftlab.train.checkpoints import CHECKPOINT_DONE
 
 _EXTRA: list[Callable[[], TrainerCallback]] = []
@@ -147,7 +147,7 @@ class DiskWatch(TrainerCallback):
         self.live, self.need = live, need_bytes
 
     def on_save(self, args, state, control, **kw):
-        from ftlab.telemetry import disk_check
+        from ftlab.hardware.telemetry import disk_check
 
         ok, msg = disk_check(Path(args.output_dir), self.need)
         if not ok and msg not in self.live.warnings:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ftlab import devices
+from ftlab.hardware import devices
 
 CHECKPOINT_DONE = "CHECKPOINT_COMPLETE"
 

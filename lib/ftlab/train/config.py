@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ftlab import devices
+from ftlab.hardware import devices
 
 T = TypeVar("T")
 

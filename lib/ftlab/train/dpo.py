@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftlab import data, generate, reuse, runs, scoring, stages
-from ftlab.audit import encode
+from ftlab import data, metrics
+from ftlab.core import runs, stages
+from ftlab.data.template_audit import encode
+from ftlab.models import generate
 from ftlab.train.config import TrainParams, from_params
 
 FIRST_LOSS = "ln 2 = 0.693: the loss is -log(sigmoid(beta x margin)); with margin 0, sigmoid(0) = 0.5"
@@ -119,7 +121,7 @@ def self_pairs(rows: list[dict[str, Any]], answers: list[str]) -> tuple[list[dic
     for r, a in zip(rows, answers, strict=True):
         prompt, ref = r["messages"][:-1], r["messages"][-1]["content"]
         line, src = r.get("_line", 0), r.get("_source", "")
-        if scoring.exact_match(a, ref):
+        if metrics.exact_match(a, ref):
             same.append(data.Rejected(line, "self_answer_matches", f"model answer {a[:60]!r}", r, src))
             continue
         pairs.append(
@@ -154,7 +156,7 @@ def make_pairs(
     """Stage 01's pairs and/or self pairs, checked against the length limits (rejects go to pairs_rejected.jsonl),
     split into training pairs and a seeded held-out set for reward accuracy. `labelled`: stage 01's labelled KTO
     rows count as pairs do (KTO); otherwise they stop the stage (`refuse_labelled`)."""
-    o, t = _opts(stage), stage.params
+    o, t = options(stage), stage.params
     pool, skipped = (rows["prefs"] if o.pairs in ("prefs", "both") else []), []
     if not labelled:
         refuse_labelled(stage, pool)
@@ -180,7 +182,7 @@ def make_pairs(
     return Pairs([r for i, r in enumerate(kept) if i not in held_ids], [r.data for r in held], too_long, skipped)
 
 
-def _opts(stage: runs.Stage) -> Options:
+def options(stage: runs.Stage) -> Options:
     return from_params(Options, stage.params)
 
 
@@ -216,69 +218,6 @@ def check_reference(trainer: Any) -> dict[str, Any]:
     if not (ref["max_abs_diff_to_policy"] == 0 and ref["ref_trainable"] == 0 and ref["ref_nonzero"]):
         raise TrainingStopped(f"the reference is not a frozen copy of the SFT adapter: {ref}")
     return ref
-
-
-GUARD_BATCH = 8  # rows per forward pass of the guard's scoring (stage 05's batch_size default: its scores are reusable)
-
-
-def _guard_kw(stage: runs.Stage) -> dict[str, Any]:
-    """`scoring.score`'s settings for the guard (and the key its reusable scores are kept under)."""
-    o = _opts(stage)
-    return {
-        "max_length": stage.params["max_length"],
-        "n_generate": o.guard_rows,
-        "max_new_tokens": o.max_new_tokens,
-        "batch_size": GUARD_BATCH,
-    }
-
-
-def guard_score(stage: runs.Stage, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Held-out NLL (every eval row) and greedy answers on `guard_rows` of them: the regression guard's score."""
-    return scoring.score(model, tokenizer, rows, **_guard_kw(stage))
-
-
-def keep_for_reuse(stage: runs.Stage, name: str, adapter: Path, tokenizer: Any, rows: list[dict[str, Any]], score: Any):
-    """The guard's score of `adapter`, kept with its key in scores.json: stage 05 reads it instead of scoring the
-    same adapter on the same rows again (`reuse`)."""
-    from ftlab import devices, models
-
-    device = devices.kind()
-    quantization = devices.resolve_quantization(stage.params["quantization"], device)
-    base = models.resolve_model(stage.params["base_model"])
-    k = reuse.key(
-        adapter, rows, tokenizer, base_model=base, device=device, quantization=quantization, **_guard_kw(stage)
-    )
-    reuse.keep(stage.path(), name, k, score)
-
-
-def guard_before(stage: runs.Stage, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The SFT model's score before any preference step; kept in guard_before.json so a resumed run reuses it."""
-    path = stage.path("guard_before.json")
-    if path.exists() and runs.read_json(path)["params"] == stage.params:
-        return runs.read_json(path)["score"]
-    before = guard_score(stage, model, tokenizer, rows)
-    stage.write_json("guard_before.json", {"params": stage.params, "score": before})
-    sft = stages.method(stages.method_of_stage(stage.name, stage.params).builds_on)
-    keep_for_reuse(stage, sft.name, stage.input(sft.stage, sft.adapter), tokenizer, rows, before)
-    return before
-
-
-def guard_after(
-    stage: runs.Stage, job: Any, before: dict[str, Any] | None, rows: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """The same score with the tuned policy, compared with `before` (paired bootstrap): guard.json and its verdict."""
-    if job.done:
-        return runs.read_json(stage.path("guard.json"))
-    after = guard_score(stage, job.trainer.model, job.tokenizer, rows)
-    keep_for_reuse(stage, job.method.name, stage.path(job.method.adapter), job.tokenizer, rows, after)
-    names = tuple(m.title for m in stages.lineage(job.method.name)[-2:])
-    guard = {
-        "before": scoring.summary(before),
-        "after": scoring.summary(after),
-        **scoring.compare(before, after, names),
-    }
-    stage.write_json("guard.json", guard)
-    return guard
 
 
 def summary(

@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftlab import devices, layout, memory, models, runs, stages
+from ftlab import models
+from ftlab.core import runs, stages
+from ftlab.hardware import devices, memory, parallel
 from ftlab.train import activations, fused_lora
 from ftlab.train import checkpoints as ck
 from ftlab.train.callbacks import (
@@ -98,7 +100,7 @@ def memory_plan(
     if plan.offload:
         print("activation offloading: on (checkpointed activations wait in CPU memory)")
     gpus = devices.gpu_count() if stage.name in stages.multi_process_stages() else min(1, devices.gpu_count())
-    check, layout_text = layout.for_stage(shape, plan, limit, gpus, stage=stage.name, **cfg)
+    check, layout_text = parallel.for_stage(shape, plan, limit, gpus, stage=stage.name, **cfg)
     print(memory.table(check, limit, limit_name))
     print(layout_text or "layout: one process on the CPU")
     cfg["gradient_checkpointing"] = plan.checkpointing

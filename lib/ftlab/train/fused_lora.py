@@ -20,7 +20,7 @@ import types
 
 import torch
 
-from ftlab import layout
+from ftlab.hardware import parallel
 
 MIN_TOKENS = 16  # below this (token-by-token decoding) bitsandbytes' own 4-bit kernels are the faster path
 
@@ -108,7 +108,7 @@ def wanted(setting: str, quantization: str, device: str) -> bool:
     it has not been measured), "on" wherever there are any (CPU too), "off" keeps PEFT's forward."""
     if setting != "auto":
         return setting == "on"
-    return quantization == "4bit" and device == "cuda" and not layout.under_fsdp()[0]
+    return quantization == "4bit" and device == "cuda" and not parallel.under_fsdp()[0]
 
 
 def setup(model, setting: str, quantization: str, device: str) -> int:

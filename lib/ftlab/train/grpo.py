@@ -4,7 +4,7 @@ did against the others of its group (its advantage). No pairs and no reward mode
 answers (stage 01's train rows) and functions that say what a good answer is.
 
 With `beta` > 0 TRL keeps a frozen `ref` copy of the SFT adapter (as DPO does) and adds beta x KL(policy || ref) to
-the loss; the KL is logged. The before/after regression guard is stage 03's (`ftlab.train.dpo`).
+the loss; the KL is logged. The before/after regression guard is stage 03's (`ftlab.evaluation.regression_guard`).
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftlab import data, runs
+from ftlab import data
+from ftlab.core import runs
 from ftlab.train import dpo
 from ftlab.train.config import TrainParams, from_params
 from ftlab.train.dpo import (  # noqa: F401 - stage 03's shared steps, called through this module for GRPO
     check_reference,
-    guard_after,
-    guard_before,
     read_inputs,
 )
 

@@ -20,8 +20,6 @@ from ftlab.train.dpo import (  # noqa: F401 - stage 03's shared steps, called th
     SHOWN,
     batch_rows,
     check_reference,
-    guard_after,
-    guard_before,
     read_inputs,
     trainer_kwargs,
 )

@@ -5,7 +5,7 @@ odds above the rejected one's. It needs no frozen reference (nothing is measured
 holds one adapter and runs each pair once: less memory and time than DPO. It was designed to start from the base
 (the NLL term does the SFT); here it starts from the SFT adapter like the other stage-03 methods, so the guard compares
 it with SFT on the same footing and stage 02's work is not repeated (its NLL term keeps the model on the chosen
-answers). Pairs, length checks and the before/after guard are stage 03's (`ftlab.train.dpo`).
+answers). Pairs, length checks and the before/after guard are stage 03's (`ftlab.evaluation.regression_guard`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from ftlab.train.dpo import (  # noqa: F401 - stage 03's shared steps, called th
     Options,
     batch_rows,
     dataset,
-    guard_after,
-    guard_before,
     make_pairs,
     read_inputs,
     summary,

@@ -120,7 +120,7 @@ def forecast_and_disk(
     """Before the long run: the wall-time forecast from a few timed batches (the preflight step when
     `forecast_rows` is 0) and the disk check for the checkpoints. Returns (forecast, bytes needed, disk message);
     stops when the disk cannot hold the checkpoints."""
-    from ftlab import telemetry
+    from ftlab.hardware import telemetry
 
     step_s = seconds_per_step(trainer, forecast_rows) if forecast_rows else pre["seconds"]
     fc = telemetry.forecast(step_s, steps)

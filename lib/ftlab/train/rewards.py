@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ftlab import scoring
+from ftlab import metrics
 
 
 def text(completion: Any) -> str:
@@ -21,7 +21,7 @@ def text(completion: Any) -> str:
 
 def rouge_l(completions: list[Any], reference: list[str], **_: Any) -> list[float]:
     """ROUGE-L F1 against the row's reference answer, 0..1: rewards saying what the reference says."""
-    return scoring.rouge_l([text(c) for c in completions], list(reference))
+    return metrics.rouge_l([text(c) for c in completions], list(reference))
 
 
 def repeats(tokens: list[int], n: int = 4) -> float:
@@ -46,7 +46,7 @@ def ends_cleanly(
 def stop_aware(tokenizer: Any, fn: Callable[..., list[float]] = ends_cleanly) -> Callable[..., list[float]]:
     """`ends_cleanly` with the tokenizer's end-of-turn ids filled in (TRL keeps the stop token in completion_ids
     when the model stopped, and cuts at max_completion_length otherwise)."""
-    from ftlab import generate
+    from ftlab.models import generate
 
     stops = tuple(generate.eos_ids(tokenizer))
 
@@ -62,7 +62,7 @@ def judge(url: str, model: str = "", timeout: float = 60.0) -> Callable[..., lis
     per completion. A judge can be gamed like any reward: read the completions it scores highest."""
     import re
 
-    from ftlab.served import chat
+    from ftlab.models.llama_server import chat
 
     def judge_score(prompts: list[Any], completions: list[Any], reference: list[str], **_: Any) -> list[float]:
         out = []
@@ -95,7 +95,7 @@ def try_on(funcs: list[Callable[..., list[float]]], rows: list[dict[str, Any]], 
     """Each reward on each row's reference answer (ended with the end-of-turn token) and on its first half cut off
     mid-answer (as a run into max_completion_length looks), printed as a table: what the functions pay for. Rows
     of any stage-03 method: GRPO's prompts with their reference, pairs (the chosen answer), labelled rows."""
-    from ftlab import generate
+    from ftlab.models import generate
 
     stop = generate.eos_ids(tokenizer)[:1]
     table = []

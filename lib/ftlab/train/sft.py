@@ -1,6 +1,6 @@
 """Supervised fine-tuning (TRL's SFTTrainer): the method's options, its config and its dataset.
 
-The registry entry (`ftlab.stages`, method "sft") names this module; `ftlab.train.fit` calls the functions below.
+The registry entry (`ftlab.core.stages`, method "sft") names this module; `ftlab.train.fit` calls the functions below.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftlab import attention, devices, stages
-from ftlab.attention import PACKED_KERNELS
-from ftlab.audit import encode
+from ftlab.core import stages
+from ftlab.data.template_audit import encode
+from ftlab.hardware import devices
+from ftlab.models import attention
+from ftlab.models.attention import PACKED_KERNELS
 from ftlab.train.config import TrainParams, lora_config
 
 
@@ -116,7 +118,7 @@ def trainer_kwargs(o: Options, **_: Any) -> dict[str, Any]:
 
 def read_inputs(stage: Any) -> dict[str, list[dict[str, Any]]]:
     """Stage 01's train and eval rows (their hashes go into the manifest)."""
-    from ftlab.data import read_jsonl
+    from ftlab.data.rows import read_jsonl
 
     paths = {k: stage.input(stages.DATA, f"{k}.jsonl") for k in ("train", "eval")}
     stage.record_inputs(paths)

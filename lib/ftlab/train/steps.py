@@ -1,6 +1,5 @@
-"""The steps of stage 03 that differ by method, looked up in the registry (`ftlab.stages`) so that no notebook cell
-names a method or picks a module: the rows the method trains on, the regression guard before and after, the check of
-its reference model, its loss at step 0 and what its summary adds. Each method module (`ftlab.train.dpo`, `kto`,
+"""The steps of stage 03 that differ by method, looked up in the registry (`ftlab.core.stages`) so that no notebook cell
+names a method or picks a module: the rows the method trains on, the check of its reference model, its loss at step 0 and what its summary adds. Each method module (`ftlab.train.dpo`, `kto`,
 `orpo`, `grpo`) provides these names; the steps it shares with DPO it imports from `dpo`.
 
 The TRL objects themselves (the config and the trainer) are built in the notebook's own cells; see
@@ -11,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftlab import runs
+from ftlab.core import runs
 from ftlab.train.fit import method_module
 
 
@@ -21,16 +20,6 @@ def training_rows(stage: runs.Stage, rows: dict[str, Any], model: Any, tokenizer
     ones: `pairs`), KTO answers labelled good or bad, GRPO prompts with their reference answer. A finished stage
     reads them back without generating."""
     return method_module(stage).make_pairs(stage, rows, model, tokenizer, done)
-
-
-def guard_before(stage: runs.Stage, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The regression guard's first half: the SFT policy scored on held-out SFT rows (NLL and greedy answers)."""
-    return method_module(stage).guard_before(stage, model, tokenizer, rows)
-
-
-def guard_after(stage: runs.Stage, job: Any, before: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The same rows scored after training, compared with `before`: a verdict, and `regressed` when it got worse."""
-    return method_module(stage).guard_after(stage, job, before, rows)
 
 
 def check_reference(stage: runs.Stage, trainer: Any) -> dict[str, Any]:

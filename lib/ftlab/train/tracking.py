@@ -34,7 +34,7 @@ def tracked(trainer: Any, stage: Any) -> Iterator[Callable[..., None]]:
         return
     import mlflow
 
-    from ftlab import devices
+    from ftlab.hardware import devices
 
     if not devices.is_main_process():  # the callback logs from the main process only; so does this
         yield lambda *a, **k: None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftlab import runs, stages
+from ftlab.core import runs, stages
 from ftlab.train.config import TrainParams, from_params, trainer_args
 
 

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ftlab import devices, telemetry
+from ftlab.hardware import devices, telemetry
 from ftlab.train.callbacks import DiskWatch, LiveMetrics, read_metrics
 from ftlab.train.config import Economics
 
@@ -95,7 +95,7 @@ def attention_warning(model: Any) -> str | None:
 
 def check_same_model(stats: dict[str, Any], base_model: str, tokenizer: Any) -> None:
     """Stage 01 audited one tokenizer and template; training with another would silently change the format."""
-    from ftlab.audit import template_hash
+    from ftlab.data.template_audit import template_hash
 
     if stats["base_model"] != base_model:
         raise ValueError(

@@ -1,0 +1,31 @@
+"""Why a row is rejected: every reason stage 01 writes to rejected.jsonl, with what it means. No ftlab imports."""
+
+REASONS = {
+    "invalid_utf8": "bytes that are not valid UTF-8 (or lone surrogates)",
+    "invalid_json": "the line is not valid JSON",
+    "wrong_type": "a field has the wrong type (e.g. a number where text is expected)",
+    "unknown_schema": "no known set of fields (see ftlab.data.formats.FORMATS for the layouts and their fields)",
+    "empty_field": "a text field is empty or whitespace only",
+    "nul_byte": "a NUL byte (\\x00) in the text: trains into gibberish",
+    "control_chars": "control characters other than tab/newline in the text",
+    "unknown_role": "a role other than system/user/assistant",
+    "tool_turn": "a tool call or tool result turn (tool_calls, tool/function/observation roles): not trained here",
+    "media_part": "a non-text content part (image, audio, file): a text model cannot use it",
+    "kto_row": "a labelled KTO row (an answer judged true/false): stage 03's data (method kto), never an SFT target",
+    "too_deep": "JSON nested too deeply to read safely",
+    "training_key": "a turn carries a key that says whether it is trained (weight, train, mask...) and is not "
+    "honoured (turn_flags), or one that cannot be",
+    "csv_cell_count": "a CSV row with more or fewer cells than the header (an unquoted delimiter inside a field)",
+    "turn_order": "turns out of order (system first, then user/assistant alternating)",
+    "no_final_assistant": "the conversation does not end with an assistant turn: nothing to learn",
+    "chosen_equals_rejected": "a preference pair whose chosen and rejected answers are the same",
+    "transcripts_differ": "a pair given as two conversations that differ before their last answers (or from the prompt)",
+    "too_long": "longer than max_length tokens after the chat template",
+    "duplicate": "an exact duplicate of an earlier row",
+    "near_duplicate": "the same as an earlier row up to case, whitespace and punctuation",
+    "eval_in_train": "an eval row whose prompt also appears in train (leakage)",
+    "prompt_in_eval": "a training row (e.g. a preference pair) whose prompt is held out for eval; kept out of training",
+    "low_perplexity": "base-model perplexity below the threshold (near-memorized boilerplate)",
+    "prompt_too_long": "the prompt alone is longer than max_prompt_length tokens (DPO)",
+    "self_answer_matches": "the model's own answer already equals the reference: no preference to learn (self pairs)",
+}
