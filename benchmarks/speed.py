@@ -14,8 +14,9 @@ run would not fit), `ftlab.train.lora_config` and `ftlab.train.fused_lora` (fuse
 trl/datasets; `--unsloth-site`), its own loader, LoRA and "unsloth" gradient checkpointing, on the same checkpoint
 and rows: padded batches as its notebooks train (`unsloth`) and TRL's `packing=True` through Unsloth's patched trainer
 (`unsloth_packed`, padding-free, its documented fast path); ratios `*_vs_unsloth_best_*` are against the faster of
-the two. All use 8-bit AdamW (non-paged), gradient checkpointing and one micro-batch per optimizer step (each run
-records `micro_batches_per_step`). Any recipe runs under a GPU memory cap named by a suffix (`ftlab_24gb`,
+the two. All use 8-bit AdamW (non-paged) and gradient checkpointing, and every run asks for gradient accumulation 1;
+each records the micro-batches its trainer actually ran per optimizer step (`micro_batches_per_step`), since
+Unsloth's trainer has been seen to run two. Any recipe runs under a GPU memory cap named by a suffix (`ftlab_24gb`,
 `unsloth_16gb`: the allocator refuses more and our planner plans for it). `--capped` runs the headline table (Unsloth
 padded and packed, ours under 24 and 16 GiB, on every workload); `--longest 24` searches the longest fixed row ours
 and Unsloth's train at batch 1 under 24 GiB (benchmarks/unsloth_wheels.sh makes Unsloth's site).
