@@ -56,6 +56,23 @@ def test_several_parameter_files_merge_in_order_the_last_one_winning(outputs, tm
     assert params["min_free_disk_gb"] == 1.0  # ci.yaml's value, which mine.yaml does not set
 
 
+def test_a_notebooks_own_section_reaches_that_notebook_only_and_wins(tmp_path):
+    f = tmp_path / "scoped.yaml"
+    f.write_text("learning_rate: 0.001\n02_train_sft:\n  learning_rate: 0.002\n03_train_dpo:\n  beta: 0.2\n")
+    given = {**pipeline.load_params_file([CI, f]), "03_train_dpo.learning_rate": 1e-5}  # as -p NOTEBOOK.NAME gives it
+    planned = {nb.stem: inject for nb, inject in pipeline.plan(pipeline.list_notebooks("02", "04"), given)}
+    assert planned["02_train_sft"]["learning_rate"] == 0.002  # its section wins over the top level
+    assert planned["03_train_dpo"]["learning_rate"] == 1e-5 and planned["03_train_dpo"]["beta"] == 0.2
+    assert "learning_rate" not in planned["04_merge_export"] and "beta" not in planned["02_train_sft"]
+    with pytest.raises(ParamError, match="02_train_sft does not declare 'beta'; its parameters: "):
+        pipeline.plan(pipeline.list_notebooks(), {"02_train_sft.beta": 0.1})
+    with pytest.raises(ParamError, match="'09_nothing' is not a notebook of the series"):
+        pipeline.plan(pipeline.list_notebooks(), {"09_nothing.beta": 0.1})
+    f.write_text("03_train_dpo: 0.1\n")
+    with pytest.raises(ParamError, match="'03_train_dpo' names a notebook, so its value must be a mapping"):
+        pipeline.load_params_file(f)
+
+
 def test_bad_value_fails_before_running(outputs):
     with pytest.raises(ParamError, match="min_ram_gb='lots'"):
         pipeline.plan(pipeline.list_notebooks(), {"min_ram_gb": "lots"})

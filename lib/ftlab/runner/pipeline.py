@@ -2,6 +2,10 @@
 
 Parameters are checked against every notebook in the range before the first one starts: an unknown name, a wrong
 type or a bad value stops the run with a message naming the valid choices and nothing is executed.
+
+A name at the top level goes to every notebook that declares it. A name under a notebook's name goes to that one
+notebook only, and wins over the top level: in a params file, `03_train_dpo: {learning_rate: 5.0e-5}`; on the command
+line, `-p 03_train_dpo.learning_rate 5e-5`.
 """
 
 from __future__ import annotations
@@ -42,7 +46,40 @@ def load_params_file(path: str | Path | list[str | Path] | None) -> dict[str, An
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise P.ParamError(f"{path}: expected a mapping of parameter names to values, found {type(data).__name__}")
-    return data
+    # a notebook's own section becomes dotted names, so a later file or -p overrides one name, not the section
+    stems = {nb.stem for nb in list_notebooks()}
+    flat = {}
+    for k, v in data.items():
+        if k in stems:
+            if not isinstance(v, dict):
+                raise P.ParamError(
+                    f"{path}: {k!r} names a notebook, so its value must be a mapping of that notebook's parameters "
+                    f"(e.g. {k}: {{learning_rate: 5.0e-5}}); found {type(v).__name__} {v!r}"
+                )
+            flat.update({f"{k}.{n}": x for n, x in v.items()})
+        else:
+            flat[k] = v
+    return flat
+
+
+def split_scoped(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """`given` as (the names for every notebook, {notebook name: the names for it alone}), from dotted names such as
+    `03_train_dpo.learning_rate`; a dotted name whose notebook is not in the series is an error."""
+    stems = {nb.stem for nb in list_notebooks()}
+    common: dict[str, Any] = {}
+    scoped: dict[str, dict[str, Any]] = {}
+    for k, v in given.items():
+        stem, dot, name = str(k).partition(".")
+        if not dot:
+            common[k] = v
+        elif stem in stems:
+            scoped.setdefault(stem, {})[name] = v
+        else:
+            raise P.ParamError(
+                f"parameter {k!r}: {stem!r} is not a notebook of the series; a notebook's own value is written "
+                f"NOTEBOOK.NAME with NOTEBOOK one of {', '.join(sorted(stems))}"
+            )
+    return common, scoped
 
 
 def plan(notebooks: list[Path], given: dict[str, Any]) -> list[tuple[Path, dict[str, Any]]]:
@@ -50,18 +87,26 @@ def plan(notebooks: list[Path], given: dict[str, Any]) -> list[tuple[Path, dict[
     if not notebooks:
         raise P.ParamError(f"no notebooks in that range under {notebooks_dir()}")
     declared = {nb: {d.name: d.default for d in P.notebook_parameters(nb)} for nb in notebooks}
+    common, scoped = split_scoped(given)
     # a name is valid when some notebook of the series declares it, so one params file serves any range of stages
-    known = set().union(*({d.name for d in P.notebook_parameters(nb)} for nb in list_notebooks()))
-    unknown = sorted(set(given) - known)
+    series = {nb.stem: {d.name for d in P.notebook_parameters(nb)} for nb in list_notebooks()}
+    known = set().union(*series.values())
+    unknown = sorted(set(common) - known)
     if unknown:
         raise P.ParamError(
             f"unknown parameter(s) {', '.join(map(repr, unknown))}: no notebook declares them; "
             f"valid names: {', '.join(sorted(known))}. "
             f"`python -m ftlab params NOTEBOOK` lists each notebook's parameters with their comments."
         )
+    for stem, names in scoped.items():
+        if set(names) - series[stem]:
+            raise P.ParamError(
+                f"{stem} does not declare {', '.join(map(repr, sorted(set(names) - series[stem])))}; "
+                f"its parameters: {', '.join(sorted(series[stem]))}"
+            )
     out = []
     for nb, defaults in declared.items():
-        inject = {k: v for k, v in given.items() if k in defaults}
+        inject = {k: v for k, v in common.items() if k in defaults} | scoped.get(nb.stem, {})
         if nb.stem in P.SPECS:
             P.validate(nb.stem, {**defaults, **inject})
         out.append((nb, inject))
