@@ -161,3 +161,60 @@ def test_compare_ranks_a_method_sweep_by_each_runs_stage03_guard(outputs):
     assert list(board["score_source"]) == ["03 guard (kto)", "03 guard (dpo)", "03 guard (orpo)"]
     assert board.loc[1, "kto_guard_rouge_l"] == 0.31 and board.loc[1, "kto_guard_nll_diff"] == pytest.approx(-0.05)
     assert board["dpo_guard_nll"].isna().tolist() == [True, False, True]  # each run shows only what it trained
+
+
+def test_every_method_module_provides_the_contract_and_stage_03s_specs_come_from_the_methods():
+    from ftlab.train import methods
+
+    for m in stages.methods():
+        assert methods.problems(stages.load(m.module), methods.protocol(m)) == [], m.name
+        assert methods.module(m) is stages.load(m.module)
+    assert methods.protocol(stages.method("sft")) is methods.TrainingMethod
+    own = {n: set(stages.load(stages.method(n).module).PARAMS) for n in stages.stage_methods(stages.TRAIN_DPO)}
+    spec = P.SPECS[stages.TRAIN_DPO]
+    assert set(spec) == set(P._SPECS[stages.TRAIN_DPO]) | set().union(*own.values())
+    assert not set(P._SPECS[stages.TRAIN_DPO]) & set().union(*own.values())  # each name declared in one place
+    assert [n for n, names in own.items() if "loss_type" in names] == ["dpo"]
+    assert [n for n, names in own.items() if "num_generations" in names] == ["grpo"]
+    assert [n for n, names in own.items() if "desirable_weight" in names] == ["kto"]
+    assert all("beta" in names for names in own.values())
+
+
+def test_a_method_module_without_the_contract_is_refused_with_what_it_lacks(monkeypatch):
+    import dataclasses
+    import sys
+    import types
+
+    from ftlab.train import dpo, methods
+
+    half = dataclasses.replace(TOY, name="half", stage=stages.TRAIN_DPO, builds_on="sft")  # ftlab.train.sft: no pairs
+    with pytest.raises(TypeError, match=r"'half'.*TuningMethod\): FIRST_LOSS: missing; FIRST_LOSS_TOL: missing"):
+        methods.register(half)
+    assert "half" not in stages.method_names()  # refused: the registry is as it was
+    fake = types.ModuleType("toy_method")  # DPO's module, with one function that cannot take the contract's call
+    fake.__dict__.update({k: v for k, v in vars(dpo).items() if not k.startswith("__")})
+    fake.worst_case = lambda: []
+    monkeypatch.setitem(sys.modules, "toy_method", fake)
+    with pytest.raises(TypeError, match=r"worst_case: takes \(\), the contract calls it with \(trainer\)"):
+        methods.register(dataclasses.replace(half, name="sig", module="toy_method"))
+    fake.worst_case = dpo.worst_case
+    fake.PARAMS = {**dpo.PARAMS, "beta": P.Param(int, lo=0)}  # beta as DPO, KTO, ORPO and GRPO do not declare it
+    with pytest.raises(ValueError, match="method 'clash' declares 'beta' as int, in \\[0, inf\\], not float"):
+        methods.register(dataclasses.replace(half, name="clash", module="toy_method"))
+    assert "clash" not in stages.method_names() and P.SPECS[stages.TRAIN_DPO]["beta"].type is float
+    fake.PARAMS = {**dpo.PARAMS, "toy_weight": P.Param(float, lo=0)}
+    fake.Options = dataclasses.make_dataclass("Options", [("toy_weight", float, 1.0)], bases=(dpo.Options,), frozen=True)
+    try:
+        assert methods.register(dataclasses.replace(half, name="ok", module="toy_method")) is fake
+        assert "toy_weight" in P.SPECS[stages.TRAIN_DPO]  # a registered method's own parameter is stage 03's at once
+    finally:
+        stages.unregister("ok")
+    assert "toy_weight" not in P.SPECS[stages.TRAIN_DPO]
+
+
+def test_a_stage_resolves_its_method_once():
+    from ftlab.core import runs
+
+    st = runs.Stage("r", stages.TRAIN_DPO, {"method": "kto"}, 0.0)
+    assert st.method is st.method and st.method.name == "kto"
+    assert runs.Stage("r", stages.TRAIN_SFT, {}, 0.0).method.name == "sft"

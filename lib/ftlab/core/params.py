@@ -7,7 +7,8 @@ before any expensive work, whether the notebook was run by hand, by papermill or
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,11 +79,9 @@ DATA_FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 TURN_FLAGS = ("reject", "honour")  # stage 01's turn_flags: what a per-turn training key does (ftlab.data.turns)
 MERGED_DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw_bnb_8bit", "adamw_torch", "paged_adamw_8bit")
-DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "apo_zero")
 AUTO_ON_OFF = ("auto", "on", "off")
 ATTENTION = ("auto", "sdpa", "eager", "varlen", "flash_attention_2")  # "varlen": torch's own varlen flash kernel
 REPORT_TO = ("none", "tensorboard", "mlflow")
-SELF_PAIRS = ("prefs", "self", "both")
 
 
 def _gguf_types(v: list) -> list:
@@ -151,7 +150,7 @@ ECONOMICS = {
     "price_per_gpu_hour": Param(float, lo=0),
 }
 
-SPECS: dict[str, dict[str, Param]] = {
+_SPECS: dict[str, dict[str, Param]] = {  # shared by the stage's methods; a method's own: PARAMS
     stages.CHECK: {
         **RUN,
         "base_model": Param(str),
@@ -202,16 +201,7 @@ SPECS: dict[str, dict[str, Param]] = {
         "base_model": Param(str),
         "quantization": Param(str, choices=QUANTIZATION),
         "method": Param(str, check=_one_of(lambda: stages.stage_methods(stages.TRAIN_DPO))),
-        "pairs": Param(str, choices=SELF_PAIRS),
-        "self_pairs_max": Param(int, lo=0),
         "eval_pairs": Param(int, lo=0),
-        "beta": Param(float, lo=1e-4, hi=10),
-        "loss_type": Param(str, choices=DPO_LOSS_TYPES),
-        **{k: Param(float, lo=0, hi=100) for k in ("desirable_weight", "undesirable_weight")},  # KTO's loss weights
-        "num_generations": Param(int, lo=2, hi=256),  # GRPO: answers sampled per prompt (its group)
-        "max_completion_length": Param(int, lo=1, hi=32768),
-        "temperature": Param(float, lo=0.01, hi=5),
-        **{k: Param(str) for k in ("judge_url", "judge_model")},  # GRPO's optional judge reward
         "learning_rate": Param(float, lo=1e-8, hi=1e-2),
         **TRAINING,
         **ECONOMICS,
@@ -266,6 +256,37 @@ SPECS: dict[str, dict[str, Param]] = {
         "answers": Param(int, lo=0, hi=100),
     },
 }
+
+
+class _Specs(Mapping):
+    """Each stage's parameter specs. A stage that trains one of several methods (03) has its shared specs in
+    `_SPECS` plus each method's own, `PARAMS` in the method's module (`ftlab.train.methods`), gathered when first
+    asked for (the modules import torch); a name two methods declare must have the same spec in both."""
+
+    def __getitem__(self, stage: str) -> dict[str, Param]:
+        return _with_methods(stage, stages.stage_methods(stage) if stage in _SPECS else ())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_SPECS)
+
+    def __len__(self) -> int:
+        return len(_SPECS)
+
+
+@functools.cache
+def _with_methods(stage: str, methods: tuple[str, ...]) -> dict[str, Param]:
+    spec = dict(_SPECS[stage])
+    if len(methods) < 2:
+        return spec
+    for name in methods:
+        for k, v in stages.load(stages.method(name).module).PARAMS.items():
+            if k in spec and spec[k] != v:
+                raise ValueError(f"{stage}: method {name!r} declares {k!r} as {v.describe()}, not {spec[k].describe()}")
+            spec[k] = v
+    return spec
+
+
+SPECS: Mapping[str, dict[str, Param]] = _Specs()
 
 
 def _type_ok(value: Any, p: Param) -> bool:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ftlab.core import params as P
-from ftlab.core import process
+from ftlab.core import process, stages
 from ftlab.core.paths import atomic_write_json, notebooks_dir, read_json, repo_root, run_dir, stage_dir
 
 KEY_PACKAGES = (
@@ -108,6 +108,12 @@ class Stage:
     name: str
     params: dict[str, Any]
     started: float
+
+    @functools.cached_property
+    def method(self) -> stages.Method:
+        """The training method this stage trains (`method` in its params where several share it), resolved once;
+        `ftlab.train.methods.module(stage)` is its checked module."""
+        return stages.method_of_stage(self.name, self.params)
 
     @property
     def dir(self) -> Path:

@@ -54,7 +54,7 @@ def before(stage: runs.Stage, model: Any, tokenizer: Any, rows: list[dict[str, A
         return runs.read_json(path)["score"]
     before = score(stage, model, tokenizer, rows)
     stage.write_json("guard_before.json", {"params": stage.params, "score": before})
-    sft = stages.method(stages.method_of_stage(stage.name, stage.params).builds_on)
+    sft = stages.method(stage.method.builds_on)
     keep_for_reuse(stage, sft.name, stage.input(sft.stage, sft.adapter), tokenizer, rows, before)
     return before
 

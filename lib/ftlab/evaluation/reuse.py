@@ -11,6 +11,7 @@ scorer setting. Stage 05 reuses a score only when its own key is equal in every 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -77,7 +78,11 @@ def find(folders: Iterable[Path], name: str, k: dict[str, Any]) -> tuple[dict[st
 
 
 def scoring_settings(base_dir: Path, quantization: str, kw: dict[str, Any]) -> dict[str, Any]:
-    """`reuse.key`'s settings for stage 05's scoring (`kw`: `scoring.score`'s)."""
-    defaults = {"max_new_tokens": 64, "batch_size": 8, "extra_metrics": ()}  # scoring.score's
-    settings = {k: kw.get(k, defaults.get(k)) for k in ("max_length", "n_generate", *defaults)}
+    """`reuse.key`'s settings for stage 05's scoring (`kw`: `scoring.score`'s keywords; its own defaults fill the
+    rest). The generation batch changes speed only and is left out."""
+    from ftlab.evaluation import scoring
+
+    given = inspect.signature(scoring.score).parameters
+    names = ("max_length", "n_generate", "max_new_tokens", "batch_size", "extra_metrics")
+    settings = {k: kw.get(k, None if given[k].default is inspect.Parameter.empty else given[k].default) for k in names}
     return {"base_model": base_dir, "device": devices.kind(), "quantization": quantization, **settings}

@@ -12,7 +12,7 @@ from ftlab.train.checkpoints import (
 )
 from ftlab.train.config import Economics, TrainParams, from_params, lora_config, trainer_args
 from ftlab.train.fit import Job, attach, datasets, finished, inputs, memory_plan, method_module
-from ftlab.train.preflight import TrainingStopped, forecast_and_disk, preflight, worst_case_batch
+from ftlab.train.preflight import TrainingStopped, forecast_and_disk, longest, preflight
 from ftlab.train.sft import dataset as encode_dataset
 from ftlab.train.trainer_config import config_kwargs, explain, method_args, trainer_kwargs, trl_classes
 from ftlab.train.watch import check_same_model, save_adapter, train_watched
@@ -39,6 +39,7 @@ __all__ = [
     "guard_stale_checkpoints",
     "inputs",
     "last_complete_checkpoint",
+    "longest",
     "lora_config",
     "memory_plan",
     "preflight",
@@ -52,5 +53,4 @@ __all__ = [
     "trainer_kwargs",
     "trl_classes",
     "truncate_metrics",
-    "worst_case_batch",
 ]

@@ -12,13 +12,24 @@ from typing import Any
 
 from ftlab import data, metrics
 from ftlab.core import runs, stages
+from ftlab.core.params import Param
 from ftlab.data.template_audit import encode
 from ftlab.models import generate
 from ftlab.train.config import TrainParams, from_params
+from ftlab.train.preflight import longest
 
 FIRST_LOSS = "ln 2 = 0.693: the loss is -log(sigmoid(beta x margin)); with margin 0, sigmoid(0) = 0.5"
 FIRST_LOSS_TOL = 1e-3
 SHOWN = ("steps", "first_loss", "last_loss", "first_margin", "last_margin")  # what the notebook's last cell prints
+NOT_ARGS: tuple[str, ...] = ()
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "apo_zero")
+PAIR_SOURCES = ("prefs", "self", "both")  # stage 01's pairs, the SFT model's own answers as the rejected ones, both
+PARAMS = {  # stage 03's parameters that DPO reads and some other method does not
+    "beta": Param(float, lo=1e-4, hi=10),
+    "loss_type": Param(str, choices=LOSS_TYPES),
+    "pairs": Param(str, choices=PAIR_SOURCES),
+    "self_pairs_max": Param(int, lo=0),
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,19 @@ def batch_rows(p: dict[str, Any]) -> int:
     return 2 * p["batch_size"]
 
 
+def planned_length(p: dict[str, Any], device: str, seq_len: int) -> int:
+    return seq_len  # pairs are padded to the longest of the batch, never packed
+
+
+def worst_case(trainer: Any) -> list[int]:
+    """The preflight's batch: the pairs whose prompt + longer answer is longest (KTO: prompt + its answer, and its
+    KL partner's)."""
+    ds = trainer.train_dataset
+    answers = [k for k in ("chosen_ids", "rejected_ids", "completion_ids", "KL_completion_ids") if k in ds.column_names]
+    cols = zip(ds["prompt_ids"], *(ds[k] for k in answers), strict=True)
+    return longest([len(p) + max(len(a) for a in rest) for p, *rest in cols], trainer.args.per_device_train_batch_size)
+
+
 def trainer_kwargs(o: Options, **_: Any) -> dict[str, Any]:
     return {}  # the model is already the SFT adapter; TRL adds its frozen `ref` copy
 
@@ -59,7 +83,7 @@ def dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> Any:
 
 def read_inputs(stage: runs.Stage) -> dict[str, Any]:
     """Stage 01's pairs, train and eval rows and stage 02's adapter, hashed into the manifest."""
-    sft = stages.method(stages.method_of_stage(stage.name, stage.params).builds_on)
+    sft = stages.method(stage.method.builds_on)
     adapter = stage.input(sft.stage, sft.adapter)
     paths = {k: stage.input(stages.DATA, f"{k}.jsonl") for k in ("prefs", "train", "eval")}
     stage.record_inputs({**paths, "sft_adapter": adapter / "adapter_model.safetensors"})
@@ -105,7 +129,7 @@ def refuse_labelled(stage: runs.Stage, rows: list[dict[str, Any]]) -> None:
     to run instead."""
     lines = [str(r.get("_line", "?")) for r in rows if "label" in r]
     if lines:
-        title = stages.method_of_stage(stage.name, stage.params).title
+        title = stage.method.title
         src = next(r.get("_source", "prefs") for r in rows if "label" in r)
         raise data.DataError(
             f"{title} trains on preference pairs (prompt/chosen/rejected), but stage 01's prefs hold {len(lines)} "

@@ -14,7 +14,7 @@ from typing import Any
 from ftlab import models
 from ftlab.core import runs, stages
 from ftlab.hardware import devices, memory, parallel
-from ftlab.train import activations, fused_lora
+from ftlab.train import activations, fused_lora, methods
 from ftlab.train import checkpoints as ck
 from ftlab.train.callbacks import (
     CheckpointComplete,
@@ -47,15 +47,13 @@ def inputs(stage: runs.Stage) -> dict[str, Any]:
 
 
 def method_module(stage: runs.Stage) -> Any:
-    """The module of the method this stage trains, as its `method` parameter says (stage 03: ftlab.train.dpo or
-    ftlab.train.kto): its pairs, reference check, regression guard and summary."""
-    return stages.load(stages.method_of_stage(stage.name, stage.params).module)
+    """The checked module of the method this stage trains (`stage.method`; ftlab.train.methods: the contract)."""
+    return methods.module(stage)
 
 
 def finished(stage: runs.Stage) -> bool:
     """The stage already completed with these parameters and its adapter is there: nothing to train again."""
-    method = stages.method_of_stage(stage.name, stage.params)
-    return stage.previous() is not None and (stage.path(method.adapter) / "adapter_config.json").exists()
+    return stage.previous() is not None and (stage.path(stage.method.adapter) / "adapter_config.json").exists()
 
 
 def memory_plan(
@@ -71,19 +69,19 @@ def memory_plan(
     """The planner's estimate for this stage's configuration, printed as a table, and the advice an OOM would print;
     stops at once when the estimate does not fit the device. `batch_rows` defaults to the method's sequences per
     batch (`batch_rows(params)` of its module: DPO runs two per pair, GRPO num_generations per prompt; else
-    batch_size); `lora` (a peft LoraConfig) defaults to the stage's lora_r and lora_targets. A method module
-    may define `planned_length(params, device, seq_len)` (packed rows fill max_length). Activation offloading
+    batch_size); `lora` (a peft LoraConfig) defaults to the stage's lora_r and lora_targets; the row length is the
+    method's `planned_length(params, device, seq_len)` (packed rows fill max_length). Activation offloading
     'auto' is decided here: on only when the plan does not fit without it and fits with it (`Plan.offload`); so is
     gradient checkpointing 'auto': how many layers keep their activations (`Plan.keep_layers`, `ftlab.train.activations`)."""
     p = stage.params
     mod = method_module(stage)
-    seq_len = mod.planned_length(p, device, seq_len) if hasattr(mod, "planned_length") else seq_len
+    seq_len = mod.planned_length(p, device, seq_len)
     r, targets = (p["lora_r"], p["lora_targets"]) if lora is None else (lora.r, lora.target_modules)
     targets = "all-linear" if isinstance(targets, str) else list(targets)
     shape = memory.Shape.from_config(models.model_config(p["base_model"]))
     cfg = dict(
         quantization=quant,
-        batch_size=batch_rows or (mod.batch_rows(p) if hasattr(mod, "batch_rows") else p["batch_size"]),
+        batch_size=batch_rows or mod.batch_rows(p),
         seq_len=seq_len,
         lora_r=r,
         lora_targets=targets,
@@ -145,7 +143,7 @@ class Job:
         """The worst-case batch, then a few timed batches for the wall-time forecast and the disk check."""
         if self.done:
             return runs.read_json(self.stage.path("summary.json"))["preflight"]
-        self.pre = preflight(self.trainer, advice)
+        self.pre = preflight(self.trainer, advice, methods.module(self.method).worst_case)
         print(self.pre)
         e = from_params(Economics, self.stage.params)
         self.forecast, self.need_bytes, self.disk = forecast_and_disk(
@@ -262,7 +260,7 @@ def attach(
     (NaN, spikes, disk), checkpoints marked complete, the plan's kept activations, fused 4-bit LoRA layers, token
     counts, TensorBoard's folder. Prints what it changed; returns the Job whose `preflight`, `fit` and `summary`
     run the stage. `trainer=None` (a finished stage): the Job reads the saved results."""
-    method = stages.method_of_stage(stage.name, stage.params)
+    method = stage.method
     t = from_params(TrainParams, stage.params)
     job = Job(stage, method, trainer.processing_class if trainer else None, t.max_steps, quantization, device)
     if trainer is None:

@@ -15,12 +15,15 @@ from typing import Any
 
 from ftlab import data
 from ftlab.core import runs
+from ftlab.core.params import Param
 from ftlab.train import dpo
 from ftlab.train.config import TrainParams, from_params
 from ftlab.train.dpo import (  # noqa: F401 - stage 03's shared steps, called through this module for GRPO
     check_reference,
+    planned_length,
     read_inputs,
 )
+from ftlab.train.preflight import longest
 
 FIRST_LOSS = (
     "no fixed value, but its scale: at step 1 the ratio is 1 and KL 0, so the loss is -(sum over answers of "
@@ -31,6 +34,13 @@ FIRST_LOSS = (
 FIRST_LOSS_TOL = 0.5
 NOT_ARGS = ("max_length",)  # GRPOConfig bounds the answer (max_completion_length), not prompt + answer
 SHOWN = ("steps", "first_reward", "last_reward", "first_loss", "last_loss")
+PARAMS = {
+    "beta": dpo.PARAMS["beta"],
+    "num_generations": Param(int, lo=2, hi=256),  # answers sampled per prompt (its group)
+    "max_completion_length": Param(int, lo=1, hi=32768),
+    "temperature": Param(float, lo=0.01, hi=5),
+    **{k: Param(str) for k in ("judge_url", "judge_model")},  # the optional judge reward
+}
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,15 @@ def config_kwargs(
 def batch_rows(p: dict[str, Any]) -> int:
     """Sequences in one batch for the memory plan: num_generations sampled answers per prompt."""
     return p["batch_size"] * p["num_generations"]
+
+
+def worst_case(trainer: Any) -> list[int]:
+    """The preflight's batch: the batch_size / num_generations longest prompts (by characters: its rows are text),
+    each num_generations times, as its step samples the answers it trains on."""
+    group = trainer.num_generations
+    lengths = [sum(len(m["content"]) for m in p) for p in trainer.train_dataset["prompt"]]
+    picked = longest(lengths, max(1, trainer.args.per_device_train_batch_size // group))
+    return [i for i in picked for _ in range(group)]
 
 
 def trainer_kwargs(o: Options, reward_funcs: list[Any] | None = None, **_: Any) -> dict[str, Any]:

@@ -13,17 +13,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftlab.core.params import Param
 from ftlab.train import dpo
 from ftlab.train.config import TrainParams
 from ftlab.train.dpo import (  # noqa: F401 - stage 03's shared steps, called through this module for KTO
     FIRST_LOSS_TOL,
+    NOT_ARGS,
     SHOWN,
     batch_rows,
     check_reference,
+    planned_length,
     read_inputs,
     trainer_kwargs,
+    worst_case,
 )
 
+PARAMS = {
+    **{k: dpo.PARAMS[k] for k in ("beta", "pairs", "self_pairs_max")},
+    **{k: Param(float, lo=0, hi=100) for k in ("desirable_weight", "undesirable_weight")},  # its loss weights
+}
 FIRST_LOSS = "0.5: each row's loss is 1 - sigmoid(beta x (reward - KL)), and reward = KL = 0 when policy == reference"
 
 

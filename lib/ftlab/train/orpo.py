@@ -13,18 +13,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ftlab.train import dpo
 from ftlab.train.config import TrainParams
 from ftlab.train.dpo import (  # noqa: F401 - stage 03's shared steps, called through this module for ORPO
     FIRST_LOSS_TOL,
+    NOT_ARGS,
     SHOWN,
     Options,
     batch_rows,
     dataset,
     make_pairs,
+    planned_length,
     read_inputs,
     summary,
     trainer_kwargs,
 )
+from ftlab.train.preflight import longest
+
+PARAMS = {k: dpo.PARAMS[k] for k in ("beta", "pairs", "self_pairs_max")}
 
 FIRST_LOSS = (
     "no fixed value: loss = nll_loss - beta x log_odds_ratio (both logged): the chosen answer's NLL plus beta times "
@@ -36,6 +42,13 @@ def config_kwargs(
     out_dir: Path, t: TrainParams, o: Options, device: str, attn: str | None, offload_needed: bool = False
 ) -> dict[str, Any]:
     return {"beta": o.beta}  # ORPO's lambda: the weight of the odds-ratio term beside the NLL
+
+
+def worst_case(trainer: Any) -> list[int]:
+    """The preflight's batch: the pairs whose longer answer, tokenized with its prompt, is longest."""
+    ds = trainer.train_dataset
+    lengths = [max(len(a), len(b)) for a, b in zip(ds["chosen_input_ids"], ds["rejected_input_ids"], strict=True)]
+    return longest(lengths, trainer.args.per_device_train_batch_size)
 
 
 def check_reference(trainer: Any) -> dict[str, Any]:

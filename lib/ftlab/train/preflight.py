@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +18,15 @@ class TrainingStopped(RuntimeError):
     """Training stopped on purpose (NaN/inf loss, out of memory in the preflight); the message says why and what to do."""
 
 
-def worst_case_batch(dataset: Any, batch_size: int, group: int = 1) -> list[int]:
-    """Indices of the `batch_size` longest rows: the batch that sets peak memory. GRPO (`group` answers sampled per
-    prompt): the batch_size / group longest prompts (by characters: its rows are text), each `group` times."""
-    names = dataset.column_names
-    if group > 1:
-        lengths = [sum(len(m["content"]) for m in p) for p in dataset["prompt"]]
-        longest = sorted(range(len(lengths)), key=lambda i: -lengths[i])[: max(1, batch_size // group)]
-        return [i for i in longest for _ in range(group)]
-    if "chosen_input_ids" in names:  # ORPO: each answer tokenized with its prompt
-        lengths = [max(len(a), len(b)) for a, b in zip(dataset["chosen_input_ids"], dataset["rejected_input_ids"])]
-    elif "input_ids" in names:
-        lengths = [len(x) for x in dataset["input_ids"]]
-    else:  # DPO: prompt + the longer of the two answers; KTO: prompt + its answer (and its KL partner's)
-        answers = [k for k in ("chosen_ids", "rejected_ids", "completion_ids", "KL_completion_ids") if k in names]
-        cols = zip(dataset["prompt_ids"], *(dataset[k] for k in answers), strict=True)
-        lengths = [len(p) + max(len(a) for a in rest) for p, *rest in cols]
-    return sorted(range(len(lengths)), key=lambda i: -lengths[i])[:batch_size]
+def longest(lengths: list[int], n: int) -> list[int]:
+    """Indices of the `n` longest rows, longest first: the batch that sets peak memory (each method's `worst_case`
+    says what a row's length is)."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])[:n]
+
+
+def longest_input_ids(trainer: Any) -> list[int]:
+    """The worst-case batch of rows tokenized as `input_ids` (SFT; the default for a trainer without a method)."""
+    return longest([len(x) for x in trainer.train_dataset["input_ids"]], trainer.args.per_device_train_batch_size)
 
 
 def _tokens(batch: Any) -> int | None:
@@ -46,13 +39,13 @@ def _tokens(batch: Any) -> int | None:
     return sum(int(v.numel()) for k, v in batch.items() if k.endswith("_input_ids") and not k.startswith("prompt"))
 
 
-def preflight(trainer: Any, advice: str) -> dict[str, Any]:
-    """One training step's forward + backward on the worst-case batch, through the Trainer's own loss path
-    (gradient checkpointing, mixed precision, TRL's chunked loss), before the real run. OOM -> TrainingStopped."""
+def preflight(trainer: Any, advice: str, worst_case: Callable[[Any], list[int]] = longest_input_ids) -> dict[str, Any]:
+    """One training step's forward + backward on the worst-case batch (`worst_case(trainer)`: the method's, from
+    its module), through the Trainer's own loss path (gradient checkpointing, mixed precision, TRL's chunked loss),
+    before the real run. OOM -> TrainingStopped."""
     import torch
 
-    group = getattr(trainer, "num_generations", 1)  # GRPO: its step samples the answers it trains on
-    idx = worst_case_batch(trainer.train_dataset, trainer.args.per_device_train_batch_size, group)
+    idx = worst_case(trainer)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in idx])
     model = trainer.model
     if not hasattr(trainer, "current_gradient_accumulation_steps"):  # set inside train(); DPO's loss reads it

@@ -16,6 +16,10 @@ from ftlab.hardware import devices
 from ftlab.models import attention
 from ftlab.models.attention import PACKED_KERNELS
 from ftlab.train.config import TrainParams, lora_config
+from ftlab.train.preflight import longest_input_ids
+
+PARAMS: dict[str, Any] = {}  # stage 02 trains one method: all its parameters are in ftlab.core.params
+NOT_ARGS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,14 @@ def dataset(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> Any:
     return Dataset.from_dict(
         {"input_ids": [e.input_ids for e in encs], "assistant_masks": [e.assistant_masks for e in encs]}
     )
+
+
+def batch_rows(p: dict[str, Any]) -> int:
+    """Sequences in one batch for the memory plan: batch_size rows (or packed bins)."""
+    return p["batch_size"]
+
+
+worst_case = longest_input_ids  # the preflight's batch: the batch_size longest tokenized rows
 
 
 def offload_activations(setting: str, device: str, needed: bool = False) -> bool:

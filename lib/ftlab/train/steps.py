@@ -1,6 +1,7 @@
 """The steps of stage 03 that differ by method, looked up in the registry (`ftlab.core.stages`) so that no notebook cell
 names a method or picks a module: the rows the method trains on, the check of its reference model, its loss at step 0 and what its summary adds. Each method module (`ftlab.train.dpo`, `kto`,
-`orpo`, `grpo`) provides these names; the steps it shares with DPO it imports from `dpo`.
+`orpo`, `grpo`) provides these names (`ftlab.train.methods.TuningMethod`, checked once); the steps it shares with DPO it
+imports from `dpo`.
 
 The TRL objects themselves (the config and the trainer) are built in the notebook's own cells; see
 `ftlab.train.trainer_config`.
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ftlab.core import runs
-from ftlab.train.fit import method_module
+from ftlab.train.methods import module as method_module
 
 
 def training_rows(stage: runs.Stage, rows: dict[str, Any], model: Any, tokenizer: Any, done: bool) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ftlab.core import runs, stages
+from ftlab.train import methods
 from ftlab.train.config import TrainParams, from_params, trainer_args
 
 
@@ -24,10 +25,10 @@ def method_kwargs(
     """The arguments of the method's TRL config from a parameter dict: the shared ones, then the method's own.
     `attn` is the model's attention implementation (packing and padding-free 'auto' depend on it);
     `offload_needed` is the planner's verdict for activation offloading 'auto' (`Plan.offload`)."""
-    mod = stages.load(method.module)
+    mod = methods.module(method)
     t, o = from_params(TrainParams, p), from_params(mod.Options, p)
     own = mod.config_kwargs(out_dir, t, o, device, attn, offload_needed)
-    shared = {k: v for k, v in trainer_args(out_dir, t, device).items() if k not in getattr(mod, "NOT_ARGS", ())}
+    shared = {k: v for k, v in trainer_args(out_dir, t, device).items() if k not in mod.NOT_ARGS}
     return {**shared, **own}
 
 
@@ -41,7 +42,7 @@ def config_kwargs(stage: runs.Stage, device: str, model: Any = None, plan: Any =
     parameters: checkpoints in the stage folder, the schedule, batch, optimizer, eval/save cadence, precision, and
     what depends on the machine: packing and padding-free follow `model`'s attention kernel, activation offloading
     and gradient checkpointing follow the memory `plan` (off when every layer's activations fit)."""
-    method = stages.method_of_stage(stage.name, stage.params)
+    method = stage.method
     attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
     offload = bool(plan is not None and plan.offload)
     kw = method_kwargs(method, stage.path("checkpoints"), stage.params, device, attn, offload)
@@ -93,11 +94,10 @@ def _rows(args: Any) -> list[tuple[str, Any, str]]:
 def trl_classes(stage: runs.Stage) -> tuple[type, type]:
     """The TRL config and trainer classes of the method this stage trains, from the registry (`method` in stage 03:
     DPOConfig and DPOTrainer by default; KTO's, ORPO's, GRPO's otherwise)."""
-    method = stages.method_of_stage(stage.name, stage.params)
-    return stages.load(method.config), stages.load(method.trainer)
+    return stages.load(stage.method.config), stages.load(stage.method.trainer)
 
 
 def trainer_kwargs(stage: runs.Stage, **extra: Any) -> dict[str, Any]:
     """The trainer's method-specific arguments (SFT: the LoRA config; GRPO: its `reward_funcs` from `extra`)."""
-    mod = stages.load(stages.method_of_stage(stage.name, stage.params).module)
+    mod = methods.module(stage)
     return mod.trainer_kwargs(from_params(mod.Options, stage.params), **extra)
