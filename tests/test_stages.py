@@ -203,7 +203,9 @@ def test_a_method_module_without_the_contract_is_refused_with_what_it_lacks(monk
         methods.register(dataclasses.replace(half, name="clash", module="toy_method"))
     assert "clash" not in stages.method_names() and P.SPECS[stages.TRAIN_DPO]["beta"].type is float
     fake.PARAMS = {**dpo.PARAMS, "toy_weight": P.Param(float, lo=0)}
-    fake.Options = dataclasses.make_dataclass("Options", [("toy_weight", float, 1.0)], bases=(dpo.Options,), frozen=True)
+    fake.Options = dataclasses.make_dataclass(
+        "Options", [("toy_weight", float, 1.0)], bases=(dpo.Options,), frozen=True
+    )
     try:
         assert methods.register(dataclasses.replace(half, name="ok", module="toy_method")) is fake
         assert "toy_weight" in P.SPECS[stages.TRAIN_DPO]  # a registered method's own parameter is stage 03's at once
