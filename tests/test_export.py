@@ -206,3 +206,24 @@ def test_the_merge_check_batches_its_answers_on_a_gpu_and_padding_leaves_them_un
     prompts = [[{"role": "user", "content": "Hi" + " there" * i + "?"}] for i in range(5)]  # different lengths
     one = export.greedy_tokens(model, tok, prompts, 8)
     assert export.greedy_tokens(model, tok, prompts, 8, batch_size=4) == one and all(one)
+
+
+def test_stage_04_checks_the_disk_before_writing_and_says_what_each_file_takes(tiny_series, tmp_path):
+    import torch
+
+    st = tiny_series / "04_merge_export"
+    base = models.resolve_model("tiny-random")
+    n = export.parameter_count(base)
+    merged = sum(f.stat().st_size for f in (st / "merged").glob("*.safetensors"))
+    assert abs(n * 4 - merged) / merged < 0.01  # the tiny series merges in float32 on a CPU: 4 bytes a weight
+    f16 = (st / "gguf" / "ftlab-base-f16.gguf").stat().st_size
+    room = export.disk_room(base, torch.float32, ["f16", "q8_0"])
+    assert 0.8 < room["f16 GGUF"] / f16 < 1.25, (room, f16)  # the estimate against the file the series wrote
+    assert room["q8_0 GGUF"] < room["f16 GGUF"] and set(room) == {"merged float32", "f16 GGUF", "q8_0 GGUF"}
+    line = export.check_disk_room(base, torch.float32, ["f16", "q8_0"], tmp_path, free_bytes=2**40)
+    assert line.startswith("disk: stage 04 needs about ") and "merged float32" in line and "q8_0 GGUF" in line
+    assert "quantizer's input" in export.check_disk_room(base, torch.float32, ["q4_k_m"], tmp_path, free_bytes=2**40)
+    with pytest.raises(export.ExportError, match=r"0 MB free\. Free some space, .* fewer gguf_types"):
+        export.check_disk_room(base, torch.float32, ["f16"], tmp_path / "out", free_bytes=1000)
+    assert list((tmp_path / "out").iterdir()) == []  # refused before anything was written
+    assert "disk: stage 04 needs about" in (tiny_series / "notebooks" / "04_merge_export.ipynb").read_text()

@@ -19,7 +19,16 @@ from ftlab.export.gguf import (
     verify_all,
     verify_gguf,
 )
-from ftlab.export.merge import check_merge, greedy_tokens, merge, stopped_share, verify_merge
+from ftlab.export.merge import (
+    check_disk_room,
+    check_merge,
+    disk_room,
+    greedy_tokens,
+    merge,
+    parameter_count,
+    stopped_share,
+    verify_merge,
+)
 from ftlab.export.ollama import (
     TemplatePieces,
     check_ollama_template,
@@ -40,7 +49,9 @@ __all__ = [
     "GgufCheck",
     "TemplatePieces",
     "build_ggufs",
+    "check_disk_room",
     "check_merge",
+    "disk_room",
     "check_ollama_template",
     "compute_record",
     "convert",
@@ -55,6 +66,7 @@ __all__ = [
     "native_output_to",
     "ollama_commands",
     "ollama_template",
+    "parameter_count",
     "parse_modelfile",
     "preferred_gguf",
     "quantize",

@@ -4,6 +4,7 @@ update) and prove the merge: greedy answers and logits of base+adapter against t
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -16,6 +17,66 @@ from ftlab.models import generate
 from ftlab.models.loading import safe_kwargs
 
 Prompts = list[list[dict[str, str]]]
+
+
+# bytes per weight of each GGUF type, as llama.cpp writes an 8B Llama (K-quants keep a few tensors at more bits)
+GGUF_BYTES_PER_WEIGHT = {
+    "f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q6_k": 210 / 256, "q5_k_m": 0.72, "q4_k_m": 0.61,
+}  # fmt: skip
+
+
+def parameter_count(folder: Path) -> int:
+    """Weights in a safetensors checkpoint, from the files' headers (nothing is loaded)."""
+    from safetensors import safe_open
+
+    n = 0
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(f), "np") as st:
+            for k in st.keys():
+                n += math.prod(st.get_slice(k).get_shape())
+    return n
+
+
+def disk_room(base_folder: str | Path, dtype: Any, gguf_types: list[str]) -> dict[str, float]:
+    """Bytes stage 04 writes, per file: the merged weights, every GGUF type asked for, and the converter's f16 while
+    the quantizer reads it (when no 16/32-bit type is asked for); empty when the base has no safetensors."""
+    import torch
+
+    n = parameter_count(Path(base_folder))
+    if not n:
+        return {}
+    tok = Path(base_folder) / "tokenizer.json"
+    meta = tok.stat().st_size / 2 if tok.exists() else 0  # each GGUF also holds the vocabulary and merges
+    parts = {f"merged {str(dtype).removeprefix('torch.')}": n * torch.empty((), dtype=dtype).element_size()}
+    parts |= {f"{t} GGUF": n * GGUF_BYTES_PER_WEIGHT[t] + meta for t in gguf_types}
+    if not any(t in ("f32", "f16", "bf16") for t in gguf_types):
+        parts["f16 GGUF (the quantizer's input, deleted after)"] = n * 2.0 + meta
+    return parts
+
+
+def _size(b: float) -> str:
+    return f"{b / 2**30:.1f} GiB" if b >= 2**30 / 10 else f"{b / 2**20:.0f} MB"
+
+
+def check_disk_room(
+    base_folder: str | Path, dtype: Any, gguf_types: list[str], out: Path, free_bytes: int | None = None
+) -> str:
+    """Before the merge: `disk_room` (plus 5%) against the free space in `out`. Not enough: ExportError with the
+    figures and what to do, before anything is written; else the plan, as a line to print."""
+    parts = disk_room(base_folder, dtype, gguf_types)
+    if not parts:
+        return f"disk: no safetensors in {base_folder}, room not estimated"
+    need = sum(parts.values()) * 1.05
+    out.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out).free if free_bytes is None else free_bytes
+    what = ", ".join(f"{k} {_size(v)}" for k, v in parts.items())
+    line = f"disk: stage 04 needs about {_size(need)} in {out} ({what}); {_size(free)} free"
+    if free < need:
+        raise ExportError(
+            f"{line}. Free some space, point FTLAB_OUTPUTS at a bigger disk, or ask for fewer gguf_types (each "
+            f"type's file is listed above); nothing has been written yet."
+        )
+    return line
 
 
 def merge(base_folder: str, adapter: Path, out: Path, dtype: Any) -> Path:
