@@ -53,8 +53,8 @@ def test_interrupted_quantize_leaves_no_file_under_the_final_name(tmp_path, monk
         return 1
 
     monkeypatch.setattr(llama_cpp, "llama_model_quantize", dies_half_way)
-    with pytest.raises(export.ExportError, match="failed"):
-        export.quantize(src, out, "q8_0")
+    with pytest.raises(export.ExportError, match=r"failed \(llama_model_quantize returned 1; [0-9.]+ GiB free in "):
+        export.quantize(src, out, "q8_0")  # the free space is named: a full disk is the usual cause
     assert not out.exists() and list(tmp_path.iterdir()) == [src]
     resilience("fault")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -149,7 +150,8 @@ def quantize(src: Path, out: Path, qtype: str, threads: int | None = None) -> Pa
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
     if rc != 0 or not tmp.exists():
         tmp.unlink(missing_ok=True)
-        raise ExportError(f"quantizing {src.name} to {qtype} failed (llama_model_quantize returned {rc})")
+        free = f"{shutil.disk_usage(out.parent).free / 2**30:.1f} GiB free in {out.parent}"
+        raise ExportError(f"quantizing {src.name} to {qtype} failed (llama_model_quantize returned {rc}; {free})")
     os.replace(tmp, out)
     return out
 
