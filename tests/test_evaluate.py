@@ -212,3 +212,22 @@ def test_a_failed_gate_turns_the_reports_top_box_red_and_says_why_first():
     assert (
         "<div class='verdict'>" in ok and "verdict failed" not in ok.split("</style>")[1] and "Not promoted" not in ok
     )
+
+
+def test_a_final_model_that_undoes_most_of_what_it_built_on_fails_the_gate():
+    """DPO trained at SFT's learning rate lost 0.93 of SFT's 1.34 nats (the forgetting exercise's first form): the
+    gate fails and says so; DPO at its default moved NLL by +0.009 (methods_sweep.json): it passes."""
+
+    def s(nll):
+        per = [nll + 0.02 * ((i * 7) % 11 - 5) for i in range(60)]
+        return {"nll": sum(per) / 60, "rouge_l": 0.3, "per_example": {"nll": per, "rouge_l": [0.3] * 60}}
+
+    undone = evaluation.verdicts({"base": s(3.0), "sft": s(1.66), "dpo": s(2.59)}, 0.02)
+    g = undone.gates["kept_gain"]
+    assert g["ok"] is False and undone.task_improved and not undone.passed  # better than the base, still refused
+    assert g["parent_gain"] == 1.34 and g["lost_nll"] == 0.93 and g["lost_nll_ci"][0] > 0.67
+    assert "kept_gain: DPO vs SFT: held-out NLL +0.930 nats/token" in undone.refusal()
+    assert "-p 03_train_dpo.learning_rate" in g["try"] and "adapter=sft" in g["try"]
+    kept = evaluation.verdicts({"base": s(3.0), "sft": s(2.2), "dpo": s(2.209)}, 0.02)
+    assert kept.gates["kept_gain"]["ok"] and kept.passed
+    assert "kept_gain" not in evaluation.verdicts({"base": s(3.0), "sft": s(2.2)}, 0.02).gates  # SFT builds on the base

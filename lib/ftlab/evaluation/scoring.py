@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from ftlab import metrics
+from ftlab.core import stages
 from ftlab.metrics import (  # noqa: F401 - the measures, named here too (scoring.rouge_l, ...)
     answer_match,
     answer_nll,
@@ -164,6 +165,29 @@ def probe_score(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_
     s["per_example"]["correct"] = hits
     s["correct"] = sum(hits) / max(1, len(hits))
     return s
+
+
+def kept_gain_gate(comparisons: dict[str, dict[str, Any]], final: str | None, share: float = 0.5) -> dict | None:
+    """The condition that the final model keeps what the method it built on gained: it fails when the final model's
+    held-out NLL is surely (95% interval) worse than its parent's by more than `share` of the parent's gain over
+    the base (DPO at SFT's learning rate can undo SFT). None where the final model builds on nothing scored."""
+    parent = stages.method(final).builds_on if final else None
+    lost, gained = comparisons.get(f"{final}_vs_{parent}"), comparisons.get(f"{parent}_vs_{stages.BASE}")
+    if not (lost and gained):
+        return None
+    gain, back, lo = -gained["nll_diff"], lost["nll_diff"], lost["nll_diff_ci"][0]
+    ok = not (gain > 0 and lo > share * gain)
+    f, pa = final.upper(), parent.upper()
+    return {
+        "ok": ok,
+        "why": f"{f} vs {pa}: held-out NLL {back:+.3f} nats/token (95% CI from {lo:+.3f}) of the {gain:.3f} {pa} "
+        f"gained over the base; fails when surely more than {share:.0%} of that gain is lost",
+        "try": f"a lower learning rate or fewer steps for {f} (its stage's own value: -p {stages.method(final).stage}"
+        f".learning_rate ...), or export and promote {pa}'s adapter (stage 04 adapter={parent})",
+        "lost_nll": round(back, 4),
+        "lost_nll_ci": [round(x, 4) for x in lost["nll_diff_ci"]],
+        "parent_gain": round(gain, 4),
+    }
 
 
 def forgetting_gate(

@@ -138,6 +138,8 @@ def verdicts(scores: dict[str, dict[str, Any]], nll_tolerance: float) -> Verdict
         c = scoring.compare(scores[a], scores[b], (a.upper(), b.upper()), nll_tolerance)
         v.comparisons[f"{b}_vs_{a}"] = c
         v.lines.append(c["verdict"])
+    if gate := scoring.kept_gain_gate(v.comparisons, final):  # DPO must not undo most of what SFT gained
+        v.gates["kept_gain"] = gate
     if final:
         drop = -v.comparisons[f"{final}_vs_{stages.BASE}"]["nll_diff"]
         v.lines.append(
