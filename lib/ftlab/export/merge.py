@@ -19,7 +19,8 @@ from ftlab.models.loading import safe_kwargs
 Prompts = list[list[dict[str, str]]]
 
 
-# bytes per weight of each GGUF type, as llama.cpp writes an 8B Llama (K-quants keep a few tensors at more bits)
+# bytes per weight of each GGUF type: the block formats' own, and for the K-quant mixes the published sizes of 8B
+# Llama files (a few tensors stay at more bits; a tiny model's odd shapes fall back to larger types)
 GGUF_BYTES_PER_WEIGHT = {
     "f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q6_k": 210 / 256, "q5_k_m": 0.72, "q4_k_m": 0.61,
 }  # fmt: skip
